@@ -1,0 +1,40 @@
+# The README's two commands: `make demo` and `make test`. Each does its own set-up on a fresh machine and is quick
+# when nothing changed (the venv is rebuilt only when pyproject.toml is newer than its stamp).
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+DATASET := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test setup dataset lint bench clean
+
+demo: setup
+	$(VENV)/bin/cyclr demo
+
+test: setup
+	$(PY) -m pytest -q
+
+setup: $(STAMP) dataset
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# The real Fashion-MNIST comes from Debian's package; only root can install it.
+dataset:
+	@if [ ! -d $(DATASET) ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	  else \
+	    echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist' or set CYCLR_DATA"; \
+	  fi; \
+	fi
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) runs *.egg-info

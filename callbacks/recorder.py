@@ -1,0 +1,280 @@
+"""Recorder: the per-batch and per-epoch history of every fit, as plain floats, pandas DataFrames and plots."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from .core import Callback
+
+
+def _metric_name(metric) -> str:
+    return getattr(metric, "name", None) or getattr(metric, "__name__", None) or type(metric).__name__
+
+
+class SmoothedValue:
+    """Exponential moving average with bias correction (debiased EMA), as the LR finder and fastai smooth losses."""
+
+    def __init__(self, beta: float = 0.98):
+        self.beta, self.avg, self.count = beta, 0.0, 0
+
+    def add(self, value: float) -> float:
+        self.count += 1
+        self.avg = self.beta * self.avg + (1 - self.beta) * value
+        return self.avg / (1 - self.beta**self.count)
+
+
+def smooth(values: list[float], beta: float = 0.98) -> list[float]:
+    smoother = SmoothedValue(beta)
+    return [smoother.add(v) for v in values]
+
+
+class Recorder(Callback):
+    """Records, for each training batch, the loss and the hyperparameters the optimizer used at that step, and for
+    each epoch the mean training loss, the validation loss, the metrics and the time.
+
+    History is kept across fits; every row carries a `fit` index. `lrs`, `moms` and `losses` are the last fit's.
+    Losses stay on the device during an epoch and become floats once per epoch: no host sync per batch.
+    """
+
+    order = 50
+
+    def __init__(self, train_metrics: bool = False, beta: float = 0.98):
+        # Hooks may be skipped by another callback's cancellation, so every piece of state has a default.
+        self._phase_sums: dict[str, _PhaseSums] = {}
+        self._pending_losses: list[torch.Tensor] = []
+        self._pending_hypers: list[tuple] = []
+        self.epoch_start = time.perf_counter()
+        self.fit_index = 0
+        self.metric_names: list[str] = []
+        self.train_metrics = train_metrics
+        self.beta = beta
+        self.batch_rows: list[dict] = []
+        self.epoch_rows: list[dict] = []
+        self.n_fits = 0
+        self.last_validation: dict[str, float] = {}
+
+    # ----- hooks -------------------------------------------------------------------------------------------------
+    def before_fit(self, learn):
+        self.fit_index = self.n_fits
+        self.n_fits += 1
+        self.smoother = SmoothedValue(self.beta)
+
+    def before_epoch(self, learn):
+        self.epoch_start = time.perf_counter()
+        self._phase_sums = {}
+        self._pending_losses: list[torch.Tensor] = []
+        self._pending_hypers: list[tuple] = []
+
+    def before_train(self, learn):
+        self.metric_names = [_metric_name(m) for m in learn.metrics]
+        self._phase_sums.pop("train", None)
+
+    def before_step(self, learn):
+        # Read here, after every scheduler has run and just before the optimizer uses them.
+        groups = learn.opt.param_groups
+        self._pending_losses.append(learn.loss.detach())
+        self._pending_hypers.append(
+            (learn.epoch, learn.train_iter, learn.pct_train, [g["lr"] for g in groups], [_momentum(g) for g in groups])
+        )
+
+    def after_batch(self, learn):
+        if getattr(learn, "loss", None) is None or getattr(learn, "pred", None) is None:
+            return
+        phase = "train" if learn.training else "valid"
+        with_metrics = self.train_metrics or not learn.training
+        # Created lazily: a callback that cancels in before_train/before_validate may have skipped our hook.
+        self._phase_sums.setdefault(phase, _PhaseSums()).add(learn, with_metrics)
+
+    def before_validate(self, learn):
+        self.metric_names = [_metric_name(m) for m in learn.metrics]
+        self._phase_sums.pop("valid", None)
+
+    def after_validate(self, learn):
+        self.last_validation = self._phase_sums.get("valid", _PhaseSums()).averages("valid_", self.metric_names)
+
+    def after_epoch(self, learn):
+        # Computed here rather than in after_train so a cancelled after_train hook chain loses nothing.
+        self._flush_batches()
+        train = self._phase_sums["train"].averages("train_", self.metric_names) if "train" in self._phase_sums else {}
+        row = {"fit": self.fit_index, "epoch": learn.epoch}
+        row["train_loss"] = train.get("train_loss", math.nan)
+        if self.train_metrics:
+            row.update({f"train_{n}": train.get(f"train_{n}", math.nan) for n in self.metric_names})
+        row["valid_loss"] = self.last_validation.get("valid_loss", math.nan)
+        for name in self.metric_names:
+            row[name] = self.last_validation.get(f"valid_{name}", math.nan)
+        row["time"] = time.perf_counter() - self.epoch_start
+        self.epoch_rows.append(row)
+        self.last_validation = {}
+
+    def _flush_batches(self):
+        """Turn this epoch's device losses into floats: one host sync per epoch."""
+        if not self._pending_losses:
+            return
+        losses = torch.stack(self._pending_losses).float().tolist()
+        for loss, (epoch, train_iter, pct, lrs, moms) in zip(losses, self._pending_hypers, strict=True):
+            row = {"fit": self.fit_index, "epoch": epoch, "train_iter": train_iter, "pct": pct,
+                   "loss": loss, "smooth_loss": self.smoother.add(loss), "lr": lrs[-1], "mom": moms[-1]}
+            if len(lrs) > 1:
+                row.update({f"lr_{i}": v for i, v in enumerate(lrs)})
+                row.update({f"mom_{i}": v for i, v in enumerate(moms)})
+            self.batch_rows.append(row)
+        self._pending_losses, self._pending_hypers = [], []
+
+    # ----- reading the history ----------------------------------------------------------------------------------
+    def _last_fit_rows(self) -> list[dict]:
+        last = self.n_fits - 1
+        return [r for r in self.batch_rows if r["fit"] == last]
+
+    @property
+    def losses(self) -> list[float]:
+        return [r["loss"] for r in self._last_fit_rows()]
+
+    @property
+    def lrs(self) -> list[float]:
+        """Learning rate of the last parameter group, per training batch of the last fit."""
+        return [r["lr"] for r in self._last_fit_rows()]
+
+    @property
+    def moms(self) -> list[float]:
+        return [r["mom"] for r in self._last_fit_rows()]
+
+    def group_values(self, name: str) -> list[list[float]]:
+        """`name` ('lr' or 'mom') per parameter group: one list per group, per batch of the last fit."""
+        rows = self._last_fit_rows()
+        if not rows:
+            return []
+        n_groups = sum(1 for k in rows[0] if k.startswith(f"{name}_")) or 1
+        if n_groups == 1:
+            return [[r[name] for r in rows]]
+        return [[r[f"{name}_{i}"] for r in rows] for i in range(n_groups)]
+
+    def to_df(self, kind: str = "epochs"):
+        """The history as a pandas DataFrame: `kind='batches'` (one row per training batch) or `'epochs'`."""
+        import pandas as pd
+
+        if kind == "batches":
+            columns = ["fit", "epoch", "train_iter", "pct", "lr", "mom", "loss", "smooth_loss"]
+            return pd.DataFrame(self.batch_rows, columns=_ordered_columns(self.batch_rows, columns))
+        if kind == "epochs":
+            columns = ["fit", "epoch", "train_loss", "valid_loss"]
+            return pd.DataFrame(self.epoch_rows, columns=_ordered_columns(self.epoch_rows, columns))
+        raise ValueError(f"to_df(kind={kind!r}): kind must be 'batches' or 'epochs'")
+
+    # ----- plots ---------------------------------------------------------------------------------------------------
+    def plot_loss(self, skip_start: int = 0, with_valid: bool = True):
+        """Training loss per batch (raw and smoothed) of the last fit, with the validation loss at each epoch end."""
+        import matplotlib.pyplot as plt
+
+        rows = self._last_fit_rows()[skip_start:]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        its = [r["train_iter"] for r in rows]
+        ax.plot(its, [r["loss"] for r in rows], alpha=0.3, label="train (batch)")
+        ax.plot(its, [r["smooth_loss"] for r in rows], label="train (smoothed)")
+        epochs = [r for r in self.epoch_rows if r["fit"] == self.n_fits - 1]
+        if with_valid and rows and epochs and not all(math.isnan(e["valid_loss"]) for e in epochs):
+            per_epoch = (max(its) + 1) / len(epochs)
+            ax.plot([(e["epoch"] + 1) * per_epoch for e in epochs], [e["valid_loss"] for e in epochs],
+                    "o-", label="valid")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("loss")
+        ax.legend()
+        return fig
+
+    def plot_metrics(self):
+        """Train/valid loss and every metric per epoch, across all fits (one panel each)."""
+        import matplotlib.pyplot as plt
+
+        df = self.to_df("epochs")
+        names = ["loss"] + [c for c in df.columns if c not in ("fit", "epoch", "time", "train_loss", "valid_loss")]
+        fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.5), squeeze=False)
+        x = range(1, len(df) + 1)
+        for ax, name in zip(axes[0], names, strict=True):
+            if name == "loss":
+                ax.plot(x, df["train_loss"], "o-", label="train_loss")
+                ax.plot(x, df["valid_loss"], "o-", label="valid_loss")
+                ax.legend()
+            else:
+                ax.plot(x, df[name], "o-")
+            ax.set_title(name)
+            ax.set_xlabel("epoch")
+        fig.tight_layout()
+        return fig
+
+    def plot_sched(self):
+        """Learning rate and momentum of every parameter group against iteration, as recorded in the last fit."""
+        import matplotlib.pyplot as plt
+
+        fig, (ax_lr, ax_mom) = plt.subplots(1, 2, figsize=(10, 3.5))
+        for name, ax in (("lr", ax_lr), ("mom", ax_mom)):
+            series = self.group_values(name)
+            for i, values in enumerate(series):
+                ax.plot(range(len(values)), values, label=f"group {i}" if len(series) > 1 else None)
+            ax.set_title("learning rate" if name == "lr" else "momentum")
+            ax.set_xlabel("iteration")
+            if len(series) > 1:
+                ax.legend()
+        fig.tight_layout()
+        return fig
+
+    # ----- checkpoints ----------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"batch_rows": [dict(r) for r in self.batch_rows], "epoch_rows": [dict(r) for r in self.epoch_rows],
+                "n_fits": self.n_fits}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.batch_rows = [dict(r) for r in state["batch_rows"]]
+        self.epoch_rows = [dict(r) for r in state["epoch_rows"]]
+        self.n_fits = int(state["n_fits"])
+
+
+class _PhaseSums:
+    """Sample-weighted sums of the loss and metrics over one phase, kept on the device until read."""
+
+    def __init__(self):
+        self.count, self.loss, self.metrics = 0, None, None
+
+    def add(self, learn, with_metrics: bool) -> None:
+        n = _batch_size(learn.yb)
+        self.count += n
+        weighted = learn.loss.detach().float() * n
+        self.loss = weighted if self.loss is None else self.loss + weighted
+        if with_metrics and learn.metrics:
+            values = torch.stack([torch.as_tensor(m(learn.pred, learn.yb)).detach().float() for m in learn.metrics])
+            values = values.to(weighted.device) * n
+            self.metrics = values if self.metrics is None else self.metrics + values
+
+    def averages(self, prefix: str, metric_names: list[str]) -> dict[str, float]:
+        if self.count == 0:
+            return {}
+        out = {f"{prefix}loss": self.loss.item() / self.count}
+        if self.metrics is not None:
+            for name, total in zip(metric_names, self.metrics.tolist(), strict=True):
+                out[f"{prefix}{name}"] = total / self.count
+        return out
+
+
+def _momentum(group: dict) -> float:
+    if "momentum" in group:
+        return float(group["momentum"])
+    if "betas" in group:
+        return float(group["betas"][0])
+    return math.nan
+
+
+def _batch_size(yb) -> int:
+    if isinstance(yb, torch.Tensor):
+        return yb.shape[0] if yb.ndim else 1
+    if isinstance(yb, (tuple, list)) and yb:
+        return _batch_size(yb[0])
+    return 1
+
+
+def _ordered_columns(rows: list[dict], first: list[str]) -> list[str]:
+    extra = []
+    for r in rows:
+        extra.extend(k for k in r if k not in first and k not in extra)
+    return first + extra

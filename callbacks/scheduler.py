@@ -1,0 +1,380 @@
+"""ParamScheduler: set any optimizer hyperparameter from a schedule before every training batch.
+
+`ParamScheduler({'lr': f, 'mom': g, 'wd': h}, unit='pct')` calls each schedule with the position of the batch about
+to run and writes the value into the optimizer through `learn.set_hyper`:
+
+- unit='pct':   the fraction of the fit done, `learn.pct_train` (batch i of N sees i/N);
+- unit='batch': the global training batch index of this fit, `learn.train_iter` (0, 1, ...);
+- unit='epoch': the epoch index, `learn.epoch`, so the value is constant within an epoch (d2l steps its schedulers
+  once per epoch, as torch's epoch schedulers do).
+
+A value may be one callable for every parameter group, or a list with one callable per group (discriminative
+learning rates). Any callable works; the schedule objects of `callbacks.schedules` also save and plot themselves.
+`OneCycleCallback`, `SGDRCallback` and `CyclicLRCallback` are ParamSchedulers with their schedules built for you.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Callable, Sequence
+
+from .core import Callback
+from .schedules import (
+    OneCycle,
+    Schedule,
+    _cyclical,
+    _int_at_least,
+    _momentum,
+    _non_negative,
+    _positive,
+    schedule_from_state,
+    sgdr,
+)
+
+UNITS = ("pct", "batch", "epoch")
+# The names `learn.set_hyper` understands besides raw param_group keys, and the key each one needs in a group.
+_NEEDS_KEY = {"wd": "weight_decay", "beta2": "betas"}
+
+
+def _has_momentum(group: dict) -> bool:
+    return "momentum" in group or "betas" in group
+
+
+def _describe(sched) -> str:
+    return repr(sched) if isinstance(sched, Schedule) else getattr(sched, "__qualname__", None) or repr(sched)
+
+
+class ParamScheduler(Callback):
+    """Schedules hyperparameters per training batch: `scheds` maps a name ('lr', 'mom', 'wd', 'beta2' or any
+    param_group key) to a schedule, or to a list of schedules, one per parameter group. See the module docstring."""
+
+    # Sets values in before_batch; the Recorder (order 50) reads what the optimizer uses in before_step.
+    order = 10
+
+    def __init__(self, scheds: dict, unit: str = "pct"):
+        if unit not in UNITS:
+            raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
+        if not isinstance(scheds, dict) or not scheds:
+            raise TypeError(f"scheds must be a non-empty dict like {{'lr': sched}}, got {scheds!r}")
+        self.unit = unit
+        self.scheds = {name: self._checked(name, value) for name, value in scheds.items()}
+        self._active: dict = {}
+
+    def _checked(self, name, value):
+        if not isinstance(name, str):
+            raise TypeError(f"schedule names must be strings like 'lr' or 'mom', got {name!r}")
+        values = list(value) if isinstance(value, (list, tuple)) else [value]
+        if not values:
+            raise ValueError(f"the schedule list for {name!r} is empty; give one schedule per parameter group")
+        for sched in values:
+            if isinstance(sched, OneCycle):
+                raise TypeError(
+                    f"{name!r}: a OneCycle holds two schedules; pass ParamScheduler(one_cycle(...).scheds()) "
+                    "or use OneCycleCallback"
+                )
+            if not callable(sched):
+                raise TypeError(f"the schedule for {name!r} must be callable as sched(position), got {sched!r}")
+            domain = getattr(sched, "domain", None) if isinstance(sched, Schedule) else None
+            if domain == "pct" and self.unit != "pct":
+                raise ValueError(
+                    f"{sched!r} for {name!r} is a function of the fraction of training; use unit='pct', "
+                    f"not unit={self.unit!r}"
+                )
+            if domain == "step" and self.unit == "pct":
+                raise ValueError(
+                    f"{sched!r} for {name!r} is a function of a step count; use unit='batch' or unit='epoch'"
+                )
+        return values if isinstance(value, (list, tuple)) else value
+
+    def __repr__(self) -> str:
+        return f"{self.name}(unit={self.unit!r}, " + ", ".join(f"{k}={v!r}" for k, v in self.scheds.items()) + ")"
+
+    # ----- hooks -------------------------------------------------------------------------------------------------
+    def before_fit(self, learn) -> None:
+        groups = learn.opt.param_groups
+        self._active = {}
+        for name, value in self.scheds.items():
+            if name == "mom" and not all(_has_momentum(g) for g in groups):
+                warnings.warn(
+                    f"{type(learn.opt).__name__} has no momentum or betas: the 'mom' schedule is ignored in this fit",
+                    stacklevel=2,
+                )
+                continue
+            if name != "mom":
+                key = _NEEDS_KEY.get(name, name)
+                missing = [i for i, g in enumerate(groups) if key not in g]
+                if missing:
+                    raise ValueError(
+                        f"cannot schedule {name!r}: {type(learn.opt).__name__} has no {key!r} in parameter group(s) "
+                        f"{missing}; its keys are {sorted(groups[missing[0]])}"
+                    )
+            if isinstance(value, list) and len(value) != len(groups):
+                raise ValueError(
+                    f"{len(value)} schedules for {name!r} but the optimizer has {len(groups)} parameter groups; "
+                    "give one schedule per group, or a single schedule for all"
+                )
+            self._active[name] = value
+        for pos in self._sample_positions(learn):
+            for name, value in self._active.items():
+                for sched in value if isinstance(value, list) else [value]:
+                    self._value(sched, pos, name)
+
+    def before_batch(self, learn) -> None:
+        if not learn.training:
+            return
+        pos = self.position(learn)
+        for name, value in self._active.items():
+            if isinstance(value, list):
+                for group, sched in enumerate(value):
+                    learn.set_hyper(name, self._value(sched, pos, name), group)
+            else:
+                learn.set_hyper(name, self._value(value, pos, name))
+
+    # ----- positions and values ------------------------------------------------------------------------------------
+    def position(self, learn) -> float:
+        """The position the schedules see for the batch about to run."""
+        if self.unit == "pct":
+            return learn.pct_train
+        if self.unit == "batch":
+            return learn.train_iter
+        return learn.epoch
+
+    def _sample_positions(self, learn) -> list:
+        """The first position and a few others, checked before training so a bad schedule fails before any step."""
+        if self.unit == "epoch":
+            return sorted({0, learn.n_epoch // 2, learn.n_epoch - 1})
+        n = learn.n_train_iters
+        iters = sorted({0, n // 4, n // 2, 3 * n // 4, max(0, n - 1)})
+        return [i / n for i in iters] if self.unit == "pct" else iters
+
+    @staticmethod
+    def _value(sched: Callable, pos, name: str) -> float:
+        value = sched(pos)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(
+                f"the schedule for {name!r} ({_describe(sched)}) must return a float, got "
+                f"{type(value).__name__} ({value!r}) at position {pos!r}"
+            )
+        if not math.isfinite(value):
+            raise ValueError(
+                f"the schedule for {name!r} ({_describe(sched)}) returned {value!r} at position {pos!r}; "
+                "hyperparameters must be finite"
+            )
+        return float(value)
+
+    # ----- checkpoints ---------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Plain values only. Schedule objects are saved as their state dicts; a plain function is saved as its repr
+        only, so resuming needs a ParamScheduler created with the same callable (load_state_dict keeps it)."""
+
+        def entry(sched):
+            if isinstance(sched, Schedule):
+                return sched.state_dict()
+            return {"kind": "callable", "repr": _describe(sched)}
+
+        return {
+            "unit": self.unit,
+            "scheds": {
+                name: [entry(s) for s in value] if isinstance(value, list) else entry(value)
+                for name, value in self.scheds.items()
+            },
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["unit"] not in UNITS:
+            raise ValueError(f"state has unit {state['unit']!r}; expected one of {UNITS}")
+
+        def rebuild(name, saved, current):
+            if saved["kind"] != "callable":
+                return schedule_from_state(saved)
+            if current is None or isinstance(current, Schedule):
+                raise ValueError(
+                    f"the saved schedule for {name!r} was a plain callable ({saved['repr']}), which cannot be "
+                    "rebuilt from a checkpoint: create the ParamScheduler with that same callable, then load"
+                )
+            return current
+
+        scheds = {}
+        for name, saved in state["scheds"].items():
+            current = self.scheds.get(name)
+            if isinstance(saved, list):
+                currents = current if isinstance(current, list) and len(current) == len(saved) else [None] * len(saved)
+                scheds[name] = [rebuild(name, s, c) for s, c in zip(saved, currents, strict=True)]
+            else:
+                scheds[name] = rebuild(name, saved, None if isinstance(current, list) else current)
+        self.unit = state["unit"]
+        self.scheds = {name: self._checked(name, value) for name, value in scheds.items()}
+
+
+# ----- per-group learning rates ---------------------------------------------------------------------------------------
+def lrs_per_group(lr, n_groups: int, name: str = "max_lr") -> list[float]:
+    """One learning rate per parameter group from a number (all equal), a list (one each), or `slice(lo, hi)`:
+    geometrically spread, lo for the first group and hi for the last; `slice(hi)` gives hi/10 to all groups but the
+    last (fastai's convention)."""
+    if isinstance(lr, slice):
+        lo, hi = lr.start, lr.stop
+        if lr.step is not None or hi is None:
+            raise ValueError(f"{name} as a slice must be slice(lo, hi) or slice(hi), got {lr!r}")
+        _positive(f"{name} slice end", hi)
+        if n_groups == 1:
+            return [hi]
+        if lo is None:
+            return [hi / 10] * (n_groups - 1) + [hi]
+        _positive(f"{name} slice start", lo)
+        return [lo * (hi / lo) ** (i / (n_groups - 1)) for i in range(n_groups)]
+    if isinstance(lr, (list, tuple)):
+        if len(lr) != n_groups:
+            raise ValueError(f"{name} has {len(lr)} values for {n_groups} parameter groups; give one per group")
+        return list(lr)
+    return [lr] * n_groups
+
+
+def _check_lr_spec(name: str, lr, check=_positive) -> None:
+    """Refuse a bad learning rate (number, list or slice) at construction, before the groups are known."""
+    if isinstance(lr, slice):
+        lrs_per_group(lr, 2, name)
+    elif isinstance(lr, (list, tuple)):
+        if not lr:
+            raise ValueError(f"{name} is an empty list; give one learning rate per parameter group")
+        for i, v in enumerate(lr):
+            check(f"{name}[{i}]", v)
+    else:
+        check(name, lr)
+
+
+class _PerGroupScheduler(ParamScheduler):
+    """A ParamScheduler whose lr schedules are rebuilt for the optimizer's groups at the start of each fit."""
+
+    def before_fit(self, learn) -> None:
+        self.scheds = self._make_scheds(len(learn.opt.param_groups))
+        super().before_fit(learn)
+
+    def _make_scheds(self, n_groups: int | None) -> dict:
+        """n_groups None: before any fit, one schedule when the lr is a number, else the last group's."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _lrs(lr, n_groups, name="max_lr"):
+        """A number stays one number (one schedule for all groups); a list or slice gives one lr per group."""
+        if isinstance(lr, numbers.Real):
+            return lr
+        if n_groups is None:
+            return lr.stop if isinstance(lr, slice) else lr[-1]
+        return lrs_per_group(lr, n_groups, name)
+
+
+class OneCycleCallback(_PerGroupScheduler):
+    """Smith's one-cycle policy (fastai's fit_one_cycle): see `callbacks.schedules.OneCycle`.
+
+    `max_lr` may be a number, a list (one per parameter group) or `slice(lo, hi)`. `moms=None`, or an optimizer
+    without momentum, schedules no momentum.
+    """
+
+    def __init__(
+        self,
+        max_lr,
+        div_factor: float = 25.0,
+        pct_start: float = 0.3,
+        final_div: float | None = None,
+        moms: Sequence[float] | None = (0.95, 0.85),
+    ):
+        _check_lr_spec("max_lr", max_lr)
+        self.max_lr, self.div_factor, self.pct_start, self.final_div, self.moms = (
+            max_lr, div_factor, pct_start, final_div, moms)
+        # The schedule of the last (or only) group: validates every other argument now, and is what `plot` shows.
+        self.one_cycle = self._cycle(self._lrs(max_lr, None))
+        super().__init__(self._make_scheds(None), unit="pct")
+
+    def _cycle(self, lr: float) -> OneCycle:
+        return OneCycle(lr, self.div_factor, self.pct_start, self.final_div, self.moms)
+
+    def _make_scheds(self, n_groups):
+        lrs = self._lrs(self.max_lr, n_groups)
+        scheds = {"lr": [self._cycle(lr).lr for lr in lrs] if isinstance(lrs, list) else self._cycle(lrs).lr}
+        if self.one_cycle.mom is not None:
+            scheds["mom"] = self.one_cycle.mom
+        return scheds
+
+    def plot(self, n: int = 100):
+        """The last group's lr and momentum, at pct i/n."""
+        return self.one_cycle.plot(n)
+
+
+class SGDRCallback(_PerGroupScheduler):
+    """SGDR (cosine annealing with warm restarts): see `callbacks.schedules.SGDR`. Fit for `total_epochs` epochs;
+    with another fit length the cycles stretch to fill it (a warning says so)."""
+
+    def __init__(self, max_lr, n_cycles: int, cycle_len: int, cycle_mult: int = 2, eta_min: float = 0.0):
+        _check_lr_spec("max_lr", max_lr)
+        self.max_lr, self.n_cycles, self.cycle_len, self.cycle_mult, self.eta_min = (
+            max_lr, n_cycles, cycle_len, cycle_mult, eta_min)
+        self.sgdr = self._sgdr(self._lrs(max_lr, None))
+        self.total_epochs = self.sgdr.total_epochs
+        super().__init__(self._make_scheds(None), unit="pct")
+
+    def _sgdr(self, lr):
+        return sgdr(lr, self.n_cycles, self.cycle_len, self.cycle_mult, self.eta_min)
+
+    def _make_scheds(self, n_groups):
+        lrs = self._lrs(self.max_lr, n_groups)
+        return {"lr": [self._sgdr(lr) for lr in lrs] if isinstance(lrs, list) else self._sgdr(lrs)}
+
+    def before_fit(self, learn) -> None:
+        if learn.n_epoch != self.total_epochs:
+            warnings.warn(
+                f"SGDR cycles assume {self.total_epochs} epochs but this fit has {learn.n_epoch}: "
+                "the cycles are stretched to fit",
+                stacklevel=2,
+            )
+        super().before_fit(learn)
+
+    def plot(self, n: int = 100):
+        return self.sgdr.plot(n)
+
+
+class CyclicLRCallback(_PerGroupScheduler):
+    """Smith's cyclical learning rates per batch ('triangular', 'triangular2', 'exp_range'), as torch's CyclicLR.
+
+    With `cycle_momentum`, momentum cycles inversely between max_momentum and base_momentum; an optimizer without
+    momentum then gets a warning and no momentum schedule. `base_lr` and `max_lr` may be per group.
+    """
+
+    def __init__(
+        self,
+        base_lr,
+        max_lr,
+        step_size: int,
+        mode: str = "triangular",
+        gamma: float = 1.0,
+        cycle_momentum: bool = True,
+        base_momentum: float = 0.8,
+        max_momentum: float = 0.9,
+    ):
+        _check_lr_spec("base_lr", base_lr, check=_non_negative)
+        _check_lr_spec("max_lr", max_lr)
+        _int_at_least("step_size", step_size, 1)
+        if cycle_momentum:
+            _momentum("base_momentum", base_momentum)
+            _momentum("max_momentum", max_momentum)
+        self.base_lr, self.max_lr, self.step_size, self.mode, self.gamma = base_lr, max_lr, step_size, mode, gamma
+        self.cycle_momentum, self.base_momentum, self.max_momentum = cycle_momentum, base_momentum, max_momentum
+        super().__init__(self._make_scheds(None), unit="batch")
+
+    def _cyclical(self, base_lr, max_lr):
+        return _cyclical(base_lr, max_lr, self.step_size, self.mode, self.gamma)
+
+    def _make_scheds(self, n_groups):
+        max_lrs, base_lrs = self._lrs(self.max_lr, n_groups), self._lrs(self.base_lr, n_groups, "base_lr")
+        if isinstance(max_lrs, list) or isinstance(base_lrs, list):  # only once n_groups is known
+            max_lrs = max_lrs if isinstance(max_lrs, list) else [max_lrs] * n_groups
+            base_lrs = base_lrs if isinstance(base_lrs, list) else [base_lrs] * n_groups
+            lr = [self._cyclical(b, m) for b, m in zip(base_lrs, max_lrs, strict=True)]
+            shape = lr[-1]
+        else:
+            lr = shape = self._cyclical(base_lrs, max_lrs)
+        scheds = {"lr": lr}
+        if self.cycle_momentum:
+            scheds["mom"] = shape.momentum(self.base_momentum, self.max_momentum)
+        return scheds

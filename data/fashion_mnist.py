@@ -1,0 +1,282 @@
+"""Fashion-MNIST (Xiao et al., 2017): 28x28 grey images of clothes in 10 classes, 60,000 train and 10,000 test.
+
+The files are looked for, in order, in `root`, in the directory named by the `CYCLR_DATA` environment variable and in
+the Debian package's `/usr/share/datasets/fashion-mnist` (`apt-get install dataset-fashion-mnist`), each either
+directly (gzipped or not) or in torchvision's layout `<dir>/FashionMNIST/raw/`. Only when none has them does
+torchvision's downloader run, with short timeouts so it fails fast on a machine without internet.
+
+The IDX files are decoded once per process and cached on disk (`$XDG_CACHE_HOME/cyclr/fashion_mnist.pt`, by default
+under `~/.cache`), keyed on the source files' paths, sizes and modification times.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import socket
+import struct
+import tempfile
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from .core import DataLoaders
+
+__all__ = ["FASHION_MNIST_CLASSES", "fashion_mnist", "load_fashion_mnist", "clear_memory_cache"]
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+DOWNLOAD_TIMEOUT_S = 15.0  # per socket operation; DNS lookups get their own bound in _check_reachable
+
+# key -> file stem; the shapes the files must have.
+_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+_SHAPES = {"x_train": (60000, 28, 28), "y_train": (60000,), "x_test": (10000, 28, 28), "y_test": (10000,)}
+_IDX_UBYTE = 0x08  # IDX type code for unsigned bytes
+
+_memory_cache: dict[str, dict[str, torch.Tensor]] = {}
+
+
+def clear_memory_cache() -> None:
+    """Forget the decoded tensors kept in this process (the disk cache stays)."""
+    _memory_cache.clear()
+
+
+def _find_files(directory: Path) -> dict[str, Path] | None:
+    """The four files in `directory` or in torchvision's `<directory>/FashionMNIST/raw`, gzipped or not."""
+    for folder in (directory, directory / "FashionMNIST" / "raw"):
+        paths = {}
+        for key, stem in _FILES.items():
+            for name in (stem + ".gz", stem):
+                if (folder / name).is_file():
+                    paths[key] = folder / name
+                    break
+        if len(paths) == len(_FILES):
+            return paths
+    return None
+
+
+def _read_idx(path: Path) -> torch.Tensor:
+    """Decode an IDX file of unsigned bytes (the MNIST format: 2 zero bytes, type code, ndim, big-endian dims)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != _IDX_UBYTE:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes (bad magic number {data[:4].hex()})")
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    shape = struct.unpack(f">{ndim}I", data[4:header])
+    count = 1
+    for size in shape:
+        count *= size
+    if len(data) != header + count:
+        raise ValueError(f"{path}: header says shape {shape} ({count} bytes) but the file has {len(data) - header}")
+    # bytearray: torch.frombuffer wants a writable buffer, and the tensor then owns a copy.
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=header, count=count).reshape(shape)
+
+
+def _decode(paths: dict[str, Path]) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for key, path in paths.items():
+        tensor = _read_idx(path)
+        if tuple(tensor.shape) != _SHAPES[key]:
+            raise ValueError(f"{path}: expected shape {_SHAPES[key]} for Fashion-MNIST, got {tuple(tensor.shape)}")
+        if key.startswith("y"):
+            if int(tensor.max()) > 9:
+                raise ValueError(f"{path}: labels must be in 0..9, found {int(tensor.max())}")
+            tensor = tensor.long()
+        tensors[key] = tensor
+    return tensors
+
+
+def _cache_key(paths: dict[str, Path]) -> str:
+    stats = {}
+    for key, path in sorted(paths.items()):
+        st = path.stat()
+        stats[key] = [str(path.resolve()), st.st_size, st.st_mtime_ns]
+    return json.dumps(stats, sort_keys=True)
+
+
+def _disk_cache_path() -> Path:
+    cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache_home) / "cyclr" / "fashion_mnist.pt"
+
+
+def _read_disk_cache(key: str) -> dict[str, torch.Tensor] | None:
+    path = _disk_cache_path()
+    if not path.is_file():
+        return None
+    try:
+        saved = torch.load(path, weights_only=True)
+    except Exception:  # a truncated or foreign file: decode again and overwrite it
+        return None
+    if not isinstance(saved, dict) or saved.get("key") != key:
+        return None
+    return {name: saved[name] for name in _FILES}
+
+
+def _write_disk_cache(key: str, tensors: dict[str, torch.Tensor]) -> None:
+    path = _disk_cache_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Written to a temporary file in the same directory, then renamed: a reader never sees half a file.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".fashion_mnist.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save({"key": key, **tensors}, f)
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError:
+        pass  # a read-only home is no reason to fail: the data were decoded, only the next load is slower
+
+
+def _check_reachable(url: str, timeout: float) -> None:
+    """Fail within `timeout` when the host cannot be resolved or reached (DNS ignores socket timeouts)."""
+    host = urlparse(url).hostname
+    port = urlparse(url).port or (443 if url.startswith("https") else 80)
+    outcome: list = []
+
+    def connect():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not outcome:
+        raise TimeoutError(f"no answer from {host} within {timeout:.0f} s")
+    if outcome[0] is not None:
+        raise outcome[0]
+
+
+def _download_with_torchvision(download_root: Path) -> Path:
+    """Download with torchvision into `download_root/FashionMNIST/raw`; return that folder."""
+    from torchvision.datasets import FashionMNIST
+
+    _check_reachable(FashionMNIST.mirrors[0], DOWNLOAD_TIMEOUT_S)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # urllib, which torchvision uses, would otherwise wait forever
+    try:
+        FashionMNIST(str(download_root), train=True, download=True)
+    finally:
+        socket.setdefaulttimeout(previous)
+    return download_root / "FashionMNIST" / "raw"
+
+
+def _locate(root, download: bool) -> dict[str, Path]:
+    candidates = []
+    if root is not None:
+        candidates.append(("root", Path(root)))
+    env_dir = os.environ.get("CYCLR_DATA")
+    if env_dir:
+        candidates.append(("$CYCLR_DATA", Path(env_dir)))
+    candidates.append(("the Debian package dataset-fashion-mnist", DEBIAN_DIR))
+    for _, directory in candidates:
+        paths = _find_files(directory)
+        if paths is not None:
+            return paths
+
+    tried = "; ".join(f"{label} ({directory})" for label, directory in candidates)
+    download_note = "download=False, so torchvision's downloader was not tried"
+    if download:
+        download_root = Path(root) if root is not None else Path(env_dir) if env_dir else _disk_cache_path().parent
+        try:
+            paths = _find_files(_download_with_torchvision(download_root))
+            if paths is not None:
+                return paths
+            download_note = f"torchvision's downloader left no files in {download_root}"
+        except Exception as error:  # any failure here ends in the one clear error below
+            download_note = f"torchvision's downloader failed: {type(error).__name__}: {error}"
+    raise FileNotFoundError(
+        "Fashion-MNIST not found. Looked for train-images-idx3-ubyte(.gz), train-labels-idx1-ubyte(.gz), "
+        f"t10k-images-idx3-ubyte(.gz) and t10k-labels-idx1-ubyte(.gz) in: {tried}; {download_note}.\n"
+        "Options: install the Debian package (`sudo apt-get install dataset-fashion-mnist`), or pass root=<dir> "
+        "or set the CYCLR_DATA environment variable to a directory holding those files (or torchvision's "
+        "<dir>/FashionMNIST/raw/), or run once on a machine with internet access so torchvision can download them."
+    )
+
+
+def _load(root=None, download: bool = True) -> dict[str, torch.Tensor]:
+    """The decoded tensors, shared with the in-process cache: callers must not modify them in place."""
+    paths = _locate(root, download)
+    key = _cache_key(paths)
+    tensors = _memory_cache.get(key)
+    if tensors is None:
+        tensors = _read_disk_cache(key)
+        if tensors is None:
+            tensors = _decode(paths)
+            _write_disk_cache(key, tensors)
+        _memory_cache[key] = tensors
+    return tensors
+
+
+def load_fashion_mnist(root=None, download: bool = True):
+    """`(x_train, y_train, x_test, y_test)`: images uint8 `(N, 28, 28)`, labels int64 in 0..9 (N = 60000, 10000).
+
+    The tensors are fresh copies, safe to modify.
+    """
+    tensors = _load(root, download)
+    return tuple(tensors[key].clone() for key in ("x_train", "y_train", "x_test", "y_test"))
+
+
+def _subset_size(name: str, value, total: int) -> int:
+    if value is None:
+        return total
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= total:
+        raise ValueError(f"{name} must be None or an int in [1, {total}], got {value!r}")
+    return value
+
+
+def fashion_mnist(
+    bs: int = 256,
+    root=None,
+    device: torch.device | str | None = None,
+    normalize: bool = False,
+    valid_bs: int | None = None,
+    n_train: int | None = None,
+    n_valid: int | None = None,
+    seed: int = 0,
+    shuffle: bool = True,
+    drop_last: bool = False,
+    download: bool = True,
+) -> DataLoaders:
+    """DataLoaders over Fashion-MNIST: float32 images `(N, 1, 28, 28)` and int64 labels; the test set is `valid`.
+
+    Pixels are in [0, 1], or standardised with the mean and standard deviation of the training images used when
+    `normalize=True`. `n_train` / `n_valid` keep the first samples of each split (the files are already in random
+    order) for quick runs. `device` puts the data there once, so batches cost nothing to produce.
+    """
+    tensors = _load(root, download)
+    n_train = _subset_size("n_train", n_train, _SHAPES["x_train"][0])
+    n_valid = _subset_size("n_valid", n_valid, _SHAPES["x_test"][0])
+
+    def images(raw: torch.Tensor) -> torch.Tensor:
+        # Move the bytes first, then convert: a quarter of the traffic when device is a GPU.
+        raw = raw if device is None else raw.to(device)
+        return raw.unsqueeze(1).float().div_(255)
+
+    x_train, x_valid = images(tensors["x_train"][:n_train]), images(tensors["x_test"][:n_valid])
+    y_train, y_valid = tensors["y_train"][:n_train].clone(), tensors["y_test"][:n_valid].clone()
+    if normalize:
+        mean, std = x_train.mean(), x_train.std()
+        x_train.sub_(mean).div_(std)
+        x_valid.sub_(mean).div_(std)
+    return DataLoaders.from_tensors(
+        x_train, y_train, x_valid, y_valid, bs=bs, device=device, shuffle=shuffle, drop_last=drop_last,
+        seed=seed, valid_bs=valid_bs, classes=list(FASHION_MNIST_CLASSES),
+    )

@@ -1,0 +1,458 @@
+"""Tests of data/: the loaders' sampling guarantees, restorable shuffling, Fashion-MNIST loading and caching."""
+
+import gzip
+import importlib
+import io
+import os
+import shutil
+import socket
+import struct
+import time
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from data import DataLoaders, InMemoryLoader, TorchLoader, fashion_mnist, load_fashion_mnist
+from data.synthetic import synthetic_classification, synthetic_regression, tiny_images
+
+# The module, not the function `data.fashion_mnist` that the package re-exports under the same name.
+fm = importlib.import_module("data.fashion_mnist")
+
+
+def numbered(n, features=3):
+    """x row i is filled with i and y[i] = i, so a batch tells which samples it holds and that x and y match."""
+    y = torch.arange(n)
+    x = y.float().unsqueeze(1).repeat(1, features)
+    return x, y
+
+
+def epoch_labels(loader):
+    batches = list(loader)
+    for xb, yb in batches:
+        assert torch.equal(xb[:, 0].long(), yb), "x and y rows got separated"
+    return [yb for _, yb in batches]
+
+
+# ---------------------------------------------------------------- InMemoryLoader: sampling
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("n,bs", [(100, 10), (103, 10), (7, 64), (1, 1)])
+def test_every_sample_once_per_epoch(shuffle, n, bs):
+    loader = InMemoryLoader(*numbered(n), bs, shuffle=shuffle)
+    for _ in range(3):
+        batches = epoch_labels(loader)
+        assert len(batches) == len(loader) == -(-n // bs)
+        assert [len(b) for b in batches[:-1]] == [bs] * (len(batches) - 1)
+        assert torch.equal(torch.cat(batches).sort().values, torch.arange(n))
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_drop_last_drops_exactly_the_remainder(shuffle):
+    n, bs = 103, 10
+    loader = InMemoryLoader(*numbered(n), bs, shuffle=shuffle, drop_last=True)
+    assert len(loader) == 10
+    dropped_sets = []
+    for _ in range(4):
+        batches = epoch_labels(loader)
+        assert len(batches) == 10 and all(len(b) == bs for b in batches)
+        seen = torch.cat(batches)
+        assert len(seen.unique()) == 100
+        dropped_sets.append(frozenset(set(range(n)) - set(seen.tolist())))
+    assert all(len(d) == 3 for d in dropped_sets)
+    if shuffle:  # a different remainder each epoch, so no sample is never trained on
+        assert len(set(dropped_sets)) > 1
+    else:
+        assert dropped_sets[0] == {100, 101, 102}
+
+
+def test_unshuffled_batches_are_in_order():
+    x, y = numbered(25)
+    batches = list(InMemoryLoader(x, y, 10))
+    assert [b[1].tolist() for b in batches] == [list(range(0, 10)), list(range(10, 20)), list(range(20, 25))]
+
+
+def test_reshuffled_each_epoch_and_same_across_loaders_with_same_seed():
+    x, y = numbered(50)
+    a, b = InMemoryLoader(x, y, 8, shuffle=True, seed=3), InMemoryLoader(x, y, 8, shuffle=True, seed=3)
+    other_seed = InMemoryLoader(x, y, 8, shuffle=True, seed=4)
+    orders_a = [torch.cat(epoch_labels(a)) for _ in range(3)]
+    orders_b = [torch.cat(epoch_labels(b)) for _ in range(3)]
+    for order_a, order_b in zip(orders_a, orders_b, strict=True):
+        assert torch.equal(order_a, order_b)
+    assert not torch.equal(orders_a[0], orders_a[1]) and not torch.equal(orders_a[1], orders_a[2])
+    assert not torch.equal(orders_a[0], torch.arange(50))
+    assert not torch.equal(torch.cat(epoch_labels(other_seed)), orders_a[0])
+
+
+def test_state_dict_restores_the_next_epoch_order_exactly():
+    x, y = numbered(40)
+    loader = InMemoryLoader(x, y, 6, shuffle=True, seed=1)
+    list(loader)
+    state = loader.state_dict()
+    assert state["generator"].dtype == torch.uint8 and state["epoch"] == 1
+    buffer = io.BytesIO()  # a checkpoint must survive torch.save / torch.load(weights_only=True)
+    torch.save(state, buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+
+    expected = [torch.cat(epoch_labels(loader)) for _ in range(2)]
+    # A partial epoch (what an LR finder runs) moves the state on; restoring it rewinds.
+    next(iter(loader))
+    loader.load_state_dict(state)
+    assert loader.epoch == 1
+    replay = [torch.cat(epoch_labels(loader)) for _ in range(2)]
+    assert all(torch.equal(e, r) for e, r in zip(expected, replay, strict=True))
+
+    fresh = InMemoryLoader(x, y, 6, shuffle=True, seed=99)  # the seed is overridden by the saved state
+    fresh.load_state_dict(state)
+    assert torch.equal(torch.cat(epoch_labels(fresh)), expected[0])
+
+
+def test_global_rng_untouched():
+    torch.manual_seed(123)
+    expected = torch.rand(5)
+    torch.manual_seed(123)
+    loader = InMemoryLoader(*numbered(30), 4, shuffle=True)
+    for _ in range(2):
+        list(loader)
+    loader.state_dict()
+    synthetic_classification()
+    synthetic_regression()
+    tiny_images(n_train=20, n_valid=10)
+    dls = DataLoaders.from_datasets(TensorDataset(*numbered(30)), bs=4, shuffle=True)
+    list(dls.train)
+    dls.train.one_batch()
+    assert torch.equal(torch.rand(5), expected)
+
+
+def test_one_batch_does_not_move_the_shuffling_state():
+    x, y = numbered(30)
+    loader, twin = InMemoryLoader(x, y, 4, shuffle=True), InMemoryLoader(x, y, 4, shuffle=True)
+    xb, yb = loader.one_batch()
+    assert torch.equal(yb, torch.arange(4)) and xb.shape == (4, 3)
+    assert torch.equal(torch.cat(epoch_labels(loader)), torch.cat(epoch_labels(twin)))
+
+
+def test_device_argument_and_to():
+    x, y = numbered(10)
+    loader = InMemoryLoader(x, y, 4, device="cpu")
+    assert loader.device == torch.device("cpu") and loader.x.device.type == "cpu"
+    assert loader.to("cpu") is loader
+    if torch.cuda.is_available():
+        loader.to("cuda")
+        assert loader.x.is_cuda and loader.y.is_cuda
+        loader.shuffle = True
+        assert torch.equal(torch.cat(epoch_labels(loader)).sort().values.cpu(), torch.arange(10))
+
+
+@pytest.mark.parametrize(
+    "args,kwargs,error,match",
+    [
+        (([1, 2], torch.zeros(2), 1), {}, TypeError, "torch.Tensors"),
+        ((torch.zeros(3, 2), torch.zeros(4), 2), {}, ValueError, "same number of samples"),
+        ((torch.zeros(0, 2), torch.zeros(0), 2), {}, ValueError, "empty"),
+        ((torch.zeros(3), torch.tensor(1.0), 2), {}, ValueError, "first .sample. dimension"),
+        ((torch.zeros(3), torch.zeros(3), 0), {}, ValueError, "bs must be an int >= 1"),
+        ((torch.zeros(3), torch.zeros(3), 2.5), {}, TypeError, "bs must be an int >= 1"),
+        ((torch.zeros(3), torch.zeros(3), True), {}, TypeError, "bs must be an int"),
+        ((torch.zeros(3), torch.zeros(3), 4), {"drop_last": True}, ValueError, "lower bs or set drop_last=False"),
+        ((torch.zeros(3), torch.zeros(3), 1), {"seed": -1}, ValueError, "seed"),
+        ((torch.zeros(3), torch.zeros(3), 1), {"rank": 2, "world_size": 2}, ValueError, "rank must be in"),
+        ((torch.zeros(3), torch.zeros(3), 1), {"world_size": 4}, ValueError, "larger than the number of samples"),
+    ],
+)
+def test_bad_input_is_refused(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        InMemoryLoader(*args, **kwargs)
+
+
+def test_bad_state_dict_is_refused():
+    loader = InMemoryLoader(*numbered(5), 2)
+    with pytest.raises(ValueError, match="keys 'generator' and 'epoch'"):
+        loader.load_state_dict({"epoch": 1})
+    with pytest.raises(TypeError, match="uint8"):
+        loader.load_state_dict({"generator": torch.zeros(3), "epoch": 1})
+
+
+# ---------------------------------------------------------------- InMemoryLoader: sharding for data parallelism
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_even_shards_split_one_global_permutation(shuffle):
+    n, world_size, bs = 10, 3, 2
+    x, y = numbered(n)
+    whole = InMemoryLoader(x, y, bs, shuffle=shuffle, seed=5)
+    ranks = [whole.shard(rank, world_size) for rank in range(world_size)]
+    for _ in range(2):
+        global_order = torch.cat(epoch_labels(whole))  # the unsharded loader, kept in step with the ranks
+        per_rank = [torch.cat(epoch_labels(r)) for r in ranks]
+        assert [len(r) for r in ranks] == [2, 2, 2] and all(len(p) == 4 for p in per_rank)  # ceil(10/3) = 4
+        # Rank r holds positions r, r+3, ... of the global permutation, wrapped around to 12 positions.
+        padded = torch.cat([global_order, global_order[:2]])
+        for rank, labels in enumerate(per_rank):
+            assert torch.equal(labels, padded[rank::world_size])
+        assert set(torch.cat(per_rank).tolist()) == set(range(n))
+    # The shards all advanced their own generators in step with the unsharded loader's.
+    assert all(torch.equal(r.state_dict()["generator"], whole.state_dict()["generator"]) for r in ranks)
+
+
+def test_shards_with_drop_last_are_disjoint_and_equal():
+    x, y = numbered(11)
+    ranks = [InMemoryLoader(x, y, 2, shuffle=True, drop_last=True, rank=r, world_size=3) for r in range(3)]
+    per_rank = [torch.cat(epoch_labels(r)) for r in ranks]
+    assert [len(p) for p in per_rank] == [2, 2, 2]  # 11 // 3 = 3 per rank, then one full batch of 2
+    assert len(torch.cat(per_rank).unique()) == 6
+
+
+def test_uneven_shards_see_every_sample_exactly_once():
+    x, y = numbered(10)
+    ranks = [InMemoryLoader(x, y, 3, world_size=3, rank=r, even_shards=False) for r in range(3)]
+    per_rank = [torch.cat(epoch_labels(r)) for r in ranks]
+    assert [len(p) for p in per_rank] == [4, 3, 3]
+    assert torch.equal(torch.cat(per_rank).sort().values, torch.arange(10))
+
+
+# ---------------------------------------------------------------- DataLoaders and TorchLoader
+
+
+def test_from_tensors_valid_loader_is_unshuffled_with_double_batch_size():
+    x, y = numbered(40)
+    dls = DataLoaders.from_tensors(x, y, x[:25], y[:25], bs=8, seed=2)
+    assert dls.train.shuffle and not dls.valid.shuffle
+    assert dls.train.bs == 8 and dls.valid.bs == 16 and len(dls.valid) == 2
+    assert torch.equal(torch.cat(epoch_labels(dls.valid)), torch.arange(25))
+    assert dls.device == torch.device("cpu")
+    assert DataLoaders.from_tensors(x, y, x, y, bs=8, valid_bs=5).valid.bs == 5
+    assert DataLoaders.from_tensors(x, y, bs=8).valid is None
+    with pytest.raises(ValueError, match="both x_valid and y_valid"):
+        DataLoaders.from_tensors(x, y, x_valid=x, bs=8)
+
+
+def test_dataloaders_state_dict_delegates_to_both_loaders():
+    x, y = numbered(40)
+    dls = DataLoaders.from_tensors(x, y, x, y, bs=8, seed=2)
+    list(dls.train)
+    list(dls.valid)
+    state = dls.state_dict()
+    assert set(state) == {"train", "valid"} and state["train"]["epoch"] == 1 and state["valid"]["epoch"] == 1
+    expected = torch.cat(epoch_labels(dls.train))
+    dls.load_state_dict(state)
+    assert dls.train.epoch == 1
+    assert torch.equal(torch.cat(epoch_labels(dls.train)), expected)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_torch_loader_sees_every_sample_and_restores_its_order(num_workers):
+    x, y = numbered(30)
+    dls = DataLoaders.from_datasets(TensorDataset(x, y), TensorDataset(x, y), bs=4, num_workers=num_workers, seed=7)
+    assert isinstance(dls.train, TorchLoader) and dls.valid.bs == 8 and len(dls.train) == 8
+    first = torch.cat(epoch_labels(dls.train))
+    assert torch.equal(first.sort().values, torch.arange(30)) and not torch.equal(first, torch.arange(30))
+    state = dls.state_dict()
+    second = torch.cat(epoch_labels(dls.train))
+    assert not torch.equal(first, second)
+    dls.load_state_dict(state)
+    assert torch.equal(torch.cat(epoch_labels(dls.train)), second)
+    twin = DataLoaders.from_datasets(TensorDataset(x, y), bs=4, seed=7)
+    assert torch.equal(torch.cat(epoch_labels(twin.train)), first)
+    assert torch.equal(torch.cat(epoch_labels(dls.valid)), torch.arange(30))
+
+
+def test_torch_loader_shards_partition_each_epoch():
+    x, y = numbered(12)
+    loader = TorchLoader(TensorDataset(x, y), 2, shuffle=True, seed=1)
+    ranks = [loader.shard(r, 3) for r in range(3)]
+    epochs = []
+    for _ in range(2):
+        per_rank = [torch.cat(epoch_labels(r)) for r in ranks]
+        assert torch.equal(torch.cat(per_rank).sort().values, torch.arange(12))
+        epochs.append(torch.stack(per_rank))
+    assert not torch.equal(epochs[0], epochs[1])  # DistributedSampler reshuffles with the epoch
+
+
+def test_torch_loader_refuses_arguments_it_owns():
+    with pytest.raises(TypeError, match="sets 'generator' itself"):
+        TorchLoader(TensorDataset(*numbered(4)), 2, generator=torch.Generator())
+
+
+# ---------------------------------------------------------------- synthetic data
+
+
+def test_synthetic_sets_are_deterministic_and_shaped():
+    a, b = synthetic_classification(seed=1), synthetic_classification(seed=1)
+    assert torch.equal(a.train.x, b.train.x) and torch.equal(a.valid.y, b.valid.y)
+    assert not torch.equal(a.train.x, synthetic_classification(seed=2).train.x)
+    assert a.train.x.shape == (256, 8) and a.train.x.dtype == torch.float32 and a.train.y.dtype == torch.int64
+    assert torch.equal(torch.bincount(a.train.y), torch.tensor([86, 85, 85]))
+
+    images = tiny_images(n_train=40, n_valid=20)
+    assert images.train.x.shape == (40, 1, 28, 28) and images.valid.x.shape == (20, 1, 28, 28)
+    assert 0 <= images.train.x.min() and images.train.x.max() <= 1
+    assert images.train.y.unique().tolist() == list(range(10))
+    assert torch.equal(images.train.x, tiny_images(n_train=40, n_valid=20).train.x)
+
+
+def test_synthetic_classification_is_nearly_linearly_separable():
+    dls = synthetic_classification(seed=0)
+    centroids = torch.stack([dls.train.x[dls.train.y == c].mean(0) for c in range(3)])
+    nearest = torch.cdist(dls.valid.x, centroids).argmin(1)  # a linear classifier
+    assert (nearest == dls.valid.y).float().mean() >= 0.95
+
+
+def test_synthetic_regression_coefficients_are_recoverable():
+    dls = synthetic_regression(n_train=512, noise=0.1, seed=3)
+    weight, bias = dls.coefs
+    design = torch.cat([dls.train.x, torch.ones(512, 1)], dim=1)
+    solution = torch.linalg.lstsq(design, dls.train.y).solution
+    assert torch.allclose(solution[:-1], weight, atol=0.03) and torch.allclose(solution[-1], bias, atol=0.03)
+    residual = dls.valid.y - (dls.valid.x @ weight + bias)
+    assert 0.05 < residual.std() < 0.15
+    assert dls.train.y.shape == (512, 1)
+
+
+# ---------------------------------------------------------------- Fashion-MNIST
+
+
+def require_fashion_mnist():
+    """Skip without the Debian package on a developer machine; fail on CI, where it must be installed."""
+    if fm._find_files(fm.DEBIAN_DIR) is None:
+        message = f"Fashion-MNIST missing from {fm.DEBIAN_DIR}: apt-get install dataset-fashion-mnist"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    """A private disk cache and an empty in-process cache, restored afterwards."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("CYCLR_DATA", raising=False)
+    saved = dict(fm._memory_cache)
+    fm.clear_memory_cache()
+    yield tmp_path
+    fm._memory_cache.clear()
+    fm._memory_cache.update(saved)
+
+
+def test_fashion_mnist_real_data():
+    require_fashion_mnist()
+    dls = fashion_mnist(bs=128)
+    assert dls.train.x.shape == (60000, 1, 28, 28) and dls.valid.x.shape == (10000, 1, 28, 28)
+    assert dls.train.x.dtype == torch.float32 and dls.train.y.dtype == torch.int64
+    assert dls.train.x.min() == 0 and dls.train.x.max() == 1
+    assert torch.equal(torch.bincount(dls.train.y), torch.full((10,), 6000))
+    assert torch.equal(torch.bincount(dls.valid.y), torch.full((10,), 1000))
+    assert dls.train.shuffle and dls.train.bs == 128 and dls.valid.bs == 256 and len(dls.train) == 469
+    assert dls.classes[0] == "T-shirt/top" and len(dls.classes) == 10
+
+    x_train, y_train, x_test, y_test = load_fashion_mnist()
+    assert x_train.dtype == torch.uint8 and x_train.shape == (60000, 28, 28) and x_test.shape == (10000, 28, 28)
+    assert torch.equal(dls.train.x[:, 0], x_train.float() / 255) and torch.equal(dls.valid.y, y_test)
+
+
+def test_fashion_mnist_subset_and_normalize():
+    require_fashion_mnist()
+    full = fashion_mnist()
+    small = fashion_mnist(bs=32, n_train=1000, n_valid=500, normalize=True, valid_bs=100)
+    assert small.train.n == 1000 and small.valid.n == 500 and small.valid.bs == 100
+    assert torch.equal(small.train.y, full.train.y[:1000])
+    raw = full.train.x[:1000]
+    assert torch.allclose(small.train.x, (raw - raw.mean()) / raw.std(), atol=1e-5)
+    assert abs(small.train.x.mean()) < 1e-5 and abs(small.train.x.std() - 1) < 1e-5
+    with pytest.raises(ValueError, match=r"n_train must be None or an int in \[1, 60000\]"):
+        fashion_mnist(n_train=0)
+
+
+def test_fashion_mnist_second_load_comes_from_the_caches(isolated_cache, monkeypatch):
+    require_fashion_mnist()
+    first = load_fashion_mnist()
+    assert (isolated_cache / "cache" / "cyclr" / "fashion_mnist.pt").is_file()
+
+    def no_decoding(path):
+        raise AssertionError(f"decoded {path} again instead of using the cache")
+
+    monkeypatch.setattr(fm, "_read_idx", no_decoding)
+    from_memory = load_fashion_mnist()
+    fm.clear_memory_cache()
+    from_disk = load_fashion_mnist()
+    for a, b, c in zip(first, from_memory, from_disk, strict=True):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    from_memory[0][0, 0, 0] = 7  # callers get copies: the cache stays intact
+    assert torch.equal(load_fashion_mnist()[0], first[0])
+
+
+def test_fashion_mnist_torchvision_layout_and_stale_cache(isolated_cache):
+    require_fashion_mnist()
+    raw = isolated_cache / "data" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for stem in fm._FILES.values():
+        shutil.copy(fm.DEBIAN_DIR / f"{stem}.gz", raw)
+    labels = raw / "t10k-labels-idx1-ubyte.gz"  # one file uncompressed, as torchvision leaves it
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(gzip.decompress(labels.read_bytes()))
+    labels.unlink()
+    x_train, y_train, x_test, y_test = load_fashion_mnist(root=isolated_cache / "data")
+    assert x_train.shape == (60000, 28, 28) and torch.equal(torch.bincount(y_test), torch.full((10,), 1000))
+
+    # Changing a source file changes the cache key: the stale cache is not used.
+    uncompressed = raw / "t10k-labels-idx1-ubyte"
+    content = bytearray(uncompressed.read_bytes())
+    content[8] = (content[8] + 1) % 10  # relabel the first test image
+    uncompressed.write_bytes(bytes(content))
+    os.utime(uncompressed, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert load_fashion_mnist(root=isolated_cache / "data")[3][0] == (y_test[0] + 1) % 10
+
+
+def write_idx(path, magic_type, dims, payload):
+    path.write_bytes(bytes([0, 0, magic_type, len(dims)]) + struct.pack(f">{len(dims)}I", *dims) + payload)
+
+
+def test_idx_parser_checks_magic_and_size(tmp_path):
+    good = tmp_path / "good"
+    write_idx(good, 0x08, (2, 3), bytes(range(6)))
+    assert torch.equal(fm._read_idx(good), torch.arange(6, dtype=torch.uint8).reshape(2, 3))
+    bad_type = tmp_path / "bad_type"
+    write_idx(bad_type, 0x0D, (2,), bytes(8))
+    with pytest.raises(ValueError, match="bad magic number"):
+        fm._read_idx(bad_type)
+    short = tmp_path / "short"
+    write_idx(short, 0x08, (4, 4), bytes(15))
+    with pytest.raises(ValueError, match=r"shape \(4, 4\)"):
+        fm._read_idx(short)
+
+
+def test_missing_fashion_mnist_names_the_options(isolated_cache, monkeypatch):
+    empty = isolated_cache / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("CYCLR_DATA", str(empty))
+    monkeypatch.setattr(fm, "DEBIAN_DIR", isolated_cache / "no-such-dir")
+    attempts = []
+
+    def offline_download(download_root):
+        attempts.append(download_root)
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(fm, "_download_with_torchvision", offline_download)
+    with pytest.raises(FileNotFoundError) as raised:
+        fashion_mnist(root=empty)
+    message = str(raised.value)
+    options = ("apt-get install dataset-fashion-mnist", "root=", "CYCLR_DATA", "internet", "network is unreachable")
+    for option in options:
+        assert option in message
+    assert attempts == [empty]
+
+    with pytest.raises(FileNotFoundError, match="download=False"):
+        load_fashion_mnist(root=empty, download=False)
+    assert len(attempts) == 1
+
+
+def test_download_probe_gives_up_quickly_instead_of_hanging(monkeypatch):
+    def hanging_connect(*args, **kwargs):
+        time.sleep(3)
+
+    monkeypatch.setattr(socket, "create_connection", hanging_connect)
+    start = time.perf_counter()
+    with pytest.raises(TimeoutError, match="no answer"):
+        fm._check_reachable("http://example.invalid/", timeout=0.2)
+    assert time.perf_counter() - start < 2
