@@ -11,8 +11,10 @@ from .core import (
 )
 from .progress import ProgressCallback
 from .recorder import Recorder
+from .scheduler import CyclicLRCallback, OneCycleCallback, ParamScheduler, SGDRCallback
 
 __all__ = [
     "EVENTS", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException",
     "CancelTrainException", "CancelValidException", "ProgressCallback", "Recorder",
+    "ParamScheduler", "OneCycleCallback", "SGDRCallback", "CyclicLRCallback",
 ]

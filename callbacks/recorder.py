@@ -55,6 +55,7 @@ class Recorder(Callback):
         self.epoch_rows: list[dict] = []
         self.n_fits = 0
         self.last_validation: dict[str, float] = {}
+        self.lr_find_result = None  # set by Learner.lr_find, drawn by plot_lr_find
 
     # ----- hooks -------------------------------------------------------------------------------------------------
     def before_fit(self, learn):
@@ -219,6 +220,13 @@ class Recorder(Callback):
                 ax.legend()
         fig.tight_layout()
         return fig
+
+    def plot_lr_find(self, **kwargs):
+        """The last `learn.lr_find()` curve: loss against lr on a log axis, suggestions marked (one curve per weight
+        decay after `lr_find(wds=...)`). Keyword arguments go to the result's `plot`."""
+        if self.lr_find_result is None:
+            raise RuntimeError("no LR-finder result to plot: run learn.lr_find() first")
+        return self.lr_find_result.plot(**kwargs)
 
     # ----- checkpoints ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -266,6 +266,11 @@ class OneCycle(_Configured):
     `moms=None` schedules no momentum (`mom` is then None).
 
     Not itself callable: unpack it (`lr, mom = one_cycle(0.1)`) or hand `scheds()` to a ParamScheduler.
+
+    Batch i of N runs at pct i/N (fastai v2): the lr peaks at batch pct_start*N and the last batch, (N-1)/N, stops
+    one step short of `max_lr/final_div`. torch's OneCycleLR maps step i to i/(pct_start*N - 1) in the first phase
+    and ends exactly on the final lr at step N-1, so it peaks one batch earlier; fastai v1 (the blog) rounds the
+    peak down to batch int(pct_start*N). torch's `final_div_factor` is our `final_div / div_factor`.
     """
 
     def __init__(

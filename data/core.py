@@ -69,6 +69,8 @@ class InMemoryLoader:
             a device). Put them on the training device to make batches free to produce.
         rank, world_size: for data-parallel training; see `shard`.
         even_shards: see `shard`.
+        batch_tfm: called as `batch_tfm(xb, generator)` on every input batch, with this loader's generator, so that
+            random augmentations done on whole batches (on the device) replay exactly with the shuffling state.
 
     Attributes: `x`, `y`, `n` (samples in the data set), `bs`, `shuffle`, `drop_last`, `seed`, `device`, `epoch`
     (epochs started so far), `rank`, `world_size`, `n_local` (samples this rank sees per epoch).
@@ -86,6 +88,7 @@ class InMemoryLoader:
         rank: int = 0,
         world_size: int = 1,
         even_shards: bool = True,
+        batch_tfm=None,
     ):
         if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
             raise TypeError(
@@ -110,6 +113,9 @@ class InMemoryLoader:
         if world_size > x.shape[0]:
             raise ValueError(f"world_size ({world_size}) is larger than the number of samples ({x.shape[0]})")
         self.rank, self.world_size, self.even_shards = rank, world_size, bool(even_shards)
+        if batch_tfm is not None and not callable(batch_tfm):
+            raise TypeError(f"batch_tfm must be None or a callable (xb, generator) -> xb, got {batch_tfm!r}")
+        self.batch_tfm = batch_tfm
         if device is None:
             if x.device != y.device:
                 raise ValueError(
@@ -172,18 +178,23 @@ class InMemoryLoader:
 
     def _batches(self, indices: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n_used = len(self) * self.bs if self.drop_last else self.n_local
-        x, y, bs = self.x, self.y, self.bs
-        if indices is None:
-            for start in range(0, n_used, bs):
-                yield x[start : start + bs], y[start : start + bs]
-        else:
-            for start in range(0, n_used, bs):
+        x, y, bs, batch_tfm = self.x, self.y, self.bs, self.batch_tfm
+        for start in range(0, n_used, bs):
+            if indices is None:
+                xb, yb = x[start : start + bs], y[start : start + bs]
+            else:
                 batch_indices = indices[start : start + bs]
-                yield x.index_select(0, batch_indices), y.index_select(0, batch_indices)
+                xb, yb = x.index_select(0, batch_indices), y.index_select(0, batch_indices)
+            if batch_tfm is not None:
+                xb = batch_tfm(xb, self._generator)
+            yield xb, yb
 
     def one_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The first `bs` samples in data-set order, without advancing the shuffling state (for shape checks)."""
-        return self.x[: self.bs], self.y[: self.bs]
+        xb, yb = self.x[: self.bs], self.y[: self.bs]
+        if self.batch_tfm is not None:
+            xb = self.batch_tfm(xb, _new_generator(self.seed))  # a throwaway generator: our own stays put
+        return xb, yb
 
     def shard(self, rank: int, world_size: int, even: bool | None = None) -> InMemoryLoader:
         """A loader over the same tensors that yields only rank `rank`'s part of each epoch.
@@ -198,6 +209,7 @@ class InMemoryLoader:
         sharded = InMemoryLoader(
             self.x, self.y, self.bs, shuffle=self.shuffle, drop_last=self.drop_last, seed=self.seed,
             rank=rank, world_size=world_size, even_shards=self.even_shards if even is None else even,
+            batch_tfm=self.batch_tfm,
         )
         sharded.load_state_dict(self.state_dict())
         return sharded

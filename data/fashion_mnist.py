@@ -107,13 +107,14 @@ def _cache_key(paths: dict[str, Path]) -> str:
     return json.dumps(stats, sort_keys=True)
 
 
-def _disk_cache_path() -> Path:
+def _disk_cache_path(name: str = "fashion_mnist") -> Path:
     cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache_home) / "cyclr" / "fashion_mnist.pt"
+    return Path(cache_home) / "cyclr" / f"{name}.pt"
 
 
-def _read_disk_cache(key: str) -> dict[str, torch.Tensor] | None:
-    path = _disk_cache_path()
+def _read_disk_cache(key: str, name: str = "fashion_mnist") -> dict[str, torch.Tensor] | None:
+    """The tensors saved under `name` if they were saved with the same `key` (else None: decode again)."""
+    path = _disk_cache_path(name)
     if not path.is_file():
         return None
     try:
@@ -122,15 +123,15 @@ def _read_disk_cache(key: str) -> dict[str, torch.Tensor] | None:
         return None
     if not isinstance(saved, dict) or saved.get("key") != key:
         return None
-    return {name: saved[name] for name in _FILES}
+    return {field: value for field, value in saved.items() if field != "key"}
 
 
-def _write_disk_cache(key: str, tensors: dict[str, torch.Tensor]) -> None:
-    path = _disk_cache_path()
+def _write_disk_cache(key: str, tensors: dict[str, torch.Tensor], name: str = "fashion_mnist") -> None:
+    path = _disk_cache_path(name)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Written to a temporary file in the same directory, then renamed: a reader never sees half a file.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".fashion_mnist.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
                 torch.save({"key": key, **tensors}, f)
@@ -164,17 +165,22 @@ def _check_reachable(url: str, timeout: float) -> None:
         raise outcome[0]
 
 
+def _guarded_download(dataset_class, probe_url: str, download_root: Path, **kwargs) -> None:
+    """Run a torchvision data set's downloader, failing within seconds when `probe_url`'s host is unreachable."""
+    _check_reachable(probe_url, DOWNLOAD_TIMEOUT_S)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # urllib, which torchvision uses, would otherwise wait forever
+    try:
+        dataset_class(str(download_root), download=True, **kwargs)
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
 def _download_with_torchvision(download_root: Path) -> Path:
     """Download with torchvision into `download_root/FashionMNIST/raw`; return that folder."""
     from torchvision.datasets import FashionMNIST
 
-    _check_reachable(FashionMNIST.mirrors[0], DOWNLOAD_TIMEOUT_S)
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # urllib, which torchvision uses, would otherwise wait forever
-    try:
-        FashionMNIST(str(download_root), train=True, download=True)
-    finally:
-        socket.setdefaulttimeout(previous)
+    _guarded_download(FashionMNIST, FashionMNIST.mirrors[0], download_root, train=True)
     return download_root / "FashionMNIST" / "raw"
 
 

@@ -19,6 +19,7 @@ from callbacks.core import (
     CancelValidException,
     check_hook_names,
 )
+from callbacks.lr_finder import SNAPSHOT_MEMORY_LIMIT, SUGGESTION_NAMES, LRFinderPlots, run_lr_find
 from callbacks.progress import ProgressCallback
 from callbacks.recorder import Recorder
 from callbacks.scheduler import OneCycleCallback, SGDRCallback
@@ -295,7 +296,8 @@ class Learner:
             self._all_batches()
 
     def _all_batches(self) -> None:
-        for self.iter, (xb, yb) in enumerate(self.dl):
+        for i, (xb, yb) in enumerate(self.dl):
+            self.iter = i
             self.xb, self.yb = self._to_device(xb), self._to_device(yb)
             self._with_events(self._do_one_batch, "batch", CancelBatchException)
             if self.training:
@@ -418,6 +420,28 @@ class Learner:
         self.fit(cb.total_epochs, wd=wd, cbs=[cb, *cbs])
 
     # --- lr finder (lr_find) ---
+    def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, step_mode: str = "exp",
+                stop_div: bool = True, show_plot: bool = False, wds=None, suggest_funcs=SUGGESTION_NAMES,
+                snapshot_memory_limit: int = SNAPSHOT_MEMORY_LIMIT):
+        """Train `num_it` batches with the rate growing from `start_lr` to `end_lr` ('exp' or 'linear' steps) and
+        return the curve of loss against rate with suggestions (`callbacks.lr_finder.LRFinderResult`).
+
+        Stops early at a non-finite loss and, with `stop_div`, when the smoothed loss exceeds 4x its minimum.
+        `wds=[1e-2, 1e-3, 0]` runs one sweep per weight decay and returns an `LRFinderSweep`. Afterwards the
+        learner is exactly as before (weights, optimizer, RNGs, loaders, callbacks, history), even after an
+        exception; the result is kept for `learn.recorder.plot_lr_find()` and `learn.sched`."""
+        result = run_lr_find(self, start_lr, end_lr, num_it, step_mode, stop_div, wds, suggest_funcs,
+                             snapshot_memory_limit, show_plot)
+        self.recorder.lr_find_result = result
+        return result
+
+    @property
+    def sched(self) -> LRFinderPlots:
+        """fastai 0.7's `learn.sched` after `lr_find`: `.plot()` the LR-finder curve, `.plot_lr()` the sweep's rates."""
+        result = getattr(self.recorder, "lr_find_result", None)
+        if result is None:
+            raise RuntimeError("learn.sched draws the last LR-finder sweep: run learn.lr_find() first")
+        return LRFinderPlots(result)
 
     # --- checkpoints (save, load, resume) ---
 

@@ -456,3 +456,150 @@ def test_download_probe_gives_up_quickly_instead_of_hanging(monkeypatch):
     with pytest.raises(TimeoutError, match="no answer"):
         fm._check_reachable("http://example.invalid/", timeout=0.2)
     assert time.perf_counter() - start < 2
+
+
+# ---------------------------------------------------------------- CIFAR-10
+
+cifar = importlib.import_module("data.cifar10")
+
+
+def make_image_folder(root, n_train=2, n_test=1, seed=0):
+    """A CIFAR-10-shaped image folder of random PNGs (lossless, so decoded pixels can be compared exactly)."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(seed)
+    originals = {"train": [], "test": []}
+    for split, per_class in (("train", n_train), ("test", n_test)):
+        for label, name in enumerate(cifar.CIFAR10_CLASSES):
+            (root / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=generator)
+                Image.fromarray(image.permute(1, 2, 0).numpy()).save(root / split / name / f"{i:04d}.png")
+                originals[split].append((image, label))
+    return originals
+
+
+@pytest.fixture
+def isolated_cifar_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("CYCLR_DATA", raising=False)
+    saved = dict(cifar._memory_cache)
+    cifar._memory_cache.clear()
+    yield tmp_path
+    cifar._memory_cache.clear()
+    cifar._memory_cache.update(saved)
+
+
+def test_cifar_image_folder_and_its_tarball_decode_exactly(isolated_cifar_cache):
+    import tarfile
+
+    folder = isolated_cifar_cache / "cifar"
+    originals = make_image_folder(folder)
+    x_train, y_train, x_test, y_test = cifar.load_cifar10(root=folder, download=False)
+    assert x_train.shape == (20, 3, 32, 32) and x_train.dtype == torch.uint8 and x_test.shape == (10, 3, 32, 32)
+    assert torch.equal(x_train, torch.stack([image for image, _ in originals["train"]]))
+    assert torch.equal(y_train, torch.tensor([label for _, label in originals["train"]]))
+    assert torch.equal(y_test, torch.arange(10))
+
+    tarball = isolated_cifar_cache / "cifar10-jpg.tar.gz"
+    with tarfile.open(tarball, "w:gz") as archive:
+        archive.add(folder / "train", arcname="train")
+        archive.add(folder / "test", arcname="test")
+    from_tar = cifar.load_cifar10(root=tarball, download=False)
+    assert all(torch.equal(a, b) for a, b in zip(from_tar, (x_train, y_train, x_test, y_test), strict=True))
+
+
+def test_jpeg_batch_decoder_matches_pil():
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(4)
+    payloads = []
+    for _ in range(5):
+        buffer = io.BytesIO()
+        image = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=generator)
+        Image.fromarray(image.numpy()).save(buffer, format="JPEG", quality=90)
+        payloads.append(buffer.getvalue())
+    pil = torch.stack([cifar._decode_with_pil(payload) for payload in payloads])
+    assert pil.shape == (5, 3, 32, 32)
+    assert torch.equal(cifar._decode_all(payloads), pil)
+
+
+def test_cifar_folder_with_unknown_class_is_refused(isolated_cifar_cache):
+    folder = isolated_cifar_cache / "cifar"
+    make_image_folder(folder, n_train=1)
+    (folder / "train" / "spaceship").mkdir()
+    shutil.copy(folder / "train" / "cat" / "0000.png", folder / "train" / "spaceship" / "0000.png")
+    with pytest.raises(ValueError, match="spaceship"):
+        cifar.load_cifar10(root=folder, download=False)
+
+
+def test_random_crop_and_flip_match_a_per_image_oracle():
+    xb = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    cropped = cifar.random_crop(xb, 4, torch.Generator().manual_seed(2))
+    offsets = torch.randint(0, 9, (2, 16), generator=torch.Generator().manual_seed(2))
+    padded = torch.nn.functional.pad(xb, (4, 4, 4, 4))
+    for i in range(16):
+        dy, dx = offsets[:, i].tolist()
+        assert torch.equal(cropped[i], padded[i, :, dy : dy + 32, dx : dx + 32])
+    assert len({tuple(o) for o in offsets.T.tolist()}) > 1  # the oracle really covers different windows
+
+    flipped = cifar.random_flip(xb, torch.Generator().manual_seed(3))
+    coins = torch.rand(16, generator=torch.Generator().manual_seed(3)) < 0.5
+    assert 0 < coins.sum() < 16
+    for i in range(16):
+        assert torch.equal(flipped[i], xb[i].flip(2) if coins[i] else xb[i])
+
+
+def test_cifar10_loaders_normalise_augment_and_replay(isolated_cifar_cache):
+    folder = isolated_cifar_cache / "cifar"
+    make_image_folder(folder, n_train=4)
+    dls = cifar.cifar10(bs=8, root=folder, download=False)
+    raw = dls.train.x.double() / 255
+    mean, std = raw.mean((0, 2, 3)), raw.std((0, 2, 3), correction=0)
+    assert torch.allclose(dls.train.batch_tfm.mean.flatten().double(), mean, atol=1e-6)
+    assert torch.allclose(dls.train.batch_tfm.std.flatten().double(), std, atol=1e-6)
+    assert dls.train.x.dtype == torch.uint8 and len(dls.train) == 5 and dls.valid.bs == 16
+    assert dls.classes == list(cifar.CIFAR10_CLASSES)
+
+    xb, yb = next(iter(dls.valid))  # validation: normalised, not augmented
+    expected = (dls.valid.x[:10].float() / 255 - mean.float().view(1, 3, 1, 1)) / std.float().view(1, 3, 1, 1)
+    assert xb.dtype == torch.float32 and torch.allclose(xb, expected, atol=1e-5)
+
+    state = dls.train.state_dict()
+    first = [xb for xb, _ in dls.train]
+    dls.train.load_state_dict(state)
+    replay = [xb for xb, _ in dls.train]
+    assert all(torch.equal(a, b) for a, b in zip(first, replay, strict=True))  # crops and flips included
+    plain = cifar.cifar10(bs=8, root=folder, download=False, augment=False, shuffle=False)
+    assert not torch.equal(torch.cat(first).sort(0).values, torch.cat([xb for xb, _ in plain.train]).sort(0).values)
+
+    subset = cifar.cifar10(bs=8, root=folder, download=False, n_train=12, n_valid=5)
+    assert subset.train.n == 12 and subset.valid.n == 5 and len(subset.train.y.unique()) > 1
+
+
+def test_missing_cifar10_names_the_options(isolated_cifar_cache, monkeypatch):
+    empty = isolated_cifar_cache / "empty"
+    empty.mkdir()
+    monkeypatch.setattr(cifar, "SHARED_TARBALL", isolated_cifar_cache / "none.tar.gz")
+
+    def offline_download(download_root):
+        raise OSError("offline")
+
+    monkeypatch.setattr(cifar, "_download_with_torchvision", offline_download)
+    with pytest.raises(FileNotFoundError) as raised:
+        cifar.load_cifar10(root=empty)
+    for option in ("root=", "CYCLR_DATA", "cifar10-jpg.tar.gz", "internet", "offline"):
+        assert option in str(raised.value)
+
+
+def test_cifar10_shared_tarball():
+    """The project's JPEG copy of CIFAR-10 (decoded once, about 10 s on 2 cores, then read from the disk cache)."""
+    if not cifar.SHARED_TARBALL.is_file():
+        message = f"CIFAR-10 missing: {cifar.SHARED_TARBALL}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    x_train, y_train, x_test, y_test = cifar.load_cifar10(download=False)
+    assert x_train.shape == (50000, 3, 32, 32) and x_test.shape == (10000, 3, 32, 32)
+    assert torch.equal(torch.bincount(y_train), torch.full((10,), 5000))
+    assert torch.equal(torch.bincount(y_test), torch.full((10,), 1000))

@@ -1,0 +1,142 @@
+"""What `Learner.fit` costs on top of the loop you would write yourself: LeNet, real Fashion-MNIST, one epoch.
+
+Each round times one epoch (training plus a validation pass) of every contender, in alternating order, in this one
+process, so that a busy machine slows them all alike; the per-round ratios to the plain loop are summarised by their
+median. Contenders:
+
+- plain:           `for xb, yb in train: loss_func(model(xb), yb).backward(); opt.step(); opt.zero_grad()`, then a
+                   validation pass summing loss and correct predictions on the device, read once at the end;
+- learner:         `learn.fit(1)` with the default callbacks (Recorder, ProgressCallback) and `metrics=[accuracy]`;
+                   when stdout is not a terminal the progress callback prints only the epoch table;
+- learner+bars:    the same with `ProgressCallback(show_bars=True)`, so fastprogress redraws its bars as it does in a
+                   terminal (what it writes goes to /dev/null here, as the table does in every contender).
+
+Every contender has its own LeNet (same initial weights), its own SGD (momentum 0.9, same lr) and its own
+`InMemoryLoader`s over the same tensors with the same seed, so epoch k of each runs the same batches.
+Target (issue 2): learner / plain <= 1.05.
+
+    nice .venv/bin/python benchmarks/overhead.py [--rounds 7] [--bs 256] [--n-train 60000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from callbacks import ProgressCallback
+from data import DataLoaders, InMemoryLoader, fashion_mnist
+from learner import Learner, accuracy, lenet
+
+
+def same_batches(dls: DataLoaders, seed: int = 0) -> DataLoaders:
+    """New loaders over the same tensors and seed: epoch k yields the same batches as every other copy's epoch k."""
+    train, valid = dls.train, dls.valid
+    return DataLoaders(
+        InMemoryLoader(train.x, train.y, train.bs, shuffle=True, seed=seed),
+        InMemoryLoader(valid.x, valid.y, valid.bs, shuffle=False, seed=seed),
+    )
+
+
+def plain_epoch(model, opt, loss_func, train, valid, scheduler=None) -> dict[str, float]:
+    """One epoch as a careful user writes it: no host sync per batch, one at the end of the epoch."""
+    model.train()
+    train_loss, n_train = torch.zeros((), device=train.device), 0
+    for xb, yb in train:
+        loss = loss_func(model(xb), yb)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        if scheduler is not None:
+            scheduler.step()
+        train_loss += loss.detach() * len(yb)
+        n_train += len(yb)
+    model.eval()
+    valid_loss, correct, n_valid = torch.zeros(()), torch.zeros((), dtype=torch.long), 0
+    with torch.no_grad():
+        for xb, yb in valid:
+            pred = model(xb)
+            valid_loss += loss_func(pred, yb) * len(yb)
+            correct += (pred.argmax(dim=1) == yb).sum()
+            n_valid += len(yb)
+    return {"train_loss": train_loss.item() / n_train, "valid_loss": valid_loss.item() / n_valid,
+            "accuracy": correct.item() / n_valid}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    return f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=7, help="timed rounds (after one untimed warm-up round)")
+    parser.add_argument("--bs", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--n-train", type=int, default=None, help="first N training images (default: all 60000)")
+    args = parser.parse_args()
+
+    dls = fashion_mnist(bs=args.bs, n_train=args.n_train)
+    loss_func = torch.nn.CrossEntropyLoss()
+    torch.manual_seed(0)
+    initial = lenet()
+
+    def sgd(params):
+        return torch.optim.SGD(params, lr=args.lr, momentum=0.9)
+
+    plain_model = copy.deepcopy(initial)
+    plain_opt = sgd(plain_model.parameters())
+    plain_dls = same_batches(dls)
+
+    def new_learner(**kwargs):
+        return Learner(copy.deepcopy(initial), same_batches(dls), loss_func, lr=args.lr, metrics=[accuracy],
+                       device="cpu", **kwargs)
+
+    learn = new_learner()
+    learn_bars = new_learner(progress=False, cbs=[ProgressCallback(show_bars=True)])
+    devnull = open(os.devnull, "w")  # noqa: SIM115 -- kept open for the whole run
+
+    def run_learner(lrn):
+        with contextlib.redirect_stdout(devnull):
+            lrn.fit(1)
+        row = lrn.recorder.epoch_rows[-1]
+        return {"valid_loss": row["valid_loss"], "accuracy": row["accuracy"]}
+
+    contenders = {
+        "plain": lambda: plain_epoch(plain_model, plain_opt, loss_func, plain_dls.train, plain_dls.valid),
+        "learner": lambda: run_learner(learn),
+        "learner+bars": lambda: run_learner(learn_bars),
+    }
+    names = list(contenders)
+    times = {name: [] for name in names}
+    last = {}
+    for round_index in range(args.rounds + 1):
+        order = names if round_index % 2 == 0 else names[::-1]
+        for name in order:
+            start = time.perf_counter()
+            last[name] = contenders[name]()
+            elapsed = time.perf_counter() - start
+            if round_index > 0:  # round 0 warms up every contender
+                times[name].append(elapsed)
+
+    n_train = len(dls.train.y)
+    print(f"LeNet, Fashion-MNIST ({n_train} train / {len(dls.valid.y)} valid images), bs={args.bs}, SGD lr={args.lr} "
+          f"momentum 0.9, one epoch + validation per timing, {args.rounds} rounds after a warm-up round")
+    print(f"machine: {machine()}; {time.strftime('%Y-%m-%d')}")
+    print(f"{'contender':<14} {'median s':>9} {'min s':>7} {'max s':>7} {'ratio':>7}  last epoch")
+    for name in names:
+        ratios = [t / p for t, p in zip(times[name], times["plain"], strict=True)]
+        stats = ", ".join(f"{k} {v:.4f}" for k, v in last[name].items())
+        print(f"{name:<14} {statistics.median(times[name]):9.3f} {min(times[name]):7.3f} {max(times[name]):7.3f} "
+              f"{statistics.median(ratios):6.3f}x  {stats}")
+    print("ratio: median over rounds of (contender time / plain time in the same round); target learner <= 1.05x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,719 @@
+"""The LR finder (Smith, "Cyclical Learning Rates for Training Neural Networks", 2015, section 3.3).
+
+Train for `num_it` batches while the learning rate grows from `start_lr` to `end_lr` (exponentially by default),
+record the loss of every batch, and read a good learning rate off the curve of loss against log lr: the loss falls,
+reaches a minimum, then climbs as training diverges; a good rate lies to the left of the minimum, where the loss is
+still falling fast.
+
+- `LRFinderCallback` runs the sweep inside an ordinary `learn.fit`: it sets the rate in `before_batch`, records the
+  loss of that batch in `after_loss` (computed before the step taken at that rate, so `lrs[i]` and `losses[i]`
+  belong together), cancels validation, and cancels the fit after `num_it` batches or when the loss diverges.
+- `TrainingSnapshot` saves everything a sweep changes (weights, buffers, gradients, optimizer state and
+  hyperparameters, RNG states, loader shuffling states, callback states, loop counters) and puts it back, so the
+  finder leaves no trace.
+- `run_lr_find(learn, ...)` ties them together; `Learner.lr_find` calls it.
+- `suggest_valley`, `suggest_steep`, `suggest_minimum` and `suggest_slide` read suggestions off a curve; each
+  returns a `Suggestion` (lr, index, one-line reason) and never None or NaN.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import random
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .core import Callback, CancelFitException, CancelValidException
+from .recorder import SmoothedValue
+from .schedules import Exp, Lin
+
+__all__ = [
+    "LRFinderCallback", "LRFinderResult", "LRFinderSweep", "LRFinderPlots", "Suggestion", "TrainingSnapshot",
+    "run_lr_find", "suggest", "suggest_valley", "suggest_steep", "suggest_minimum", "suggest_slide",
+    "SUGGESTION_NAMES", "STEP_MODES", "SNAPSHOT_MEMORY_LIMIT",
+]
+
+STEP_MODES = ("exp", "linear")
+SUGGESTION_NAMES = ("valley", "steep", "minimum", "slide")
+# Above this many bytes of weights, buffers, gradients and optimizer state, the snapshot goes to a temporary file.
+SNAPSHOT_MEMORY_LIMIT = 1 << 30
+# A curve whose smoothed loss falls by less than this fraction of its level has no clear descent to read.
+MIN_RELATIVE_DROP = 0.02
+# `slide` stops where the loss is still this fraction of the whole descent above the minimum.
+SLIDE_FRACTION = 0.1
+
+
+# ----- suggestions ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Suggestion:
+    """A learning rate read off an LR-finder curve: `lr` (always finite and > 0), the `index` into the curve's `lrs`
+    that it was read at, and a one-line `reason`. `group_lrs` gives the rate of every parameter group (the sweep
+    keeps their ratios); `lr` is the rate of the group with the largest rate."""
+
+    name: str
+    lr: float
+    index: int
+    reason: str
+    group_lrs: tuple[float, ...] = ()
+
+    def __float__(self) -> float:
+        return self.lr
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.lr:.3g} ({self.reason})"
+
+
+class _Curve:
+    """The part of a curve the suggestions read: the first tenth (the smoothing still warming up) and the last
+    few points (the blow-up that stopped the sweep) are left out."""
+
+    def __init__(self, lrs: Sequence[float], losses: Sequence[float]):
+        lrs, losses = [float(v) for v in lrs], [float(v) for v in losses]
+        if len(lrs) != len(losses):
+            raise ValueError(f"lrs and losses must have the same length, got {len(lrs)} and {len(losses)}")
+        if not lrs:
+            raise ValueError("the curve is empty: no (lr, loss) point to read a suggestion from")
+        if any(not (math.isfinite(v) and v > 0) for v in lrs):
+            raise ValueError("lrs must all be finite and > 0")
+        if any(not math.isfinite(v) for v in losses):
+            raise ValueError("losses must all be finite; the LR finder stops before recording a non-finite loss")
+        self.lrs, self.losses = lrs, losses
+        n = len(lrs)
+        skip_start, skip_end = n // 10, min(5, n // 10)
+        self.lo, self.hi = skip_start, n - skip_end  # the window is indices lo .. hi-1
+        if self.hi - self.lo < 3:  # too short to trim: read all of it
+            self.lo, self.hi = 0, n
+        window = losses[self.lo:self.hi]
+        self.argmin = self.lo + min(range(len(window)), key=window.__getitem__)
+        self.min_loss = losses[self.argmin]
+        self.peak = max(losses[self.lo:self.argmin + 1])
+        self.problem = self._problem()
+
+    def _problem(self) -> str | None:
+        """Why the curve shows no clear descent, or None when it does."""
+        if self.hi - self.lo < 3:
+            return f"only {len(self.lrs)} points were recorded"
+        if self.argmin == self.lo:
+            return "the loss never falls below its first value: it only rises"
+        drop = self.peak - self.min_loss
+        scale = max(abs(self.peak), abs(self.min_loss))
+        if drop <= MIN_RELATIVE_DROP * scale:
+            return f"the loss falls by only {drop / scale:.1%} ({self.peak:.4g} -> {self.min_loss:.4g})"
+        return None
+
+    def fallback(self, name: str) -> Suggestion:
+        lr = self.lrs[self.argmin] / 10
+        return Suggestion(name, lr, self.argmin,
+                          f"no clear descent ({self.problem}); fell back to the lr at the minimum / 10")
+
+
+def suggest_minimum(lrs: Sequence[float], losses: Sequence[float]) -> Suggestion:
+    """The lr at the minimum of the (smoothed) loss, divided by 10: one decade below where training stops
+    improving."""
+    curve = _Curve(lrs, losses)
+    if curve.problem:
+        return curve.fallback("minimum")
+    i = curve.argmin
+    return Suggestion("minimum", curve.lrs[i] / 10, i,
+                      f"minimum of the smoothed loss ({curve.min_loss:.4g} at lr {curve.lrs[i]:.3g}) divided by 10")
+
+
+def suggest_steep(lrs: Sequence[float], losses: Sequence[float]) -> Suggestion:
+    """The lr where the loss falls fastest against log10(lr) (central differences, left of the minimum)."""
+    curve = _Curve(lrs, losses)
+    if curve.problem:
+        return curve.fallback("steep")
+    x = [math.log10(v) for v in curve.lrs]
+    y = curve.losses
+    best_i, best_slope = None, 0.0
+    for i in range(curve.lo, curve.argmin + 1):
+        left, right = max(i - 1, curve.lo), min(i + 1, curve.hi - 1)
+        if x[right] == x[left]:
+            continue
+        slope = (y[right] - y[left]) / (x[right] - x[left])
+        if slope < best_slope:
+            best_i, best_slope = i, slope
+    if best_i is None:  # the loss fell only between points of equal lr: nothing to measure a slope on
+        return Suggestion("steep", curve.lrs[curve.argmin] / 10, curve.argmin,
+                          "no measurable slope; fell back to the lr at the minimum / 10")
+    return Suggestion("steep", curve.lrs[best_i], best_i,
+                      f"steepest fall of the smoothed loss: {best_slope:.3g} per decade of lr")
+
+
+def _longest_descent(y: list[float], lo: int, hi: int) -> tuple[int, int]:
+    """First and last index of the longest non-increasing subsequence of y[lo:hi] (small bumps do not break it)."""
+    length = [1] * (hi - lo)
+    start = list(range(lo, hi))
+    for j in range(lo, hi):
+        for i in range(lo, j):
+            if y[i] >= y[j] and length[i - lo] + 1 > length[j - lo]:
+                length[j - lo], start[j - lo] = length[i - lo] + 1, start[i - lo]
+    end = lo + max(range(hi - lo), key=lambda k: (length[k], -k))  # the longest; the earliest of equal ones
+    return start[end - lo], end
+
+
+def suggest_valley(lrs: Sequence[float], losses: Sequence[float]) -> Suggestion:
+    """The middle of the longest descent of the loss: far enough from its start that training moves fast, far
+    enough from the minimum that it stays stable. The default pick."""
+    curve = _Curve(lrs, losses)
+    if curve.problem:
+        return curve.fallback("valley")
+    first, last = _longest_descent(curve.losses, curve.lo, curve.hi)
+    if last == first:
+        return Suggestion("valley", curve.lrs[curve.argmin] / 10, curve.argmin,
+                          "no descent of more than one point; fell back to the lr at the minimum / 10")
+    i = (first + last) // 2
+    return Suggestion("valley", curve.lrs[i], i,
+                      f"middle of the longest descent of the smoothed loss (lr {curve.lrs[first]:.3g} to "
+                      f"{curve.lrs[last]:.3g})")
+
+
+def suggest_slide(lrs: Sequence[float], losses: Sequence[float]) -> Suggestion:
+    """Slide left from the minimum to the last point where the loss is still clearly falling: the largest lr below
+    the minimum whose loss lies at least `SLIDE_FRACTION` of the whole descent above the minimum. The boldest
+    pick."""
+    curve = _Curve(lrs, losses)
+    if curve.problem:
+        return curve.fallback("slide")
+    level = curve.min_loss + SLIDE_FRACTION * (curve.peak - curve.min_loss)
+    i = curve.argmin
+    while i > curve.lo and curve.losses[i] < level:
+        i -= 1
+    return Suggestion("slide", curve.lrs[i], i,
+                      f"largest lr left of the minimum whose loss is still {SLIDE_FRACTION:.0%} of the descent "
+                      "above it")
+
+
+_SUGGESTERS: dict[str, Callable[[Sequence[float], Sequence[float]], Suggestion]] = {
+    "valley": suggest_valley, "steep": suggest_steep, "minimum": suggest_minimum, "slide": suggest_slide,
+}
+
+
+def _check_suggestion_names(names) -> tuple[str, ...]:
+    names = (names,) if isinstance(names, str) else tuple(names)
+    if not names:
+        raise ValueError(f"suggest_funcs is empty; name at least one of {SUGGESTION_NAMES}")
+    for name in names:
+        if name not in _SUGGESTERS:
+            raise ValueError(f"unknown suggestion {name!r} in suggest_funcs; choose from {SUGGESTION_NAMES}")
+    return names
+
+
+def suggest(lrs: Sequence[float], losses: Sequence[float], names: Iterable[str] = SUGGESTION_NAMES,
+            group_ratios: Sequence[float] = (1.0,)) -> dict[str, Suggestion]:
+    """The named suggestions for a curve of (smoothed) losses against lrs; warns once when it has no clear
+    descent (the suggestions then fall back to the lr at the minimum / 10 and say so)."""
+    names = _check_suggestion_names(names)
+    problem = _Curve(lrs, losses).problem
+    if problem:
+        warnings.warn(
+            f"the LR-finder curve shows no clear descent ({problem}); every suggestion falls back to the lr at the "
+            "minimum / 10. Try a smaller start_lr, a larger end_lr or more iterations (num_it).",
+            stacklevel=2,
+        )
+    out = {}
+    for name in names:
+        s = _SUGGESTERS[name](lrs, losses)
+        out[name] = Suggestion(s.name, s.lr, s.index, s.reason, tuple(s.lr * r for r in group_ratios))
+    return out
+
+
+# ----- results -------------------------------------------------------------------------------------------------------
+class LRFinderResult:
+    """One LR-finder curve.
+
+    Attributes: `lrs` (the rate of the reference group at each recorded batch), `losses` (raw), `smooth_losses`
+    (debiased EMA, beta 0.98), `suggestions` (name -> `Suggestion`), `stop_reason`, `reference_group` (the group
+    with the largest rate, the one `lrs` and the suggestions refer to), `group_ratios` (each group's rate divided by
+    the reference group's, kept fixed during the sweep), `wd` (the weight decay of the sweep, None when unchanged),
+    and the sweep's settings `start_lr`, `end_lr`, `num_it`, `step_mode`.
+    """
+
+    def __init__(self, lrs, losses, smooth_losses, suggestions, stop_reason, reference_group=0, group_ratios=(1.0,),
+                 wd=None, start_lr=None, end_lr=None, num_it=None, step_mode="exp"):
+        self.lrs, self.losses, self.smooth_losses = list(lrs), list(losses), list(smooth_losses)
+        self.suggestions: dict[str, Suggestion] = dict(suggestions)
+        self.stop_reason, self.reference_group, self.group_ratios = stop_reason, reference_group, list(group_ratios)
+        self.wd, self.start_lr, self.end_lr, self.num_it, self.step_mode = wd, start_lr, end_lr, num_it, step_mode
+
+    def group_lrs(self, lr: float) -> list[float]:
+        """One rate per parameter group for a reference-group rate `lr`, with the ratios the sweep kept."""
+        return [lr * r for r in self.group_ratios]
+
+    def group_note(self) -> str:
+        if len(self.group_ratios) == 1:
+            return ""
+        ratios = ", ".join(f"{r:.3g}" for r in self.group_ratios)
+        return f"rates are for group {self.reference_group} (the largest); the groups' ratios are [{ratios}]"
+
+    def __repr__(self) -> str:
+        wd = "" if self.wd is None else f"wd={self.wd:g}, "
+        lines = [f"LRFinderResult({wd}{len(self.lrs)} points, lr {self.lrs[0]:.3g} to {self.lrs[-1]:.3g}; "
+                 f"{self.stop_reason})"]
+        lines += [f"  {s}" for s in self.suggestions.values()]
+        if self.group_note():
+            lines.append(f"  {self.group_note()}")
+        return "\n".join(lines)
+
+    def plot(self, ax=None, suggestions: bool = True, raw: bool = True):
+        """Loss against lr on a log axis (smoothed, and raw in a lighter line), with the suggestions marked."""
+        import matplotlib.pyplot as plt
+
+        fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 4))
+        if raw:
+            ax.plot(self.lrs, self.losses, alpha=0.25, color="C0", label="loss (batch)")
+        ax.plot(self.lrs, self.smooth_losses, color="C0", label="loss (smoothed)")
+        if suggestions:
+            self._mark_suggestions(ax)
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate" + (f" (group {self.reference_group})" if len(self.group_ratios) > 1 else ""))
+        ax.set_ylabel("loss")
+        _focus_y(ax, self.smooth_losses)
+        title = "LR finder" + ("" if self.wd is None else f", wd={self.wd:g}")
+        ax.set_title(title + (f"\n{self.group_note()}" if self.group_note() else ""), fontsize=9)
+        ax.legend(fontsize=8)
+        return fig
+
+    def _mark_suggestions(self, ax, color=None, label_prefix: str = "") -> None:
+        markers = {"valley": "o", "steep": "^", "minimum": "s", "slide": "D"}
+        for k, s in enumerate(self.suggestions.values()):
+            y = _interp_log(s.lr, self.lrs, self.smooth_losses)
+            ax.plot([s.lr], [y], linestyle="none", marker=markers.get(s.name, "x"), markersize=8,
+                    color=color or f"C{k + 1}", label=f"{label_prefix}{s.name}: {s.lr:.2e}")
+
+    def plot_lr(self, ax=None):
+        """The learning rate at each iteration of the sweep (the blog's `learn.sched.plot_lr()`)."""
+        import matplotlib.pyplot as plt
+
+        fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 4))
+        ax.plot(range(len(self.lrs)), self.lrs)
+        if self.step_mode == "exp":
+            ax.set_yscale("log")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("learning rate")
+        ax.set_title("LR finder: learning rate per iteration", fontsize=9)
+        return fig
+
+
+class LRFinderSweep:
+    """One LR-finder curve per weight decay, each from the same starting state (Smith, "A disciplined approach to
+    neural network hyper-parameters", 2018: the weight decay whose curve reaches the lowest loss at the largest
+    rates is the one to train with).
+
+    `curves` maps each wd to its `LRFinderResult` (`sweep[wd]` too); `best_wd` is the wd whose smoothed loss reaches
+    the lowest minimum; `suggestions` maps each wd to that curve's suggestions."""
+
+    def __init__(self, curves: dict):
+        self.curves: dict[float, LRFinderResult] = dict(curves)
+
+    def __getitem__(self, wd) -> LRFinderResult:
+        return self.curves[wd]
+
+    @property
+    def wds(self) -> list[float]:
+        return list(self.curves)
+
+    @property
+    def suggestions(self) -> dict[float, dict[str, Suggestion]]:
+        return {wd: r.suggestions for wd, r in self.curves.items()}
+
+    @property
+    def best_wd(self) -> float:
+        return min(self.curves, key=lambda wd: min(self.curves[wd].smooth_losses))
+
+    @property
+    def best(self) -> LRFinderResult:
+        return self.curves[self.best_wd]
+
+    def __repr__(self) -> str:
+        lines = [f"LRFinderSweep({len(self.curves)} weight decays; lowest loss with wd={self.best_wd:g})"]
+        for wd, r in self.curves.items():
+            picks = ", ".join(f"{s.name} {s.lr:.3g}" for s in r.suggestions.values())
+            lines.append(f"  wd={wd:g}: min smoothed loss {min(r.smooth_losses):.4g}; {picks}")
+        return "\n".join(lines)
+
+    def plot(self, ax=None, suggestion: str | None = "valley", raw: bool = False):
+        """Every curve's smoothed loss against lr on one log axis, with a legend; `suggestion` marks that suggestion
+        on each curve (None marks nothing)."""
+        import matplotlib.pyplot as plt
+
+        fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 4))
+        for k, (wd, r) in enumerate(self.curves.items()):
+            color = f"C{k}"
+            if raw:
+                ax.plot(r.lrs, r.losses, alpha=0.2, color=color)
+            ax.plot(r.lrs, r.smooth_losses, color=color, label=f"wd={wd:g}")
+            if suggestion is not None and suggestion in r.suggestions:
+                s = r.suggestions[suggestion]
+                ax.plot([s.lr], [_interp_log(s.lr, r.lrs, r.smooth_losses)], linestyle="none", marker="o",
+                        color=color, label=f"  {suggestion}: {s.lr:.2e}")
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("loss (smoothed)")
+        _focus_y(ax, [v for r in self.curves.values() for v in r.smooth_losses],
+                 [r.smooth_losses for r in self.curves.values()])
+        ax.set_title("LR finder: one curve per weight decay", fontsize=9)
+        ax.legend(fontsize=8)
+        return fig
+
+    def plot_lr(self, ax=None):
+        return next(iter(self.curves.values())).plot_lr(ax=ax)
+
+
+class LRFinderPlots:
+    """What `learn.sched` returns after `lr_find`, for fastai 0.7's snippets: `plot()` draws the LR-finder curve,
+    `plot_lr()` the learning rate per iteration. Read-only: it only draws the stored result."""
+
+    def __init__(self, result):
+        self.result = result
+
+    def plot(self, **kwargs):
+        return self.result.plot(**kwargs)
+
+    def plot_lr(self, **kwargs):
+        return self.result.plot_lr(**kwargs)
+
+    def __repr__(self) -> str:
+        return f"LRFinderPlots(for {type(self.result).__name__})"
+
+
+def _interp_log(lr: float, lrs: list[float], losses: list[float]) -> float:
+    """The loss at `lr`, linearly interpolated on log lr (clamped to the ends of the curve)."""
+    pairs = sorted(zip(lrs, losses, strict=True))
+    if lr <= pairs[0][0]:
+        return pairs[0][1]
+    for (x0, y0), (x1, y1) in zip(pairs, pairs[1:], strict=False):
+        if x0 <= lr <= x1:
+            t = 0.0 if x1 == x0 else (math.log(lr) - math.log(x0)) / (math.log(x1) - math.log(x0))
+            return y0 + t * (y1 - y0)
+    return pairs[-1][1]
+
+
+def _focus_y(ax, values: list[float], curves: list[list[float]] | None = None) -> None:
+    """Keep the blow-up at the end of a sweep from squashing the interesting part of the curve."""
+    curves = curves or [values]
+    lows = [min(c) for c in curves if c]
+    # The top is the highest loss reached before each curve's minimum: the descent stays fully visible.
+    highs = [max(c[:c.index(min(c)) + 1]) for c in curves if c]
+    if not lows:
+        return
+    lo, hi = min(lows), max(highs)
+    span = hi - lo if hi > lo else max(abs(hi), 1e-8)
+    ax.set_ylim(lo - 0.1 * span, hi + 0.25 * span)
+
+
+# ----- the callback --------------------------------------------------------------------------------------------------
+def check_sweep(start_lr, end_lr, num_it, step_mode, stop_div=True) -> None:
+    """Refuse bad sweep settings with a message naming the parameter and its allowed range."""
+    for name, value in (("start_lr", start_lr), ("end_lr", end_lr)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+    if start_lr >= end_lr:
+        raise ValueError(f"start_lr must be smaller than end_lr, got start_lr={start_lr!r} >= end_lr={end_lr!r}")
+    if isinstance(num_it, bool) or not isinstance(num_it, int):
+        raise TypeError(f"num_it must be an int >= 2, got {type(num_it).__name__} ({num_it!r})")
+    if num_it < 2:
+        raise ValueError(f"num_it must be an int >= 2 (the sweep needs a first and a last rate), got {num_it}")
+    if step_mode not in STEP_MODES:
+        raise ValueError(f"step_mode must be one of {STEP_MODES}, got {step_mode!r}")
+    if not isinstance(stop_div, bool):
+        raise TypeError(f"stop_div must be True or False, got {stop_div!r}")
+
+
+class LRFinderCallback(Callback):
+    """Sweeps the learning rate from `start_lr` to `end_lr` over `num_it` training batches and records the loss of
+    each; see the module docstring. Attach it to a fit with enough epochs for `num_it` batches (`run_lr_find` does).
+
+    Every parameter group's rate is its rate at the start of the fit times a common factor, so discriminative
+    ratios survive; `lrs` are the rates of the group with the largest rate. The fit stops at a non-finite loss
+    (always) and, with `stop_div`, when the smoothed loss exceeds `div_factor` times its minimum.
+    """
+
+    # After the schedulers (ParamScheduler: 10), so the sweep's rate is the one used; before the Recorder (50),
+    # which reads the rate in before_step.
+    order = 20
+
+    def __init__(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, step_mode: str = "exp",
+                 stop_div: bool = True, div_factor: float = 4.0, beta: float = 0.98):
+        check_sweep(start_lr, end_lr, num_it, step_mode, stop_div)
+        if not (isinstance(div_factor, (int, float)) and math.isfinite(div_factor) and div_factor > 1):
+            raise ValueError(f"div_factor must be a number > 1, got {div_factor!r}")
+        self.start_lr, self.end_lr, self.num_it, self.step_mode = start_lr, end_lr, num_it, step_mode
+        self.stop_div, self.div_factor, self.beta = stop_div, div_factor, beta
+        self.sched = Exp(start_lr, end_lr) if step_mode == "exp" else Lin(start_lr, end_lr)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+        self.smooth_losses: list[float] = []
+        self.stop_reason = "not run"
+        self.reference_group, self.group_ratios = 0, [1.0]
+        self._smoother = SmoothedValue(self.beta)
+        self._best = math.inf
+
+    def lr_at(self, i: int) -> float:
+        """The reference group's rate at sweep iteration i: start_lr at 0, end_lr at num_it - 1."""
+        return self.sched(i / (self.num_it - 1))
+
+    def before_fit(self, learn) -> None:
+        self._reset()
+        base = [g["lr"] for g in learn.opt.param_groups]
+        # The largest rate is the reference (the last of equal ones, as the Recorder's `lr` column is the last
+        # group's); a group at rate 0 stays at 0.
+        self.reference_group = max(range(len(base)), key=lambda i: (base[i], i))
+        top = base[self.reference_group]
+        self.group_ratios = [b / top for b in base] if top > 0 else [1.0] * len(base)
+        self.stop_reason = f"fit ended after fewer than num_it={self.num_it} batches"
+
+    def before_batch(self, learn) -> None:
+        if not learn.training:
+            return
+        lr = self.lr_at(min(learn.train_iter, self.num_it - 1))
+        for group, ratio in zip(learn.opt.param_groups, self.group_ratios, strict=True):
+            group["lr"] = lr * ratio
+
+    def after_loss(self, learn) -> None:
+        if not learn.training:
+            return
+        # A host sync per batch: the divergence test needs the value now.
+        loss = learn.loss.detach().float().item()
+        lr = learn.opt.param_groups[self.reference_group]["lr"]  # read back: what the step really uses
+        if not math.isfinite(loss):
+            self.stop_reason = f"stopped: non-finite loss ({loss}) at lr {lr:.3g}, iteration {len(self.lrs)}"
+            raise CancelFitException()
+        smooth = self._smoother.add(loss)
+        self.lrs.append(lr)
+        self.losses.append(loss)
+        self.smooth_losses.append(smooth)
+        self._best = min(self._best, smooth)
+        # "exceeds div_factor times its minimum", written so that it also means something for negative losses.
+        if self.stop_div and smooth - self._best > (self.div_factor - 1) * abs(self._best):
+            self.stop_reason = (f"stopped: diverged at lr {lr:.3g} (smoothed loss {smooth:.4g} > {self.div_factor:g} "
+                                f"x its minimum {self._best:.4g}), iteration {len(self.lrs) - 1}")
+            raise CancelFitException()
+        if len(self.lrs) >= self.num_it:
+            # The step at the last rate would change nothing that is recorded: skip it.
+            self.stop_reason = f"completed {self.num_it} iterations"
+            raise CancelFitException()
+
+    def before_validate(self, learn) -> None:
+        raise CancelValidException()
+
+    def result(self, suggest_funcs: Iterable[str] = SUGGESTION_NAMES, wd=None) -> LRFinderResult:
+        if not self.lrs:
+            hint = ("; the loss of the first batch, before any step, is already not finite: check the data, the model "
+                    "and the loss function" if "non-finite" in self.stop_reason else "")
+            raise ValueError(f"the LR finder recorded no loss ({self.stop_reason}){hint}")
+        suggestions = suggest(self.lrs, self.smooth_losses, suggest_funcs, self.group_ratios)
+        return LRFinderResult(self.lrs, self.losses, self.smooth_losses, suggestions, self.stop_reason,
+                              self.reference_group, self.group_ratios, wd, self.start_lr, self.end_lr, self.num_it,
+                              self.step_mode)
+
+    def state_dict(self) -> dict:
+        return {"start_lr": self.start_lr, "end_lr": self.end_lr, "num_it": self.num_it, "step_mode": self.step_mode,
+                "stop_div": self.stop_div, "lrs": list(self.lrs), "losses": list(self.losses),
+                "smooth_losses": list(self.smooth_losses)}
+
+
+# ----- leaving no trace ----------------------------------------------------------------------------------------------
+_LOOP_STATE = ("training", "epoch", "n_epoch", "iter", "train_iter", "n_train_iters", "dl", "xb", "yb", "pred", "loss")
+
+
+def _tensor_bytes(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _clone_tensors(obj):
+    """A copy whose tensors share no memory with the original (so later in-place updates cannot reach it)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: _clone_tensors(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clone_tensors(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_clone_tensors(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+class TrainingSnapshot:
+    """Everything a sweep of training steps changes, saved now and put back by `restore()`, any number of times.
+
+    Saved: the model's parameters, buffers, gradients and train/eval flags; the optimizer (the object, its state
+    and every group's hyperparameters, or its absence); the RNG states (torch CPU and CUDA, numpy, python
+    `random`); the loaders' shuffling state (`dls.state_dict()`); the attached callbacks and their `state_dict()`;
+    the learner's loop counters. Tensors are copied in memory, or, when weights + gradients + optimizer state exceed
+    `memory_limit` bytes, written to a temporary file that `discard()` removes.
+    """
+
+    def __init__(self, learn, memory_limit: int = SNAPSHOT_MEMORY_LIMIT):
+        if isinstance(memory_limit, bool) or not isinstance(memory_limit, int) or memory_limit < 0:
+            raise ValueError(f"memory_limit must be an int >= 0 (bytes), got {memory_limit!r}")
+        self.model = learn.model
+        self.opt = learn.opt
+        self.params = list(self.model.parameters())
+        self.module_modes = [m.training for m in self.model.modules()]
+        tensors = {
+            "model": self.model.state_dict(),
+            "grads": [None if p.grad is None else p.grad.detach() for p in self.params],
+            "opt": None if self.opt is None else self.opt.state_dict(),
+        }
+        self.nbytes = _tensor_bytes(tensors)
+        self.path: str | None = None
+        if self.nbytes > memory_limit:
+            fd, self.path = tempfile.mkstemp(prefix="cyclr-lr-find-", suffix=".pt")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    torch.save(tensors, f)
+            except BaseException:
+                os.unlink(self.path)
+                raise
+            self._tensors = None
+        else:
+            self._tensors = _clone_tensors(tensors)
+
+        self.rng = _rng_state()
+        self.dls_state = copy.deepcopy(learn.dls.state_dict()) if hasattr(learn.dls, "state_dict") else None
+        self.cbs = list(learn.cbs)
+        self.cb_states = [copy.deepcopy(cb.state_dict()) for cb in self.cbs]
+        self.loop_state = {name: getattr(learn, name) for name in _LOOP_STATE if hasattr(learn, name)}
+
+    def _load_tensors(self) -> dict:
+        if self._tensors is not None:
+            # Copies again: optimizer.load_state_dict keeps the tensors it is given, and the next sweep updates them
+            # in place.
+            return _clone_tensors(self._tensors)
+        return torch.load(self.path, weights_only=True)
+
+    def restore(self, learn) -> None:
+        tensors = self._load_tensors()
+        learn.model = self.model
+        with torch.no_grad():
+            self.model.load_state_dict(tensors["model"])
+        for p, g in zip(self.params, tensors["grads"], strict=True):
+            p.grad = g
+        for m, mode in zip(self.model.modules(), self.module_modes, strict=True):
+            m.training = mode
+        learn.opt = self.opt
+        if self.opt is not None:
+            self.opt.load_state_dict(tensors["opt"])
+        _set_rng_state(self.rng)
+        if self.dls_state is not None:
+            learn.dls.load_state_dict(copy.deepcopy(self.dls_state))
+        for name, value in self.loop_state.items():
+            setattr(learn, name, value)
+        if learn.cbs != self.cbs:  # a callback added or removed callbacks during the sweep
+            learn.remove_cbs(list(learn.cbs))
+            learn.add_cbs(self.cbs)
+        for cb, state in zip(self.cbs, self.cb_states, strict=True):
+            cb.load_state_dict(copy.deepcopy(state))
+
+    def discard(self) -> None:
+        """Remove the temporary file, if any."""
+        if self.path is not None and os.path.exists(self.path):
+            os.unlink(self.path)
+        self.path = None
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "random": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    try:
+        import numpy as np
+    except ImportError:  # numpy is optional: nothing to save then
+        pass
+    else:
+        state["numpy"] = np.random.get_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["random"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if "numpy" in state:
+        import numpy as np
+
+        np.random.set_state(state["numpy"])
+
+
+# ----- the whole procedure -------------------------------------------------------------------------------------------
+def _check_wds(wds) -> list[float] | None:
+    if wds is None:
+        return None
+    if isinstance(wds, (int, float)) and not isinstance(wds, bool):
+        raise TypeError(f"wds must be a list of weight decays like [1e-2, 1e-3, 0], got the number {wds!r}")
+    wds = list(wds)
+    if not wds:
+        raise ValueError("wds is empty; give at least one weight decay, e.g. wds=[1e-2, 1e-3, 1e-4, 0]")
+    for i, wd in enumerate(wds):
+        if isinstance(wd, bool) or not isinstance(wd, (int, float)) or not math.isfinite(wd) or wd < 0:
+            raise ValueError(f"wds[{i}] must be a finite number >= 0, got {wd!r}")
+    if len(set(wds)) != len(wds):
+        raise ValueError(f"wds has repeated values {wds}; give each weight decay once")
+    return wds
+
+
+def run_lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, step_mode: str = "exp",
+                stop_div: bool = True, wds=None, suggest_funcs=SUGGESTION_NAMES,
+                snapshot_memory_limit: int = SNAPSHOT_MEMORY_LIMIT, show_plot: bool = False):
+    """Run the LR finder on `learn` (see `Learner.lr_find`); return an `LRFinderResult`, or an `LRFinderSweep`
+    when `wds` is given. Whatever happens, the learner is left as it was found."""
+    check_sweep(start_lr, end_lr, num_it, step_mode, stop_div)
+    names = _check_suggestion_names(suggest_funcs)
+    wds = _check_wds(wds)
+    n_batches = len(learn.dls.train)
+    if n_batches == 0:
+        raise ValueError("the training loader is empty: the LR finder needs training batches")
+    n_epoch = math.ceil(num_it / n_batches)  # the callback cancels the fit once num_it batches are done
+
+    snapshot = TrainingSnapshot(learn, snapshot_memory_limit)
+    progress = learn.progress
+    show_table = progress.show_table if progress is not None else None
+    curves = {}
+    try:
+        if progress is not None:
+            progress.show_table = False  # an epoch table of a sweep, without validation, says nothing
+        for k, wd in enumerate(wds if wds is not None else [None]):
+            if k:
+                snapshot.restore(learn)  # every curve starts from the same state
+            finder = LRFinderCallback(start_lr, end_lr, num_it, step_mode, stop_div)
+            learn.fit(n_epoch, wd=wd, cbs=[finder])
+            curves[wd] = finder.result(names, wd=wd)
+    finally:
+        try:
+            snapshot.restore(learn)
+            if progress is not None:
+                progress.show_table = show_table
+        finally:
+            snapshot.discard()
+    result = curves[None] if wds is None else LRFinderSweep(curves)
+    if show_plot:
+        _show(result.plot())
+    return result
+
+
+def _show(fig) -> None:
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    # A non-interactive backend (Agg in scripts and tests) cannot show anything and would only warn.
+    if matplotlib.get_backend().lower() not in ("agg", "pdf", "ps", "svg", "cairo", "template"):
+        plt.show()
