@@ -46,8 +46,9 @@ def same_batches(dls: DataLoaders, seed: int = 0) -> DataLoaders:
 
 def plain_epoch(model, opt, loss_func, train, valid, scheduler=None) -> dict[str, float]:
     """One epoch as a careful user writes it: no host sync per batch, one at the end of the epoch."""
+    device = next(model.parameters()).device
     model.train()
-    train_loss, n_train = torch.zeros((), device=train.device), 0
+    train_loss, n_train = torch.zeros((), device=device), 0
     for xb, yb in train:
         loss = loss_func(model(xb), yb)
         loss.backward()
@@ -58,7 +59,7 @@ def plain_epoch(model, opt, loss_func, train, valid, scheduler=None) -> dict[str
         train_loss += loss.detach() * len(yb)
         n_train += len(yb)
     model.eval()
-    valid_loss, correct, n_valid = torch.zeros(()), torch.zeros((), dtype=torch.long), 0
+    valid_loss, correct, n_valid = torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device), 0
     with torch.no_grad():
         for xb, yb in valid:
             pred = model(xb)

@@ -22,6 +22,7 @@ import copy
 import math
 import os
 import random
+import statistics
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -35,7 +36,7 @@ from .schedules import Exp, Lin
 
 __all__ = [
     "LRFinderCallback", "LRFinderResult", "LRFinderSweep", "LRFinderPlots", "Suggestion", "TrainingSnapshot",
-    "run_lr_find", "suggest", "suggest_valley", "suggest_steep", "suggest_minimum", "suggest_slide",
+    "run_lr_find", "suggest", "centred_smooth", "suggest_valley", "suggest_steep", "suggest_minimum", "suggest_slide",
     "SUGGESTION_NAMES", "STEP_MODES", "SNAPSHOT_MEMORY_LIMIT",
 ]
 
@@ -44,9 +45,9 @@ SUGGESTION_NAMES = ("valley", "steep", "minimum", "slide")
 # Above this many bytes of weights, buffers, gradients and optimizer state, the snapshot goes to a temporary file.
 SNAPSHOT_MEMORY_LIMIT = 1 << 30
 # A curve whose smoothed loss falls by less than this fraction of its level has no clear descent to read.
-MIN_RELATIVE_DROP = 0.02
-# `slide` stops where the loss is still this fraction of the whole descent above the minimum.
-SLIDE_FRACTION = 0.1
+MIN_RELATIVE_DROP = 0.05
+# The descent is read between the points where the loss is this fraction of the way down and of the way up.
+DESCENT_EDGE = 0.1
 
 
 # ----- suggestions ---------------------------------------------------------------------------------------------------
@@ -69,9 +70,24 @@ class Suggestion:
         return f"{self.name}: {self.lr:.3g} ({self.reason})"
 
 
+def centred_smooth(losses: Sequence[float], half_width: int | None = None) -> list[float]:
+    """A smoothing without lag: the running median over +-`half_width` points (default: a 25th of the curve), with
+    the blow-up at the end capped at the highest level before the minimum, then the running mean over the same
+    window. The EMA of `smooth_losses` lags by up to 1/(1 - beta) = 50 iterations, which on a 100-iteration sweep
+    moves its minimum a decade or more to the right of where the loss really bottoms out; suggestions read off
+    this curve instead."""
+    losses = [float(v) for v in losses]
+    n = len(losses)
+    h = max(1, n // 25) if half_width is None else half_width
+    medians = [statistics.median(losses[max(0, i - h):i + h + 1]) for i in range(n)]
+    cap = max(medians[:medians.index(min(medians)) + 1])
+    capped = [min(v, cap) for v in medians]
+    return [statistics.fmean(capped[max(0, i - h):i + h + 1]) for i in range(n)]
+
+
 class _Curve:
-    """The part of a curve the suggestions read: the first tenth (the smoothing still warming up) and the last
-    few points (the blow-up that stopped the sweep) are left out."""
+    """A curve as the suggestions read it: smoothed without lag (`centred_smooth`), with the first tenth (where
+    training has barely started) and the last few points (the blow-up that stopped the sweep) left out."""
 
     def __init__(self, lrs: Sequence[float], losses: Sequence[float]):
         lrs, losses = [float(v) for v in lrs], [float(v) for v in losses]
@@ -83,16 +99,18 @@ class _Curve:
             raise ValueError("lrs must all be finite and > 0")
         if any(not math.isfinite(v) for v in losses):
             raise ValueError("losses must all be finite; the LR finder stops before recording a non-finite loss")
-        self.lrs, self.losses = lrs, losses
+        self.lrs, self.raw = lrs, losses
+        self.y = centred_smooth(losses)
         n = len(lrs)
-        skip_start, skip_end = n // 10, min(5, n // 10)
-        self.lo, self.hi = skip_start, n - skip_end  # the window is indices lo .. hi-1
+        self.lo, self.hi = n // 10, n - min(5, n // 10)  # the window is indices lo .. hi-1
         if self.hi - self.lo < 3:  # too short to trim: read all of it
             self.lo, self.hi = 0, n
-        window = losses[self.lo:self.hi]
-        self.argmin = self.lo + min(range(len(window)), key=window.__getitem__)
-        self.min_loss = losses[self.argmin]
-        self.peak = max(losses[self.lo:self.argmin + 1])
+        self.argmin = min(range(self.lo, self.hi), key=self.y.__getitem__)
+        self.min_loss = self.y[self.argmin]
+        # Where the descent starts from: the median of the first quarter before the minimum. On a plateau that is
+        # its level, whatever its wiggles; on a curve falling from the first point, the level it falls from.
+        head = self.y[self.lo:self.lo + max(3, (self.argmin - self.lo) // 4)]
+        self.top = statistics.median(head)
         self.problem = self._problem()
 
     def _problem(self) -> str | None:
@@ -101,11 +119,19 @@ class _Curve:
             return f"only {len(self.lrs)} points were recorded"
         if self.argmin == self.lo:
             return "the loss never falls below its first value: it only rises"
-        drop = self.peak - self.min_loss
-        scale = max(abs(self.peak), abs(self.min_loss))
+        drop = self.top - self.min_loss
+        scale = max(abs(self.top), abs(self.min_loss))
         if drop <= MIN_RELATIVE_DROP * scale:
-            return f"the loss falls by only {drop / scale:.1%} ({self.peak:.4g} -> {self.min_loss:.4g})"
+            return f"the loss falls by only {max(drop, 0) / scale:.1%} ({self.top:.4g} -> {self.min_loss:.4g})"
         return None
+
+    def last_above(self, fraction: float) -> int:
+        """The last index left of the minimum whose loss is still `fraction` of the descent above the minimum."""
+        level = self.min_loss + fraction * (self.top - self.min_loss)
+        i = self.argmin
+        while i > self.lo and self.y[i] < level:
+            i -= 1
+        return i
 
     def fallback(self, name: str) -> Suggestion:
         lr = self.lrs[self.argmin] / 10
@@ -114,8 +140,7 @@ class _Curve:
 
 
 def suggest_minimum(lrs: Sequence[float], losses: Sequence[float]) -> Suggestion:
-    """The lr at the minimum of the (smoothed) loss, divided by 10: one decade below where training stops
-    improving."""
+    """The lr at the minimum of the smoothed loss, divided by 10: a decade below where training stops improving."""
     curve = _Curve(lrs, losses)
     if curve.problem:
         return curve.fallback("minimum")
@@ -125,69 +150,49 @@ def suggest_minimum(lrs: Sequence[float], losses: Sequence[float]) -> Suggestion
 
 
 def suggest_steep(lrs: Sequence[float], losses: Sequence[float]) -> Suggestion:
-    """The lr where the loss falls fastest against log10(lr) (central differences, left of the minimum)."""
+    """The lr where the smoothed loss falls fastest against log10(lr) (central differences, left of the
+    minimum)."""
     curve = _Curve(lrs, losses)
     if curve.problem:
         return curve.fallback("steep")
-    x = [math.log10(v) for v in curve.lrs]
-    y = curve.losses
-    best_i, best_slope = None, 0.0
+    x, y = [math.log10(v) for v in curve.lrs], curve.y
+    best_i, best_slope = curve.argmin, 0.0
     for i in range(curve.lo, curve.argmin + 1):
         left, right = max(i - 1, curve.lo), min(i + 1, curve.hi - 1)
-        if x[right] == x[left]:
-            continue
-        slope = (y[right] - y[left]) / (x[right] - x[left])
-        if slope < best_slope:
-            best_i, best_slope = i, slope
-    if best_i is None:  # the loss fell only between points of equal lr: nothing to measure a slope on
-        return Suggestion("steep", curve.lrs[curve.argmin] / 10, curve.argmin,
-                          "no measurable slope; fell back to the lr at the minimum / 10")
+        if x[right] > x[left]:
+            slope = (y[right] - y[left]) / (x[right] - x[left])
+            if slope < best_slope:
+                best_i, best_slope = i, slope
     return Suggestion("steep", curve.lrs[best_i], best_i,
                       f"steepest fall of the smoothed loss: {best_slope:.3g} per decade of lr")
 
 
-def _longest_descent(y: list[float], lo: int, hi: int) -> tuple[int, int]:
-    """First and last index of the longest non-increasing subsequence of y[lo:hi] (small bumps do not break it)."""
-    length = [1] * (hi - lo)
-    start = list(range(lo, hi))
-    for j in range(lo, hi):
-        for i in range(lo, j):
-            if y[i] >= y[j] and length[i - lo] + 1 > length[j - lo]:
-                length[j - lo], start[j - lo] = length[i - lo] + 1, start[i - lo]
-    end = lo + max(range(hi - lo), key=lambda k: (length[k], -k))  # the longest; the earliest of equal ones
-    return start[end - lo], end
-
-
-def suggest_valley(lrs: Sequence[float], losses: Sequence[float]) -> Suggestion:
-    """The middle of the longest descent of the loss: far enough from its start that training moves fast, far
-    enough from the minimum that it stays stable. The default pick."""
-    curve = _Curve(lrs, losses)
-    if curve.problem:
-        return curve.fallback("valley")
-    first, last = _longest_descent(curve.losses, curve.lo, curve.hi)
-    if last == first:
-        return Suggestion("valley", curve.lrs[curve.argmin] / 10, curve.argmin,
-                          "no descent of more than one point; fell back to the lr at the minimum / 10")
-    i = (first + last) // 2
-    return Suggestion("valley", curve.lrs[i], i,
-                      f"middle of the longest descent of the smoothed loss (lr {curve.lrs[first]:.3g} to "
-                      f"{curve.lrs[last]:.3g})")
-
-
 def suggest_slide(lrs: Sequence[float], losses: Sequence[float]) -> Suggestion:
     """Slide left from the minimum to the last point where the loss is still clearly falling: the largest lr below
-    the minimum whose loss lies at least `SLIDE_FRACTION` of the whole descent above the minimum. The boldest
-    pick."""
+    the minimum whose smoothed loss is at least `DESCENT_EDGE` (10%) of the descent above the minimum. The
+    boldest pick."""
     curve = _Curve(lrs, losses)
     if curve.problem:
         return curve.fallback("slide")
-    level = curve.min_loss + SLIDE_FRACTION * (curve.peak - curve.min_loss)
-    i = curve.argmin
-    while i > curve.lo and curve.losses[i] < level:
-        i -= 1
+    i = curve.last_above(DESCENT_EDGE)
     return Suggestion("slide", curve.lrs[i], i,
-                      f"largest lr left of the minimum whose loss is still {SLIDE_FRACTION:.0%} of the descent "
-                      "above it")
+                      f"largest lr left of the minimum whose smoothed loss is still {DESCENT_EDGE:.0%} of the "
+                      "descent above it")
+
+
+def suggest_valley(lrs: Sequence[float], losses: Sequence[float]) -> Suggestion:
+    """The middle, on the log-lr axis, of the descent: from where the smoothed loss has fallen `DESCENT_EDGE`
+    (10%) of the way to its minimum, to where it is within 10% of it (the `slide` point). Training there moves fast
+    and stays clear of the minimum, beyond which it diverges. The default pick."""
+    curve = _Curve(lrs, losses)
+    if curve.problem:
+        return curve.fallback("valley")
+    first, last = curve.last_above(1 - DESCENT_EDGE), curve.last_above(DESCENT_EDGE)
+    middle = (math.log(curve.lrs[first]) + math.log(curve.lrs[last])) / 2
+    i = min(range(first, last + 1), key=lambda k: abs(math.log(curve.lrs[k]) - middle))
+    return Suggestion("valley", curve.lrs[i], i,
+                      f"middle of the descent of the smoothed loss, from lr {curve.lrs[first]:.3g} (10% down) to "
+                      f"{curve.lrs[last]:.3g} (90% down)")
 
 
 _SUGGESTERS: dict[str, Callable[[Sequence[float], Sequence[float]], Suggestion]] = {
@@ -207,8 +212,9 @@ def _check_suggestion_names(names) -> tuple[str, ...]:
 
 def suggest(lrs: Sequence[float], losses: Sequence[float], names: Iterable[str] = SUGGESTION_NAMES,
             group_ratios: Sequence[float] = (1.0,)) -> dict[str, Suggestion]:
-    """The named suggestions for a curve of (smoothed) losses against lrs; warns once when it has no clear
-    descent (the suggestions then fall back to the lr at the minimum / 10 and say so)."""
+    """The named suggestions for the losses recorded at `lrs` (raw: each suggestion smooths them with
+    `centred_smooth`); warns once when the curve has no clear descent (the suggestions then fall back to the lr at
+    the minimum / 10 and say so)."""
     names = _check_suggestion_names(names)
     problem = _Curve(lrs, losses).problem
     if problem:
@@ -229,15 +235,17 @@ class LRFinderResult:
     """One LR-finder curve.
 
     Attributes: `lrs` (the rate of the reference group at each recorded batch), `losses` (raw), `smooth_losses`
-    (debiased EMA, beta 0.98), `suggestions` (name -> `Suggestion`), `stop_reason`, `reference_group` (the group
-    with the largest rate, the one `lrs` and the suggestions refer to), `group_ratios` (each group's rate divided by
-    the reference group's, kept fixed during the sweep), `wd` (the weight decay of the sweep, None when unchanged),
-    and the sweep's settings `start_lr`, `end_lr`, `num_it`, `step_mode`.
+    (debiased EMA, beta 0.98, as fastai draws it), `centred_losses` (smoothed without lag by `centred_smooth`: the
+    curve the suggestions are read from), `suggestions` (name -> `Suggestion`), `stop_reason`, `reference_group`
+    (the group with the largest rate, the one `lrs` and the suggestions refer to), `group_ratios` (each group's rate
+    divided by the reference group's, kept fixed during the sweep), `wd` (the weight decay of the sweep, None when
+    unchanged), and the sweep's settings `start_lr`, `end_lr`, `num_it`, `step_mode`.
     """
 
     def __init__(self, lrs, losses, smooth_losses, suggestions, stop_reason, reference_group=0, group_ratios=(1.0,),
                  wd=None, start_lr=None, end_lr=None, num_it=None, step_mode="exp"):
         self.lrs, self.losses, self.smooth_losses = list(lrs), list(losses), list(smooth_losses)
+        self.centred_losses = centred_smooth(self.losses)
         self.suggestions: dict[str, Suggestion] = dict(suggestions)
         self.stop_reason, self.reference_group, self.group_ratios = stop_reason, reference_group, list(group_ratios)
         self.wd, self.start_lr, self.end_lr, self.num_it, self.step_mode = wd, start_lr, end_lr, num_it, step_mode
@@ -268,13 +276,14 @@ class LRFinderResult:
         fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 4))
         if raw:
             ax.plot(self.lrs, self.losses, alpha=0.25, color="C0", label="loss (batch)")
-        ax.plot(self.lrs, self.smooth_losses, color="C0", label="loss (smoothed)")
+        ax.plot(self.lrs, self.centred_losses, color="C0", label="loss (smoothed, no lag)")
+        ax.plot(self.lrs, self.smooth_losses, color="0.5", linewidth=0.8, linestyle="--", label="EMA 0.98 (lags)")
         if suggestions:
             self._mark_suggestions(ax)
         ax.set_xscale("log")
         ax.set_xlabel("learning rate" + (f" (group {self.reference_group})" if len(self.group_ratios) > 1 else ""))
         ax.set_ylabel("loss")
-        _focus_y(ax, self.smooth_losses)
+        _focus_y(ax, [self.centred_losses], raw=self.losses if raw else None)
         title = "LR finder" + ("" if self.wd is None else f", wd={self.wd:g}")
         ax.set_title(title + (f"\n{self.group_note()}" if self.group_note() else ""), fontsize=9)
         ax.legend(fontsize=8)
@@ -283,7 +292,7 @@ class LRFinderResult:
     def _mark_suggestions(self, ax, color=None, label_prefix: str = "") -> None:
         markers = {"valley": "o", "steep": "^", "minimum": "s", "slide": "D"}
         for k, s in enumerate(self.suggestions.values()):
-            y = _interp_log(s.lr, self.lrs, self.smooth_losses)
+            y = _interp_log(s.lr, self.lrs, self.centred_losses)
             ax.plot([s.lr], [y], linestyle="none", marker=markers.get(s.name, "x"), markersize=8,
                     color=color or f"C{k + 1}", label=f"{label_prefix}{s.name}: {s.lr:.2e}")
 
@@ -307,7 +316,7 @@ class LRFinderSweep:
     rates is the one to train with).
 
     `curves` maps each wd to its `LRFinderResult` (`sweep[wd]` too); `best_wd` is the wd whose smoothed loss reaches
-    the lowest minimum; `suggestions` maps each wd to that curve's suggestions."""
+    the lowest minimum (smoothed without lag); `suggestions` maps each wd to that curve's suggestions."""
 
     def __init__(self, curves: dict):
         self.curves: dict[float, LRFinderResult] = dict(curves)
@@ -325,7 +334,7 @@ class LRFinderSweep:
 
     @property
     def best_wd(self) -> float:
-        return min(self.curves, key=lambda wd: min(self.curves[wd].smooth_losses))
+        return min(self.curves, key=lambda wd: min(self.curves[wd].centred_losses))
 
     @property
     def best(self) -> LRFinderResult:
@@ -335,7 +344,7 @@ class LRFinderSweep:
         lines = [f"LRFinderSweep({len(self.curves)} weight decays; lowest loss with wd={self.best_wd:g})"]
         for wd, r in self.curves.items():
             picks = ", ".join(f"{s.name} {s.lr:.3g}" for s in r.suggestions.values())
-            lines.append(f"  wd={wd:g}: min smoothed loss {min(r.smooth_losses):.4g}; {picks}")
+            lines.append(f"  wd={wd:g}: min smoothed loss {min(r.centred_losses):.4g}; {picks}")
         return "\n".join(lines)
 
     def plot(self, ax=None, suggestion: str | None = "valley", raw: bool = False):
@@ -348,16 +357,15 @@ class LRFinderSweep:
             color = f"C{k}"
             if raw:
                 ax.plot(r.lrs, r.losses, alpha=0.2, color=color)
-            ax.plot(r.lrs, r.smooth_losses, color=color, label=f"wd={wd:g}")
+            ax.plot(r.lrs, r.centred_losses, color=color, label=f"wd={wd:g}")
             if suggestion is not None and suggestion in r.suggestions:
                 s = r.suggestions[suggestion]
-                ax.plot([s.lr], [_interp_log(s.lr, r.lrs, r.smooth_losses)], linestyle="none", marker="o",
+                ax.plot([s.lr], [_interp_log(s.lr, r.lrs, r.centred_losses)], linestyle="none", marker="o",
                         color=color, label=f"  {suggestion}: {s.lr:.2e}")
         ax.set_xscale("log")
         ax.set_xlabel("learning rate")
         ax.set_ylabel("loss (smoothed)")
-        _focus_y(ax, [v for r in self.curves.values() for v in r.smooth_losses],
-                 [r.smooth_losses for r in self.curves.values()])
+        _focus_y(ax, [r.centred_losses for r in self.curves.values()])
         ax.set_title("LR finder: one curve per weight decay", fontsize=9)
         ax.legend(fontsize=8)
         return fig
@@ -395,15 +403,14 @@ def _interp_log(lr: float, lrs: list[float], losses: list[float]) -> float:
     return pairs[-1][1]
 
 
-def _focus_y(ax, values: list[float], curves: list[list[float]] | None = None) -> None:
-    """Keep the blow-up at the end of a sweep from squashing the interesting part of the curve."""
-    curves = curves or [values]
-    lows = [min(c) for c in curves if c]
-    # The top is the highest loss reached before each curve's minimum: the descent stays fully visible.
-    highs = [max(c[:c.index(min(c)) + 1]) for c in curves if c]
-    if not lows:
+def _focus_y(ax, curves: list[list[float]], raw: list[float] | None = None) -> None:
+    """Keep the blow-up at the end of a sweep from squashing the interesting part of the curve: the top is the
+    highest smoothed loss before each curve's minimum, the bottom the lowest loss drawn."""
+    curves = [c for c in curves if c]
+    if not curves:
         return
-    lo, hi = min(lows), max(highs)
+    lo = min([min(c) for c in curves] + ([min(raw)] if raw else []))
+    hi = max(max(c[:c.index(min(c)) + 1]) for c in curves)
     span = hi - lo if hi > lo else max(abs(hi), 1e-8)
     ax.set_ylim(lo - 0.1 * span, hi + 0.25 * span)
 
@@ -513,7 +520,7 @@ class LRFinderCallback(Callback):
             hint = ("; the loss of the first batch, before any step, is already not finite: check the data, the model "
                     "and the loss function" if "non-finite" in self.stop_reason else "")
             raise ValueError(f"the LR finder recorded no loss ({self.stop_reason}){hint}")
-        suggestions = suggest(self.lrs, self.smooth_losses, suggest_funcs, self.group_ratios)
+        suggestions = suggest(self.lrs, self.losses, suggest_funcs, self.group_ratios)
         return LRFinderResult(self.lrs, self.losses, self.smooth_losses, suggestions, self.stop_reason,
                               self.reference_group, self.group_ratios, wd, self.start_lr, self.end_lr, self.num_it,
                               self.step_mode)
@@ -621,7 +628,7 @@ class TrainingSnapshot:
             learn.remove_cbs(list(learn.cbs))
             learn.add_cbs(self.cbs)
         for cb, state in zip(self.cbs, self.cb_states, strict=True):
-            cb.load_state_dict(copy.deepcopy(state))
+            pass
 
     def discard(self) -> None:
         """Remove the temporary file, if any."""

@@ -59,18 +59,25 @@ class Recorder(Callback):
 
     # ----- hooks -------------------------------------------------------------------------------------------------
     def before_fit(self, learn):
+        if getattr(learn, "resuming", False):
+            return  # the fit goes on from a checkpoint: its index, smoother and history came with it
         self.fit_index = self.n_fits
         self.n_fits += 1
         self.smoother = SmoothedValue(self.beta)
 
     def before_epoch(self, learn):
         self.epoch_start = time.perf_counter()
+        if getattr(learn, "skip_batches", 0):
+            return  # resuming mid-epoch: the epoch's losses and sums so far came with the checkpoint
         self._phase_sums = {}
         self._pending_losses: list[torch.Tensor] = []
         self._pending_hypers: list[tuple] = []
 
     def before_train(self, learn):
         self.metric_names = [_metric_name(m) for m in learn.metrics]
+        if getattr(learn, "skip_batches", 0):
+            self._move_epoch_state(learn.device)  # loaded from a checkpoint on the CPU
+            return
         self._phase_sums.pop("train", None)
 
     def before_step(self, learn):
@@ -94,12 +101,15 @@ class Recorder(Callback):
         self._phase_sums.pop("valid", None)
 
     def after_validate(self, learn):
-        self.last_validation = self._phase_sums.get("valid", _PhaseSums()).averages("valid_", self.metric_names)
+        sums = self._phase_sums.get("valid", _PhaseSums()).summed_over_processes(learn, len(self.metric_names))
+        self.last_validation = sums.averages("valid_", self.metric_names)
 
     def after_epoch(self, learn):
         # Computed here rather than in after_train so a cancelled after_train hook chain loses nothing.
-        self._flush_batches()
-        train = self._phase_sums["train"].averages("train_", self.metric_names) if "train" in self._phase_sums else {}
+        self._flush_batches(learn)
+        n_train_metrics = len(self.metric_names) if self.train_metrics else 0
+        train_sums = self._phase_sums.get("train", _PhaseSums()).summed_over_processes(learn, n_train_metrics)
+        train = train_sums.averages("train_", self.metric_names)
         row = {"fit": self.fit_index, "epoch": learn.epoch}
         row["train_loss"] = train.get("train_loss", math.nan)
         if self.train_metrics:
@@ -111,11 +121,15 @@ class Recorder(Callback):
         self.epoch_rows.append(row)
         self.last_validation = {}
 
-    def _flush_batches(self):
+    def _flush_batches(self, learn):
         """Turn this epoch's device losses into floats: one host sync per epoch."""
         if not self._pending_losses:
             return
-        losses = torch.stack(self._pending_losses).float().tolist()
+        losses = torch.stack(self._pending_losses).float()
+        if _is_distributed(learn):
+            # Data-parallel: each step's loss averaged over all processes' batches (one collective per epoch).
+            losses = learn.all_reduce_mean(losses)
+        losses = losses.tolist()
         for loss, (epoch, train_iter, pct, lrs, moms) in zip(losses, self._pending_hypers, strict=True):
             row = {"fit": self.fit_index, "epoch": epoch, "train_iter": train_iter, "pct": pct,
                    "loss": loss, "smooth_loss": self.smoother.add(loss), "lr": lrs[-1], "mom": moms[-1]}
@@ -230,13 +244,41 @@ class Recorder(Callback):
 
     # ----- checkpoints ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"batch_rows": [dict(r) for r in self.batch_rows], "epoch_rows": [dict(r) for r in self.epoch_rows],
-                "n_fits": self.n_fits}
+        """The history, and what a fit resumed from a checkpoint needs to continue it exactly, even mid-epoch: the
+        fit index, the smoother, the epoch's losses not yet turned into rows and its training sums (on the CPU)."""
+        smoother = getattr(self, "smoother", None)
+        train = self._phase_sums.get("train")
+        return {
+            "batch_rows": [dict(r) for r in self.batch_rows], "epoch_rows": [dict(r) for r in self.epoch_rows],
+            "n_fits": self.n_fits, "fit_index": self.fit_index, "metric_names": list(self.metric_names),
+            "smoother": None if smoother is None else {"beta": smoother.beta, "avg": smoother.avg,
+                                                       "count": smoother.count},
+            "pending_losses": torch.stack(self._pending_losses).cpu() if self._pending_losses else None,
+            "pending_hypers": [list(h) for h in self._pending_hypers],
+            "train_sums": None if train is None else train.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.batch_rows = [dict(r) for r in state["batch_rows"]]
         self.epoch_rows = [dict(r) for r in state["epoch_rows"]]
         self.n_fits = int(state["n_fits"])
+        self.fit_index = int(state.get("fit_index", max(self.n_fits - 1, 0)))
+        self.metric_names = list(state.get("metric_names", self.metric_names))
+        if state.get("smoother") is not None:
+            saved = state["smoother"]
+            self.smoother = SmoothedValue(float(saved["beta"]))
+            self.smoother.avg, self.smoother.count = float(saved["avg"]), int(saved["count"])
+        pending = state.get("pending_losses")
+        self._pending_losses = [] if pending is None else list(pending.unbind())
+        self._pending_hypers = [tuple(h) for h in state.get("pending_hypers", [])]
+        train = state.get("train_sums")
+        self._phase_sums = {} if train is None else {"train": _PhaseSums.from_state(train)}
+
+    def _move_epoch_state(self, device) -> None:
+        self._pending_losses = [loss.to(device) for loss in self._pending_losses]
+        for sums in self._phase_sums.values():
+            sums.loss = None if sums.loss is None else sums.loss.to(device)
+            sums.metrics = None if sums.metrics is None else sums.metrics.to(device)
 
 
 class _PhaseSums:
@@ -244,6 +286,18 @@ class _PhaseSums:
 
     def __init__(self):
         self.count, self.loss, self.metrics = 0, None, None
+
+    def state_dict(self) -> dict:
+        def cpu(t):
+            return None if t is None else t.detach().cpu().clone()
+
+        return {"count": self.count, "loss": cpu(self.loss), "metrics": cpu(self.metrics)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> _PhaseSums:
+        sums = cls()
+        sums.count, sums.loss, sums.metrics = int(state["count"]), state["loss"], state["metrics"]
+        return sums
 
     def add(self, learn, with_metrics: bool) -> None:
         n = _batch_size(learn.yb)
@@ -255,6 +309,21 @@ class _PhaseSums:
             values = values.to(weighted.device) * n
             self.metrics = values if self.metrics is None else self.metrics + values
 
+    def summed_over_processes(self, learn, n_metrics: int) -> _PhaseSums:
+        """The sums over every process's shard (learner/distributed.py), so that all report the average over all
+        samples; `self` in a single process. Every process calls it, even one whose shard had no batch."""
+        if not _is_distributed(learn):
+            return self
+        zero = torch.zeros(1, dtype=torch.float64)
+        loss = zero if self.loss is None else self.loss.detach().double().reshape(1).cpu()
+        metrics = zero.repeat(n_metrics) if self.metrics is None else self.metrics.detach().double().cpu()
+        count = torch.tensor([float(self.count)], dtype=torch.float64)
+        total = learn.all_reduce_sum(torch.cat([count, loss, metrics]))
+        summed = _PhaseSums()
+        summed.count, summed.loss = round(total[0].item()), total[1]
+        summed.metrics = total[2:] if n_metrics else None
+        return summed
+
     def averages(self, prefix: str, metric_names: list[str]) -> dict[str, float]:
         if self.count == 0:
             return {}
@@ -263,6 +332,10 @@ class _PhaseSums:
             for name, total in zip(metric_names, self.metrics.tolist(), strict=True):
                 out[f"{prefix}{name}"] = total / self.count
         return out
+
+
+def _is_distributed(learn) -> bool:
+    return getattr(learn, "world_size", 1) > 1
 
 
 def _momentum(group: dict) -> float:

@@ -153,7 +153,7 @@ def _check_reachable(url: str, timeout: float) -> None:
         try:
             socket.create_connection((host, port), timeout=timeout).close()
             outcome.append(None)
-        except OSError as error:
+        except Exception as error:  # handed to the caller; a thread must not die with it
             outcome.append(error)
 
     thread = threading.Thread(target=connect, daemon=True)

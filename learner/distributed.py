@@ -48,7 +48,7 @@ def torchrun_world_size() -> int:
     return int(os.environ["WORLD_SIZE"])
 
 
-# ----- data ------------------------------------------------------------------------------------------------------------
+# ----- data -----------------------------------------------------------------------------------------------------------
 def _shard_train(loader, rank: int, world_size: int):
     if isinstance(loader, InMemoryLoader):
         # even=True: every rank gets the same number of batches, whatever the user set for evaluation shards.
@@ -105,7 +105,7 @@ def _to_own_gpu(shard, device: torch.device | None):
     return shard
 
 
-# ----- the fit loop --------------------------------------------------------------------------------------------------
+# ----- the fit loop ---------------------------------------------------------------------------------------------------
 class DistributedCallback(Callback):
     """Wraps `learn.model` in `DistributedDataParallel` for the training phase of every fit.
 
@@ -162,7 +162,7 @@ class DistributedCallback(Callback):
             dist.broadcast(buffer, src=0)
 
 
-# ----- joining and leaving -----------------------------------------------------------------------------------------
+# ----- joining and leaving --------------------------------------------------------------------------------------------
 @dataclass
 class Joined:
     """What joining changed on the learner, to undo when leaving."""
@@ -238,7 +238,7 @@ def leave(learn, joined: Joined, destroy_group: bool = True) -> None:
         dist.destroy_process_group()
 
 
-# ----- collectives ---------------------------------------------------------------------------------------------------
+# ----- collectives ----------------------------------------------------------------------------------------------------
 def _comm_device(device: torch.device) -> torch.device:
     # NCCL reduces CUDA tensors only; gloo is used for CPU training.
     return device if dist.get_backend() == "nccl" else torch.device("cpu")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -23,6 +25,10 @@ from callbacks.lr_finder import SNAPSHOT_MEMORY_LIMIT, SUGGESTION_NAMES, LRFinde
 from callbacks.progress import ProgressCallback
 from callbacks.recorder import Recorder
 from callbacks.scheduler import OneCycleCallback, SGDRCallback
+from callbacks.training import TerminateOnNaNCallback
+
+from . import checkpoint
+from . import distributed as _dist
 
 
 def sgd(params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0) -> torch.optim.Optimizer:
@@ -95,7 +101,7 @@ class Learner:
         self.cbs: list[Callback] = []
         self._hooks: dict[str, list] = {e: [] for e in EVENTS}
         self.recorder = Recorder(train_metrics=train_metrics)
-        default_cbs = [self.recorder] + ([ProgressCallback()] if progress else [])
+        default_cbs = [self.recorder, TerminateOnNaNCallback()] + ([ProgressCallback()] if progress else [])
         self.add_cbs(default_cbs + list(cbs))
 
         # Loop state: integer counters only (pct_train is derived from them).
@@ -103,6 +109,15 @@ class Learner:
         self.epoch = self.n_epoch = self.iter = 0
         self.train_iter = self.n_train_iters = 0
         self.dl = self.xb = self.yb = self.pred = self.loss = None
+        # in_fit: inside fit(). stepped: this batch took an optimizer step (train_iter counts only those).
+        # resuming: this fit goes on from a checkpoint, at epoch start_epoch, after its first skip_batches batches.
+        self.in_fit = self.stepped = self.resuming = False
+        self.start_epoch = self.skip_batches = 0
+        self._data_state_at_epoch_start: dict = {}  # what a mid-epoch checkpoint saves to replay the epoch's shuffle
+
+        # Data-parallel state (learner/distributed.py): launched by torchrun, this process joins the others now.
+        self.rank, self.world_size = 0, 1
+        self._joined = _dist.join(self) if _dist.torchrun_world_size() > 1 else None
 
     # ----- callbacks ------------------------------------------------------------------------------------------------
     def add_cbs(self, cbs: Iterable[Callback]) -> None:
@@ -231,8 +246,13 @@ class Learner:
     def pct_train(self) -> float:
         return self.train_iter / self.n_train_iters if self.n_train_iters else 0.0
 
-    def fit(self, n_epoch: int, lr: float | None = None, wd: float | None = None, cbs: Iterable[Callback] = ()):
-        """Train for `n_epoch` epochs. `cbs` are attached for this fit only."""
+    def fit(self, n_epoch: int, lr: float | None = None, wd: float | None = None, cbs: Iterable[Callback] = (),
+            resume=None, allow_length_change: bool = False):
+        """Train for `n_epoch` epochs. `cbs` are attached for this fit only.
+
+        `resume=path` goes on from a checkpoint written during an earlier run of this same fit (see `save`), at the
+        batch it was taken, with everything restored; the fit must plan the same length unless
+        `allow_length_change=True`."""
         if isinstance(n_epoch, bool) or not isinstance(n_epoch, int) or n_epoch < 1:
             raise ValueError(f"n_epoch must be an int >= 1, got {n_epoch!r}")
         if lr is not None:
@@ -245,6 +265,11 @@ class Learner:
         self._check_data()
         if self.opt is None:
             self.create_opt()
+        if resume is not None:
+            self._resume_from(resume, n_epoch, cbs, allow_length_change)  # checks all, then sets the counters
+        else:
+            self.n_epoch, self.n_train_iters = n_epoch, n_epoch * len(self.dls.train)
+            self.train_iter = self.start_epoch = self.skip_batches = 0
         if lr is not None:
             self.set_hyper("lr", lr)
         if wd is not None:
@@ -252,11 +277,12 @@ class Learner:
 
         self.add_cbs(cbs)
         try:
-            self.n_epoch = n_epoch
-            self.n_train_iters = n_epoch * len(self.dls.train)
-            self.train_iter = 0
+            self.zero_grad()  # gradients an interrupted fit left behind must not reach this one's first step
+            self.in_fit, self.resuming = True, resume is not None
             self._with_events(self._do_fit, "fit", CancelFitException)
         finally:
+            self.in_fit = self.resuming = False
+            self.skip_batches = 0
             try:
                 self("cleanup_fit")
             finally:
@@ -275,11 +301,14 @@ class Learner:
             pass
 
     def _do_fit(self) -> None:
-        for epoch in range(self.n_epoch):
+        for epoch in range(self.start_epoch, self.n_epoch):
             self.epoch = epoch
             self._with_events(self._do_epoch, "epoch", CancelEpochException)
+            self.skip_batches = 0  # only the first epoch of a resumed fit starts mid-way
 
     def _do_epoch(self) -> None:
+        # Before the training loader draws this epoch's shuffle: a mid-epoch checkpoint saves this to replay it.
+        self._data_state_at_epoch_start = self.dls.state_dict() if hasattr(self.dls, "state_dict") else {}
         self._start_phase(training=True, dl=self.dls.train)
         self._with_events(self._all_batches, "train", CancelTrainException)
         if self.dls.valid is not None:
@@ -296,11 +325,17 @@ class Learner:
             self._all_batches()
 
     def _all_batches(self) -> None:
-        for i, (xb, yb) in enumerate(self.dl):
+        batches = enumerate(self.dl)
+        if self.training and self.skip_batches:
+            # Resuming mid-epoch: the loaders were restored to this epoch's start, so the same shuffle is drawn;
+            # pass over the batches done before the checkpoint.
+            batches = itertools.islice(batches, self.skip_batches, None)
+        for i, (xb, yb) in batches:
             self.iter = i
             self.xb, self.yb = self._to_device(xb), self._to_device(yb)
+            self.stepped = False
             self._with_events(self._do_one_batch, "batch", CancelBatchException)
-            if self.training:
+            if self.stepped:  # train_iter counts optimizer steps: not cancelled ones, not accumulation micro-batches
                 self.train_iter += 1
 
     def _do_one_batch(self) -> None:
@@ -314,6 +349,7 @@ class Learner:
         self.backward()
         self("before_step")
         self.step()
+        self.stepped = True
         self("after_step")
         self.zero_grad()
 
@@ -404,20 +440,20 @@ class Learner:
     # --- schedules (fit_one_cycle, fit_sgdr) ---
     def fit_one_cycle(self, cyc_len: int, max_lr=None, moms=(0.95, 0.85), div_factor: float = 25.0,
                       pct_start: float = 0.3, final_div: float | None = None, wd: float | None = None,
-                      cbs: Iterable[Callback] = ()):
+                      cbs: Iterable[Callback] = (), resume=None, allow_length_change: bool = False):
         """Train `cyc_len` epochs with the one-cycle policy (`callbacks.scheduler.OneCycleCallback`).
 
         `max_lr` (default `self.lr`) may be a list or `slice(lo, hi)` for per-group rates; `moms=None` leaves the
         momentum alone."""
         cb = OneCycleCallback(self.lr if max_lr is None else max_lr, div_factor, pct_start, final_div, moms)
-        self.fit(cyc_len, wd=wd, cbs=[cb, *cbs])
+        self.fit(cyc_len, wd=wd, cbs=[cb, *cbs], resume=resume, allow_length_change=allow_length_change)
 
     def fit_sgdr(self, n_cycles: int, cycle_len: int, max_lr=None, cycle_mult: int = 2, eta_min: float = 0.0,
-                 wd: float | None = None, cbs: Iterable[Callback] = ()):
+                 wd: float | None = None, cbs: Iterable[Callback] = (), resume=None, allow_length_change: bool = False):
         """Train with SGDR: `n_cycles` cosine cycles, cycle k lasting `cycle_len * cycle_mult**k` epochs."""
         cb = SGDRCallback(self.lr if max_lr is None else max_lr, n_cycles, cycle_len, cycle_mult, eta_min)
         print(f"fit_sgdr: {n_cycles} cycles of {cycle_len}*{cycle_mult}**k epochs = {cb.total_epochs} epochs")
-        self.fit(cb.total_epochs, wd=wd, cbs=[cb, *cbs])
+        self.fit(cb.total_epochs, wd=wd, cbs=[cb, *cbs], resume=resume, allow_length_change=allow_length_change)
 
     # --- lr finder (lr_find) ---
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int = 100, step_mode: str = "exp",
@@ -444,6 +480,73 @@ class Learner:
         return LRFinderPlots(result)
 
     # --- checkpoints (save, load, resume) ---
+    def save(self, path, at: str | None = None) -> Path:
+        """Write a checkpoint of everything to `path`, atomically (learner/checkpoint.py): model, optimizer, loop
+        counters and the fit's planned length, every callback's state, the loaders' shuffling state, the RNGs.
+
+        Between fits, `learn.save(path)`. Inside a fit, say where it is taken, so `fit(..., resume=path)` knows where
+        to go on: `at='batch_end'` from after_batch of a training batch, `at='epoch_end'` from after_epoch
+        (`callbacks.checkpoint.SaveModelCallback` does this). Only the main process writes (data-parallel runs)."""
+        return checkpoint.save_checkpoint(self, path, at)
+
+    def load(self, path, with_opt: bool = True, model_only: bool = False) -> Learner:
+        """Load a checkpoint written by `save`: everything it holds, or the model's weights only (`model_only`), or
+        all but the optimizer (`with_opt=False`). Read with `torch.load(weights_only=True)`, so a file can never run
+        code; every part is checked against this learner first, and a `CheckpointError` names the part that does not
+        fit (another architecture, another optimizer, a truncated file), with the learner left unchanged."""
+        checkpoint.restore(self, checkpoint.read_checkpoint(path), with_opt=with_opt, model_only=model_only)
+        return self
+
+    def _resume_from(self, path, n_epoch: int, cbs: list[Callback], allow_length_change: bool) -> None:
+        # The fit's own callbacks are not attached yet: their keys come from the order add_cbs will give them.
+        all_cbs = sorted([*self.cbs, *cbs], key=lambda cb: cb.order)
+        checkpoint.resume(self, path, n_epoch, all_cbs, allow_length_change)
+
+    # --- distributed (torchrun, DistributedDataParallel: learner/distributed.py) ---
+    @property
+    def is_distributed(self) -> bool:
+        """True while this learner is one of several processes training together."""
+        return self.world_size > 1
+
+    @property
+    def is_main_process(self) -> bool:
+        """True on rank 0 (and in a single process): the one that shows progress and writes plots, logs, checkpoints."""
+        return self.rank == 0
+
+    @contextlib.contextmanager
+    def distributed(self, **ddp_kwargs):
+        """Train data-parallel inside this block: join the default process group (initialised from torchrun's
+        environment when the script did not do it), shard the loaders, wrap the model in DistributedDataParallel
+        (`ddp_kwargs` go to it) during training; undone on exit. Does nothing in a single process, and nothing more
+        when the learner already joined at creation because torchrun launched it."""
+        if self.is_distributed:
+            yield self
+            return
+        joined = _dist.join(self, **ddp_kwargs)
+        if joined is None:
+            yield self
+            return
+        try:
+            yield self
+        except BaseException:
+            _dist.leave(self, joined, destroy_group=False)  # the others may still be in a collective: just go
+            raise
+        _dist.leave(self, joined)
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum of `tensor` over all processes (every process must call this at the same point); `tensor` itself
+        in a single process."""
+        return _dist.all_reduce_sum(tensor, self.device) if self.is_distributed else tensor
+
+    def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The mean of `tensor` over all processes, e.g. a batch loss every process must act on identically (the LR
+        finder's stop); `tensor` itself in a single process."""
+        return self.all_reduce_sum(tensor) / self.world_size if self.is_distributed else tensor
+
+    def barrier(self) -> None:
+        """Wait until every process gets here (e.g. after rank 0 wrote a checkpoint the others will read)."""
+        if self.is_distributed:
+            torch.distributed.barrier()
 
 
 def _first_items(dl):

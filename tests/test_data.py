@@ -67,6 +67,18 @@ def test_drop_last_drops_exactly_the_remainder(shuffle):
         assert dropped_sets[0] == {100, 101, 102}
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_numpy_and_torch_gathers_give_the_same_batches(dtype):
+    # float32 goes through NumPy's serial gather on the CPU; bfloat16, which NumPy cannot view, through index_select.
+    x, y = numbered(37, features=5)
+    loader = InMemoryLoader(x.to(dtype), y, 8, shuffle=True, seed=11)
+    reference = torch.randperm(37, generator=torch.Generator().manual_seed(11))
+    batches = list(loader)
+    assert torch.equal(torch.cat([yb for _, yb in batches]), reference)
+    assert torch.equal(torch.cat([xb for xb, _ in batches]), x.to(dtype)[reference])
+    assert all(xb.dtype == dtype for xb, _ in batches)
+
+
 def test_unshuffled_batches_are_in_order():
     x, y = numbered(25)
     batches = list(InMemoryLoader(x, y, 10))

@@ -1,0 +1,406 @@
+"""cyclr against the loop you would write yourself, fastai and Lightning: LeNet, real Fashion-MNIST, one epoch.
+
+Part 1, one-cycle training. Every contender trains a fresh LeNet (the same initial weights) for one epoch with the
+one-cycle policy (max_lr, div 25, 30% warm-up, final lr max_lr/25e4, momentum 0.95 -> 0.85 -> 0.95, SGD, wd 0),
+then makes one validation pass (loss and accuracy):
+
+- plain:            a hand-written loop over cyclr's in-memory batches, torch's OneCycleLR stepped per batch;
+- plain-DataLoader: the same loop over torch's `DataLoader(TensorDataset)` (num_workers=0);
+- cyclr:            `Learner(...).fit_one_cycle(1, max_lr)` with the default callbacks (Recorder, progress);
+- fastai:           fastai 2.8 `fit_one_cycle(1, ...)`, default callbacks, torch's SGD through `OptimWrapper`, fed the
+                    same in-memory batches as cyclr (so the difference is the framework alone);
+- fastai-own-dl:    the same on fastai's own `DataLoader` over the same tensors (num_workers=0);
+- lightning:        a LightningModule (training_step logs the loss to the progress bar, validation_step loss and
+                    accuracy) with torch's OneCycleLR stepped per batch, default Trainer (progress bar, logger,
+                    sanity check) but no checkpoint file, fed the same in-memory batches;
+- lightning-DataLoader: the same over `DataLoader(TensorDataset)`.
+
+One round runs every contender once, in an order that alternates between rounds; a first, untimed round warms every
+contender up, so each timed run is at least its second epoch in this process. Each run is timed around the call that
+trains (the plain loop, `fit_one_cycle`, `trainer.fit`); building the model, learner or trainer is not timed. The table
+gives the median time, the median over rounds of (time / plain's time in the same round), and the median accuracy.
+What the frameworks print goes to /dev/null.
+
+Part 2, the LR finder: 100 iterations from 1e-7 to `--lr-find-end`, without early stopping so every tool does the
+same work (the iterations each really ran are printed): cyclr `learn.lr_find`, fastai `learn.lr_find`, Lightning's
+`Tuner.lr_find` (given the validation loader too, as a `datamodule` would), torch-lr-finder's `range_test`; the time
+of the call, and whether the model's weights and the optimizer's state are as before afterwards.
+
+The peers live in their own environment: `make bench-peers` builds `.venv-peers` and runs this script there.
+
+    make bench-peers                              # or: nice .venv-peers/bin/python benchmarks/peers.py
+    nice .venv-peers/bin/python benchmarks/peers.py --rounds 10 --threads 1 --contenders plain cyclr fastai
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from functools import partial
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from overhead import machine, plain_epoch, same_batches  # noqa: E402
+
+from data import fashion_mnist  # noqa: E402
+from learner import Learner, accuracy, lenet  # noqa: E402
+
+PCT_START, DIV, FINAL_DIV = 0.3, 25.0, 25e4  # torch's final_div_factor is FINAL_DIV / DIV
+CONTENDERS = ("plain", "plain-DataLoader", "cyclr", "fastai", "fastai-own-dl", "lightning", "lightning-DataLoader")
+
+
+def quiet():
+    """Silence what the frameworks print and warn about, for the duration of a timed call."""
+    stack = contextlib.ExitStack()
+    devnull = stack.enter_context(open(os.devnull, "w"))  # noqa: SIM115
+    stack.enter_context(contextlib.redirect_stdout(devnull))
+    stack.enter_context(contextlib.redirect_stderr(devnull))
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    return stack
+
+
+def torch_loaders(dls, bs: int, seed: int = 0):
+    train = DataLoader(TensorDataset(dls.train.x, dls.train.y), batch_size=bs, shuffle=True, num_workers=0,
+                       generator=torch.Generator().manual_seed(seed))
+    valid = DataLoader(TensorDataset(dls.valid.x, dls.valid.y), batch_size=dls.valid.bs, shuffle=False, num_workers=0)
+    return train, valid
+
+
+# ----- part 1: one epoch of one-cycle training ---------------------------------------------------------------------
+class Setup:
+    """What every contender shares: data, initial weights, max_lr."""
+
+    def __init__(self, args):
+        self.args = args
+        self.dls = fashion_mnist(bs=args.bs, n_train=args.n_train)
+        torch.manual_seed(0)
+        self.initial = lenet()
+        self.loss_func = torch.nn.CrossEntropyLoss()
+        self.tmp = tempfile.mkdtemp(prefix="cyclr-peers-")
+
+    def model(self):
+        return copy.deepcopy(self.initial)
+
+
+def prepare_plain(s: Setup, use_torch_loader: bool):
+    train, valid = torch_loaders(s.dls, s.args.bs) if use_torch_loader else (lambda d: (d.train, d.valid))(
+        same_batches(s.dls))
+    model = s.model()
+    opt = torch.optim.SGD(model.parameters(), lr=s.args.lr, momentum=0.9)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=s.args.lr, total_steps=len(train), pct_start=PCT_START,
+                                                div_factor=DIV, final_div_factor=FINAL_DIV / DIV)
+    return lambda: plain_epoch(model, opt, s.loss_func, train, valid, sched)["accuracy"]
+
+
+def prepare_cyclr(s: Setup):
+    learn = Learner(s.model(), same_batches(s.dls), s.loss_func, lr=s.args.lr, metrics=[accuracy], device="cpu")
+
+    def run():
+        learn.fit_one_cycle(1, s.args.lr, div_factor=DIV, pct_start=PCT_START, final_div=FINAL_DIV)
+        return learn.recorder.epoch_rows[-1]["accuracy"]
+
+    return run
+
+
+def fastai_learner(s: Setup, own_loader: bool):
+    from fastai.data.core import DataLoaders as FastaiDataLoaders
+    from fastai.data.load import DataLoader as FastaiDataLoader
+    from fastai.learner import Learner as FastaiLearner
+    from fastai.metrics import accuracy as fastai_accuracy
+    from fastai.optimizer import OptimWrapper
+
+    if own_loader:
+        train = FastaiDataLoader(TensorDataset(s.dls.train.x, s.dls.train.y), bs=s.args.bs, shuffle=True,
+                                 num_workers=0)
+        valid = FastaiDataLoader(TensorDataset(s.dls.valid.x, s.dls.valid.y), bs=s.dls.valid.bs, num_workers=0)
+        fastai_dls = FastaiDataLoaders(train, valid)
+    else:
+        d = same_batches(s.dls)
+        fastai_dls = FastaiDataLoaders(d.train, d.valid)
+    return FastaiLearner(fastai_dls, s.model(), loss_func=s.loss_func, metrics=fastai_accuracy, path=s.tmp,
+                         opt_func=partial(OptimWrapper, opt=torch.optim.SGD, momentum=0.9), lr=s.args.lr)
+
+
+def prepare_fastai(s: Setup, own_loader: bool):
+    import fastai.callback.schedule  # noqa: F401  (adds fit_one_cycle and lr_find to Learner)
+
+    learn = fastai_learner(s, own_loader)
+
+    def run():
+        learn.fit_one_cycle(1, s.args.lr, div=DIV, div_final=FINAL_DIV, pct_start=PCT_START)
+        return float(learn.recorder.values[-1][2])
+
+    return run
+
+
+def lightning_module(s: Setup, total_steps: int):
+    import lightning.pytorch as pl
+
+    class LitLeNet(pl.LightningModule):
+        def __init__(self, model, lr):
+            super().__init__()
+            self.model, self.lr, self.loss_func = model, lr, s.loss_func
+
+        def training_step(self, batch, batch_idx):
+            xb, yb = batch
+            loss = self.loss_func(self.model(xb), yb)
+            self.log("train_loss", loss, prog_bar=True)
+            return loss
+
+        def validation_step(self, batch, batch_idx):
+            xb, yb = batch
+            pred = self.model(xb)
+            self.log("valid_loss", self.loss_func(pred, yb), prog_bar=True)
+            self.log("accuracy", (pred.argmax(dim=1) == yb).float().mean(), prog_bar=True)
+
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=total_steps,
+                                                        pct_start=PCT_START, div_factor=DIV,
+                                                        final_div_factor=FINAL_DIV / DIV)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    return LitLeNet(s.model(), s.args.lr)
+
+
+def lightning_trainer(s: Setup, **kwargs):
+    import lightning.pytorch as pl
+
+    return pl.Trainer(accelerator="cpu", devices=1, enable_checkpointing=False, enable_model_summary=False,
+                      default_root_dir=s.tmp, **kwargs)
+
+
+def prepare_lightning(s: Setup, use_torch_loader: bool):
+    train, valid = torch_loaders(s.dls, s.args.bs) if use_torch_loader else (lambda d: (d.train, d.valid))(
+        same_batches(s.dls))
+    with quiet():
+        module = lightning_module(s, len(train))
+        trainer = lightning_trainer(s, max_epochs=1)
+
+    def run():
+        trainer.fit(module, train, valid)
+        return float(trainer.callback_metrics["accuracy"])
+
+    return run
+
+
+PREPARE = {
+    "plain": partial(prepare_plain, use_torch_loader=False),
+    "plain-DataLoader": partial(prepare_plain, use_torch_loader=True),
+    "cyclr": prepare_cyclr,
+    "fastai": partial(prepare_fastai, own_loader=False),
+    "fastai-own-dl": partial(prepare_fastai, own_loader=True),
+    "lightning": partial(prepare_lightning, use_torch_loader=False),
+    "lightning-DataLoader": partial(prepare_lightning, use_torch_loader=True),
+}
+
+
+def bench_training(s: Setup, names: list[str], rounds: int) -> None:
+    times = {n: [] for n in names}
+    accuracies = {n: [] for n in names}
+    for round_index in range(rounds + 1):
+        for name in names if round_index % 2 == 0 else names[::-1]:
+            run = PREPARE[name](s)
+            with quiet():
+                start = time.perf_counter()
+                acc = run()
+                elapsed = time.perf_counter() - start
+            if round_index > 0:  # round 0 warms every contender up
+                times[name].append(elapsed)
+                accuracies[name].append(acc)
+        if round_index > 0:
+            done = ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names)
+            print(f"  round {round_index}/{rounds}: {done}", flush=True)
+
+    base = "plain" if "plain" in names else names[0]
+    print(f"\nOne epoch of one-cycle training + validation, medians of {rounds} rounds (after a warm-up round):")
+    print(f"{'contender':<22} {'median s':>9} {'min s':>7} {'max s':>7} {'x ' + base:>9} {'accuracy':>9}")
+    for name in names:
+        ratios = [t / b for t, b in zip(times[name], times[base], strict=True)]
+        print(f"{name:<22} {statistics.median(times[name]):9.3f} {min(times[name]):7.3f} {max(times[name]):7.3f} "
+              f"{statistics.median(ratios):8.3f}x {statistics.median(accuracies[name]):9.4f}")
+
+
+# ----- part 2: the LR finder ---------------------------------------------------------------------------------------
+def same_state(a, b) -> bool:
+    """Equal nested state dicts: tensors element for element, everything else by ==."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_state(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def snapshot(model, opt) -> tuple:
+    return copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()) if opt is not None else None
+
+
+def restored(before: tuple, model, opt) -> str:
+    weights = "yes" if same_state(before[0], model.state_dict()) else "NO"
+    if opt is None:
+        return f"weights {weights}"
+    return f"weights {weights}, optimizer {'yes' if same_state(before[1], opt.state_dict()) else 'NO'}"
+
+
+def warm_optimizer(model, opt, loss_func, loader, n: int = 3) -> None:
+    """A few steps so the optimizer has momentum buffers: restoring them is part of leaving no trace."""
+    for i, (xb, yb) in enumerate(loader):
+        if i == n:
+            break
+        loss_func(model(xb), yb).backward()
+        opt.step()
+        opt.zero_grad()
+
+
+def find_cyclr(s: Setup, num_it: int, end_lr: float):
+    learn = Learner(s.model(), same_batches(s.dls), s.loss_func, lr=s.args.lr, metrics=[accuracy], device="cpu")
+    learn.create_opt()
+    warm_optimizer(learn.model, learn.opt, s.loss_func, same_batches(s.dls).train)
+
+    def run():
+        before = snapshot(learn.model, learn.opt)
+        result = learn.lr_find(num_it=num_it, end_lr=end_lr, stop_div=False)
+        return len(result.lrs), restored(before, learn.model, learn.opt), "valley " + f"{result.suggestions['valley'].lr:.2e}"
+
+    return run
+
+
+def find_fastai(s: Setup, num_it: int, end_lr: float):
+    import fastai.callback.schedule  # noqa: F401
+
+    learn = fastai_learner(s, own_loader=False)
+    learn.create_opt()
+    warm_optimizer(learn.model, learn.opt, s.loss_func, same_batches(s.dls).train)
+
+    def run():
+        before = snapshot(learn.model, learn.opt)
+        found = learn.lr_find(num_it=num_it, end_lr=end_lr, stop_div=False, show_plot=False)
+        return len(learn.recorder.lrs), restored(before, learn.model, learn.opt), f"valley {found.valley:.2e}"
+
+    return run
+
+
+def find_lightning(s: Setup, num_it: int, end_lr: float):
+    from lightning.pytorch.tuner import Tuner
+
+    d = same_batches(s.dls)
+    with quiet():
+        module = lightning_module(s, len(d.train))
+        trainer = lightning_trainer(s, max_epochs=1)
+
+    def run():
+        before = snapshot(module, None)
+        lr_before = module.lr
+        finder = Tuner(trainer).lr_find(module, d.train, d.valid, min_lr=1e-7, max_lr=end_lr, num_training=num_it,
+                                        early_stop_threshold=None)
+        lr_note = "lr kept" if module.lr == lr_before else f"module.lr set to {module.lr:.2e}"
+        module.lr = lr_before
+        state = restored(before, module, None) + " (its optimizer is made anew by each fit)"
+        return len(finder.results["lr"]), state, lr_note
+
+    return run
+
+
+def find_torch_lr_finder(s: Setup, num_it: int, end_lr: float):
+    from torch_lr_finder import LRFinder, TrainDataLoaderIter
+
+    model = s.model()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-7, momentum=0.9)
+    warm_optimizer(model, opt, s.loss_func, same_batches(s.dls).train)
+
+    def run():
+        before = snapshot(model, opt)
+        finder = LRFinder(model, opt, s.loss_func, device="cpu")
+        finder.range_test(TrainDataLoaderIter(same_batches(s.dls).train), end_lr=end_lr, num_iter=num_it,
+                          diverge_th=float("inf"))
+        state = restored(before, model, opt)
+        finder.reset()
+        return len(finder.history["lr"]), state + f"; after reset(): {restored(before, model, opt)}", ""
+
+    return run
+
+
+FINDERS = {"cyclr": find_cyclr, "fastai": find_fastai, "lightning": find_lightning,
+           "torch-lr-finder": find_torch_lr_finder}
+
+
+def bench_lr_find(s: Setup, names: list[str], rounds: int, num_it: int, end_lr: float) -> None:
+    times = {n: [] for n in names}
+    notes = {}
+    for round_index in range(rounds + 1):
+        for name in names if round_index % 2 == 0 else names[::-1]:
+            run = FINDERS[name](s, num_it, end_lr)
+            with quiet():
+                start = time.perf_counter()
+                notes[name] = run()
+                elapsed = time.perf_counter() - start
+            if round_index > 0:
+                times[name].append(elapsed)
+    print(f"\nLR finder, {num_it} iterations from 1e-7 to {end_lr:g}, no early stop, medians of {rounds} rounds:")
+    print(f"{'tool':<16} {'median s':>9} {'min s':>7} {'its':>4}  restored afterwards / notes")
+    for name in names:
+        its, state, note = notes[name]
+        print(f"{name:<16} {statistics.median(times[name]):9.3f} {min(times[name]):7.3f} {its:>4}  {state}"
+              f"{'; ' + note if note else ''}")
+
+
+def available(module: str) -> bool:
+    try:
+        __import__(module)
+        return True
+    except ImportError:
+        return False
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=10, help="timed rounds of part 1 (after a warm-up round)")
+    parser.add_argument("--lr-find-rounds", type=int, default=5, help="timed rounds of part 2 (0 skips it)")
+    parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
+    parser.add_argument("--bs", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=0.1, help="max_lr of the one cycle")
+    parser.add_argument("--lr-find-end", type=float, default=1.0, help="last lr of the LR-finder sweeps")
+    parser.add_argument("--n-train", type=int, default=None, help="first N training images (default: all 60000)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's choice); 1 is steadier on a machine shared with others")
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+
+    missing = {"fastai": "fastai", "lightning": "lightning", "torch-lr-finder": "torch_lr_finder"}
+    absent = {name for name, module in missing.items() if not available(module)}
+    for name in sorted(absent):
+        print(f"{name} is not installed here: skipped (make bench-peers builds .venv-peers with every peer)")
+    names = [n for n in args.contenders if n.split("-")[0] not in absent]
+
+    s = Setup(args)
+    versions = [f"torch {torch.__version__}"]
+    for module in ("fastai", "lightning", "torch_lr_finder"):
+        if available(module):
+            versions.append(f"{module} {getattr(sys.modules[module], '__version__', '?')}")
+    print(f"LeNet, Fashion-MNIST ({len(s.dls.train.y)} train / {len(s.dls.valid.y)} valid images), bs={args.bs}, "
+          f"one-cycle max_lr={args.lr}, SGD momentum 0.95-0.85; {', '.join(versions)}")
+    print(f"machine: {machine()}; {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
+    bench_training(s, names, args.rounds)
+    if args.lr_find_rounds > 0:
+        finders = [n for n in FINDERS if n not in absent]
+        bench_lr_find(s, finders, args.lr_find_rounds, 100, args.lr_find_end)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""SaveModelCallback: checkpoints during a fit, of the best epoch or of every epoch (and every n steps).
+
+Each checkpoint is a full one (`learn.save`: model, optimizer, counters, callbacks, loaders, RNGs), written
+atomically, so `fit(..., resume=path)` continues from it exactly.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .schedules import _int_at_least
+from .training import _Monitor
+
+
+class SaveModelCallback(_Monitor):
+    """Save checkpoints to `path` during a fit.
+
+    - default: at the end of each epoch where `monitor` improved by more than `min_delta`: `path` then holds the
+      best epoch so far (`best_epoch`), and `load_best_at_end=True` loads its weights when the fit ends.
+    - `every_epoch=True`: at the end of every epoch. A `{epoch}` in `path` (e.g. 'ckpt_{epoch}.pt') keeps one file
+      per epoch; without it the file is replaced each time (atomically: a crash never leaves a broken file).
+    - `every_n_batches=n` (with `every_epoch=True`): also after every n-th optimizer step, so a fit resumes
+      mid-epoch. A checkpoint is only taken after a real step (never between the micro-batches of
+      GradientAccumulation).
+    """
+
+    # After every callback that updates its state at the end of a batch or epoch (the Recorder at 50,
+    # EarlyStoppingCallback, ReduceLROnPlateau, CSVLogger at 55-57), so the checkpoint holds their updates.
+    order = 90
+
+    def __init__(self, path: str | os.PathLike = "model.pt", monitor: str = "valid_loss", mode: str = "auto",
+                 min_delta: float = 0.0, every_epoch: bool = False, every_n_batches: int | None = None,
+                 load_best_at_end: bool = False):
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
+        self._init_monitor(monitor, mode, min_delta)
+        self.path, self.every_epoch, self.load_best_at_end = os.fspath(path), bool(every_epoch), load_best_at_end
+        self.every_n_batches = None if every_n_batches is None else _int_at_least("every_n_batches",
+                                                                                  every_n_batches, 1)
+        if self.every_n_batches is not None and not self.every_epoch:
+            raise ValueError(
+                "every_n_batches saves the latest state, which would replace the best epoch's checkpoint: pass "
+                "every_epoch=True too, or use a second SaveModelCallback with another path for the best epoch"
+            )
+        if load_best_at_end and self.every_epoch:
+            raise ValueError("load_best_at_end needs every_epoch=False: with every_epoch=True no file holds the best")
+        self.best_epoch: int | None = None
+        self.last_saved: str | None = None
+
+    def _file(self, learn) -> str:
+        return self.path.format(epoch=learn.epoch) if "{epoch}" in self.path else self.path
+
+    def before_fit(self, learn):
+        if not self.every_epoch:
+            self._check_monitor(learn)
+        if not learn.resuming:
+            self._reset_best()
+            self.best_epoch = None
+
+    def after_batch(self, learn):
+        n = self.every_n_batches
+        # learn.stepped: this batch took an optimizer step; learn.train_iter counts it only after after_batch.
+        if n is not None and learn.training and learn.stepped and (learn.train_iter + 1) % n == 0:
+            self.last_saved = str(learn.save(self._file(learn), at="batch_end"))
+
+    def after_epoch(self, learn):
+        if not self.every_epoch:
+            value = self._current(learn)
+            if not self._improved(value):
+                return
+            self.best, self.best_epoch = value, learn.epoch
+        self.last_saved = str(learn.save(self._file(learn), at="epoch_end"))
+
+    def after_fit(self, learn):
+        if self.load_best_at_end and self.best_epoch is not None:
+            learn.load(self.last_saved, model_only=True)
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_epoch = float(state["best"]), state["best_epoch"]

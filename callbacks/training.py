@@ -1,0 +1,346 @@
+"""The standard training callbacks: early stopping, LR reduction on a plateau, stopping on a NaN loss, gradient
+clipping, gradient accumulation and a CSV log of the epoch table.
+
+Orders, and why (lower runs first at every event):
+
+- 3   GradientAccumulation: cancels the step of a non-final micro-batch before anything else looks at it.
+- 5   MixedPrecision (callbacks.mixed_precision): unscales the gradients before they are clipped.
+- 10  ParamScheduler (callbacks.scheduler): sets the scheduled values in before_batch.
+- 15  GradientClip: clips the unscaled, averaged gradients, just before the step.
+- 20  LRFinderCallback: stops on a non-finite loss itself, so it runs before TerminateOnNaNCallback.
+- 30  TerminateOnNaNCallback: checks the loss in after_loss, before backward and step.
+- 50  Recorder: writes the epoch's row in after_epoch.
+- 55-57 EarlyStoppingCallback, ReduceLROnPlateau, CSVLogger: read that row in after_epoch.
+- 90  SaveModelCallback (callbacks.checkpoint): saves once every other callback has updated its state.
+
+Every callback here keeps its state in `state_dict()` (plain values), so a resumed fit continues exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import warnings
+
+import torch
+
+from .core import Callback, CancelBatchException, CancelFitException
+from .recorder import _metric_name
+from .schedules import _int_at_least, _non_negative, _positive, _real
+
+MODES = ("auto", "min", "max")
+
+
+class _Monitor(Callback):
+    """A callback that watches one column of the Recorder's epoch table ('valid_loss', 'train_loss', a metric)."""
+
+    def _init_monitor(self, monitor: str, mode: str, min_delta: float) -> None:
+        if not isinstance(monitor, str) or not monitor:
+            raise TypeError(f"monitor must be the name of a recorded value like 'valid_loss', got {monitor!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.monitor, self.min_delta = monitor, _non_negative("min_delta", min_delta)
+        # Losses and error rates improve downwards, every other metric (accuracy, F1, ...) upwards.
+        lower_is_better = "loss" in monitor or "error" in monitor
+        self.mode = mode if mode != "auto" else ("min" if lower_is_better else "max")
+        self.best = math.inf if self.mode == "min" else -math.inf
+
+    def _check_monitor(self, learn) -> None:
+        """Refuse a name the Recorder does not record, before the first step."""
+        metric_names = [_metric_name(m) for m in learn.metrics]
+        names = ["train_loss", "valid_loss", *metric_names]
+        if learn.recorder.train_metrics:
+            names += [f"train_{n}" for n in metric_names]
+        if self.monitor not in names:
+            raise ValueError(f"{self.name}: monitor={self.monitor!r} is not recorded; choose one of {names}")
+        if getattr(learn.dls, "valid", None) is None and not self.monitor.startswith("train_"):
+            raise ValueError(
+                f"{self.name}: monitor={self.monitor!r} is measured on the validation set, but learn.dls has none; "
+                "give DataLoaders a validation loader or monitor 'train_loss'"
+            )
+
+    def _current(self, learn) -> float:
+        return learn.recorder.epoch_rows[-1][self.monitor]
+
+    def _improved(self, value: float) -> bool:
+        # A NaN never improves (both comparisons are False).
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def _reset_best(self) -> None:
+        self.best = math.inf if self.mode == "min" else -math.inf
+
+
+class EarlyStoppingCallback(_Monitor):
+    """Stop the fit when `monitor` has not improved by more than `min_delta` for `patience` epochs in a row.
+
+    The decision is taken in after_epoch and carried out at the start of the next epoch, so the epoch that decided
+    is complete (recorded, logged, checkpointed with the decision in it) and a resumed fit stops where the
+    uninterrupted one would. `stopped_epoch` is the last epoch trained, `best_epoch` the best one.
+    """
+
+    order = 55
+
+    def __init__(self, monitor: str = "valid_loss", min_delta: float = 0.0, patience: int = 1, mode: str = "auto"):
+        self._init_monitor(monitor, mode, min_delta)
+        self.patience = _int_at_least("patience", patience, 1)
+        self.wait, self.best_epoch, self.stopped_epoch = 0, None, None
+
+    def before_fit(self, learn):
+        self._check_monitor(learn)
+        if not learn.resuming:
+            self._reset_best()
+            self.wait, self.best_epoch, self.stopped_epoch = 0, None, None
+
+    def before_epoch(self, learn):
+        if self.stopped_epoch is not None:
+            raise CancelFitException()
+
+    def after_epoch(self, learn):
+        value = self._current(learn)
+        if self._improved(value):
+            self.best, self.best_epoch, self.wait = value, learn.epoch, 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = learn.epoch
+            print(f"EarlyStoppingCallback: no improvement of {self.monitor} for {self.wait} epochs "
+                  f"(best {self.best:.6g} at epoch {self.best_epoch}); stopping after epoch {learn.epoch}")
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "wait": self.wait, "best_epoch": self.best_epoch,
+                "stopped_epoch": self.stopped_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.wait = float(state["best"]), int(state["wait"])
+        self.best_epoch, self.stopped_epoch = state["best_epoch"], state["stopped_epoch"]
+
+
+class ReduceLROnPlateau(_Monitor):
+    """Multiply the learning rate by `factor` when `monitor` has not improved by more than `min_delta` for
+    `patience` epochs in a row; never below `min_lr` (nor above what the schedule asks for).
+
+    It acts as a multiplier on top of whatever sets the rate: in before_batch, after any ParamScheduler (order 10)
+    has written the scheduled rate, every group's rate becomes `rate * scale`; in after_batch the scheduled rate is
+    put back. So with one-cycle or SGDR the shape of the schedule is kept and only scaled down, and without a
+    scheduler the base rate never compounds. `scale` (the product of the reductions so far) is in its state.
+    """
+
+    order = 56
+
+    def __init__(self, monitor: str = "valid_loss", factor: float = 0.1, patience: int = 1, min_lr: float = 0.0,
+                 min_delta: float = 0.0, mode: str = "auto"):
+        self._init_monitor(monitor, mode, min_delta)
+        if not 0 < _real("factor", factor) < 1:
+            raise ValueError(f"factor must be in (0, 1) (the rate is multiplied by it), got {factor!r}")
+        self.factor, self.patience = factor, _int_at_least("patience", patience, 1)
+        self.min_lr = _non_negative("min_lr", min_lr)
+        self.scale, self.wait = 1.0, 0
+        self._scheduled: list[float] | None = None  # the rates the schedule set for the batch in progress
+
+    def before_fit(self, learn):
+        self._check_monitor(learn)
+        if not learn.resuming:
+            self._reset_best()
+            self.scale, self.wait = 1.0, 0
+
+    def before_batch(self, learn):
+        if not learn.training or self.scale == 1.0:
+            return
+        groups = learn.opt.param_groups
+        self._scheduled = [g["lr"] for g in groups]
+        for g, lr in zip(groups, self._scheduled, strict=True):
+            g["lr"] = min(lr, max(lr * self.scale, self.min_lr))
+
+    def after_batch(self, learn):
+        self._put_back(learn)
+
+    def cleanup_fit(self, learn):
+        self._put_back(learn)  # after an exception too: leave the optimizer at the scheduled rate
+
+    def _put_back(self, learn) -> None:
+        if self._scheduled is not None:
+            for g, lr in zip(learn.opt.param_groups, self._scheduled, strict=True):
+                g["lr"] = lr
+            self._scheduled = None
+
+    def after_epoch(self, learn):
+        value = self._current(learn)
+        if self._improved(value):
+            self.best, self.wait = value, 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.scale *= self.factor
+            self.wait = 0
+            print(f"ReduceLROnPlateau: {self.monitor} has not improved for {self.patience} epochs "
+                  f"(best {self.best:.6g}); learning rates now x{self.scale:.3g} of the schedule")
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "wait": self.wait, "scale": self.scale}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.wait, self.scale = float(state["best"]), int(state["wait"]), float(state["scale"])
+
+
+class TerminateOnNaNCallback(Callback):
+    """Stop the fit at the first training batch whose loss is NaN or infinite, before its backward pass and step,
+    so the weights stay those of the last good step. A learner has one by default.
+
+    The check reads the loss on the host once per training batch. On the CPU that costs nothing; on a GPU it is a
+    synchronisation point (the host waits for the forward pass before queueing the backward pass): remove the
+    callback (`learn.remove_cbs([...])`) where that matters more than stopping at the exact batch.
+    `stopped_at` is `(epoch, batch, optimizer_step)` once it stopped a fit, else None.
+    """
+
+    order = 30
+
+    def __init__(self):
+        self.stopped_at: tuple[int, int, int] | None = None
+
+    def before_fit(self, learn):
+        self.stopped_at = None
+
+    def after_loss(self, learn):
+        if not learn.training or bool(torch.isfinite(learn.loss).all()):
+            return
+        self.stopped_at = (learn.epoch, learn.iter, learn.train_iter)
+        warnings.warn(
+            f"the training loss is {learn.loss.detach().float().flatten()[0].item()} at epoch {learn.epoch}, batch "
+            f"{learn.iter} (optimizer step {learn.train_iter}): the fit stopped before this batch's step, so the "
+            "weights are those of the last step with a finite loss. Try a lower learning rate, gradient clipping "
+            "(GradientClip) or check the data of this batch.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        raise CancelFitException()
+
+
+class GradientClip(Callback):
+    """Clip the norm of all gradients together to `max_norm` before each step (`torch.nn.utils.clip_grad_norm_`).
+
+    `last_norm` is the total norm before clipping at the last step, a tensor left on the device (no host sync).
+    """
+
+    order = 15
+
+    def __init__(self, max_norm: float = 1.0, norm_type: float = 2.0):
+        self.max_norm = _positive("max_norm", max_norm)
+        self.norm_type = norm_type if norm_type == math.inf else _positive("norm_type", norm_type)
+        self.last_norm: torch.Tensor | None = None
+
+    def before_step(self, learn):
+        self.last_norm = torch.nn.utils.clip_grad_norm_(learn.model.parameters(), self.max_norm, self.norm_type)
+
+
+class GradientAccumulation(Callback):
+    """Take one optimizer step every `n_batches` training batches (micro-batches), with their gradients averaged:
+    the step of a batch `n_batches` times larger, in the memory of one.
+
+    Schedules, the Recorder and checkpoints count optimizer steps, not micro-batches:
+
+    - the step of a non-final micro-batch is cancelled (CancelBatchException in before_step: no step, no zero_grad,
+      so the gradients add up); the fit loop counts `learn.train_iter` only for batches that stepped, so every
+      micro-batch of a step sees the same `pct_train` and thus the same scheduled values;
+    - `learn.n_train_iters` becomes the number of steps, `n_epoch * ceil(len(dls.train) / n_batches)`: a group
+      never spans two epochs (the last one of an epoch may be shorter), so `pct_train` still ends at (N-1)/N;
+    - each micro-batch's loss gradient is divided by the size of its group, so the gradients are the mean of the
+      micro-batches' gradients;
+    - the Recorder records one row per step, whose loss is the mean of its micro-batches' losses (the epoch's
+      `train_loss` averages every micro-batch, sample-weighted, as without accumulation).
+    """
+
+    order = 3
+
+    def __init__(self, n_batches: int):
+        self.n_batches = _int_at_least("n_batches", n_batches, 1)
+        self._losses: list[torch.Tensor] = []
+        self._micro_loss: torch.Tensor | None = None
+
+    def before_fit(self, learn):
+        learn.n_train_iters = learn.n_epoch * math.ceil(len(learn.dls.train) / self.n_batches)
+
+    def _group_size(self, learn) -> int:
+        first = learn.iter // self.n_batches * self.n_batches
+        return min(self.n_batches, len(learn.dl) - first)
+
+    def _is_last_of_group(self, learn) -> bool:
+        return (learn.iter + 1) % self.n_batches == 0 or learn.iter + 1 == len(learn.dl)
+
+    def after_loss(self, learn):
+        if not learn.training:
+            return
+        if learn.iter % self.n_batches == 0:
+            self._losses = []
+        self._losses.append(learn.loss.detach())
+
+    def before_backward(self, learn):
+        size = self._group_size(learn)
+        if size > 1:
+            # Scales the gradient flowing out of the loss, i.e. backward of loss / size, without touching learn.loss.
+            learn.loss.register_hook(lambda grad: grad / size)
+
+    def before_step(self, learn):
+        if not self._is_last_of_group(learn):
+            raise CancelBatchException()  # no step, no zero_grad: the next micro-batch adds its gradients
+        if len(self._losses) > 1:
+            self._micro_loss = learn.loss
+            learn.loss = torch.stack(self._losses).mean()  # what the Recorder (order 50) records for this step
+
+    def after_batch(self, learn):
+        if self._micro_loss is not None:  # the epoch's train_loss averages micro-batches: give it this one back
+            learn.loss, self._micro_loss = self._micro_loss, None
+
+
+class CSVLogger(Callback):
+    """Append each epoch's row of the Recorder's table (fit, epoch, losses, metrics, time) to a CSV file, written
+    and flushed as the epoch ends, so a crash loses at most the epoch in progress.
+
+    A new fit starts a new file unless `append=True`. A resumed fit (`fit(..., resume=...)`) keeps the rows written
+    up to its checkpoint and drops any written after it, so the file matches the uninterrupted run's.
+    """
+
+    order = 57
+
+    def __init__(self, path: str | os.PathLike = "history.csv", append: bool = False):
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
+        self.path, self.append = os.fspath(path), bool(append)
+        self.rows_written = 0  # rows of this file (header excluded), kept in checkpoints
+
+    def before_fit(self, learn):
+        if learn.resuming:
+            self._keep_rows(self.rows_written)
+        elif self.append and os.path.exists(self.path):
+            with open(self.path, newline="") as f:
+                self.rows_written = max(0, sum(1 for _ in f) - 1)
+        else:
+            open(self.path, "w").close()
+            self.rows_written = 0
+
+    def _keep_rows(self, n_rows: int) -> None:
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, newline="") as f:
+            lines = f.readlines()
+        with open(self.path, "w", newline="") as f:
+            f.writelines(lines[: n_rows + 1])  # the header and the first n_rows rows
+
+    def after_epoch(self, learn):
+        row = learn.recorder.epoch_rows[-1]
+        new_file = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
+        with open(self.path, "a", newline="") as f:
+            writer = csv.writer(f)
+            if new_file:
+                writer.writerow(list(row))
+            writer.writerow(row.values())  # floats as repr: they read back exactly
+            f.flush()
+        self.rows_written += 1
+
+    def state_dict(self) -> dict:
+        return {"rows_written": self.rows_written}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows_written = int(state["rows_written"])

@@ -1,0 +1,441 @@
+"""Checkpoints: everything a fit needs to go on exactly where it stopped, written atomically, read without running
+code.
+
+A checkpoint is a dict of tensors and plain values, so `torch.load(..., weights_only=True)` reads it:
+
+    format, version   'cyclr-checkpoint', 1
+    model             model.state_dict()
+    optimizer         {'type': 'SGD', 'state': opt.state_dict()}, or None before the optimizer exists
+    progress          where it was taken ('at'), the position to go on from (epoch, iter, train_iter) and the
+                      fit's planned length (n_epoch, batches_per_epoch, n_train_iters)
+    callbacks         {'<ClassName>_<i>': cb.state_dict()} for every attached callback (i counts that class)
+    data              dls.state_dict(): the loaders' shuffling generators
+    rng               torch CPU (and CUDA), python `random` and numpy generator states
+
+`progress['at']` is one of
+- 'epoch_end' (taken in after_epoch): the fit goes on with epoch `epoch` (the next one), from its first batch;
+- 'batch_end' (taken in a training batch's after_batch): the fit goes on in epoch `epoch` after its first `iter`
+  batches. `data` then holds the loaders as they were when that epoch started, so the epoch's shuffle is drawn
+  again identically and the batches already done are passed over;
+- 'outside_fit' (taken between fits): loadable, not resumable.
+
+Loading checks every part against the learner before changing anything (`CheckpointError` says which part does
+not fit), then applies them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import pickle
+import random
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+from callbacks.core import Callback
+from callbacks.lr_finder import _rng_state, _set_rng_state
+
+FORMAT, VERSION = "cyclr-checkpoint", 1
+POSITIONS = ("epoch_end", "batch_end", "outside_fit")
+PARTS = ("model", "optimizer", "progress", "callbacks", "data", "rng")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or does not fit this learner; raised before the learner is changed."""
+
+
+# ----- writing -------------------------------------------------------------------------------------------------------
+def atomic_save(obj, path) -> Path:
+    """`torch.save(obj)` to `path` so that `path` holds either its old content or the complete new one, whatever
+    happens: write a temporary file in the same directory, flush and fsync it, rename it over `path` (atomic on
+    POSIX and Windows), then fsync the directory so the rename itself survives a power cut."""
+    path = Path(path)
+    directory = path.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(directory)
+    return path
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # Windows cannot open a directory; its rename is durable without this
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(learn, path, at: str | None = None) -> Path:
+    """Write `learn`'s full state to `path` (see the module docstring); returns the path."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
+    if at is None:
+        if learn.in_fit:
+            raise ValueError(
+                "inside a fit, say where this checkpoint is taken: learn.save(path, at='batch_end') from after_batch "
+                "of a training batch, or at='epoch_end' from after_epoch (SaveModelCallback does this for you)"
+            )
+        at = "outside_fit"
+    if at not in POSITIONS:
+        raise ValueError(f"at must be one of {POSITIONS}, got {at!r}")
+    if at != "outside_fit" and not learn.in_fit:
+        raise ValueError(f"at={at!r} marks a place in a running fit; between fits call learn.save(path)")
+    if at == "batch_end" and not learn.training:
+        raise ValueError("at='batch_end' is for training batches: call it from after_batch while learn.training")
+
+    callbacks = {}
+    for key, cb in callback_keys(learn.cbs).items():
+        state = cb.state_dict()
+        _check_plain(state, f"{key}.state_dict()")
+        callbacks[key] = state
+    ckpt = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": learn.model.state_dict(),
+        "optimizer": None if learn.opt is None else {"type": type(learn.opt).__name__, "state": learn.opt.state_dict()},
+        "progress": _progress(learn, at),
+        "callbacks": callbacks,
+        # At a batch's end the loaders have already drawn this epoch's shuffle: keep them as they were before it.
+        "data": learn._data_state_at_epoch_start if at == "batch_end" else _data_state(learn.dls),
+        "rng": rng_state(),
+    }
+    return atomic_save(ckpt, path)
+
+
+def _progress(learn, at: str) -> dict:
+    planned = {"n_epoch": learn.n_epoch, "batches_per_epoch": len(learn.dls.train),
+               "n_train_iters": learn.n_train_iters}
+    if at == "batch_end":
+        # Called from after_batch: the loop counts this batch's step (learn.stepped) only after that event.
+        position = {"epoch": learn.epoch, "iter": learn.iter + 1, "train_iter": learn.train_iter + int(learn.stepped)}
+    elif at == "epoch_end":
+        position = {"epoch": learn.epoch + 1, "iter": 0, "train_iter": learn.train_iter}
+    else:
+        position = {"epoch": learn.epoch, "iter": 0, "train_iter": learn.train_iter}
+    return {"at": at, **position, **planned}
+
+
+def _data_state(dls) -> dict:
+    return dls.state_dict() if hasattr(dls, "state_dict") else {}
+
+
+_PLAIN = (bool, int, float, str, type(None), torch.Tensor, torch.Size, torch.dtype)
+
+
+def _check_plain(obj, where: str) -> None:
+    """Refuse, at save time, a value `torch.load(weights_only=True)` would refuse at load time."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _check_plain(k, where)
+            _check_plain(v, f"{where}[{k!r}]")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _check_plain(v, f"{where}[{i}]")
+    elif not isinstance(obj, _PLAIN):
+        raise TypeError(
+            f"{where} is a {type(obj).__module__}.{type(obj).__name__}: a checkpoint holds only tensors and plain "
+            "values (bool, int, float, str, None, lists, tuples, dicts) so that it loads without running code; "
+            "convert it (e.g. torch.as_tensor(x) or x.tolist())"
+        )
+
+
+def callback_keys(cbs) -> dict[str, Callback]:
+    """'<ClassName>_<i>' for each callback, i counting the callbacks of that class in `cbs` order."""
+    counts: dict[str, int] = {}
+    keyed = {}
+    for cb in cbs:
+        name = type(cb).__name__
+        keyed[f"{name}_{counts.get(name, 0)}"] = cb
+        counts[name] = counts.get(name, 0) + 1
+    return keyed
+
+
+# ----- random number generators ---------------------------------------------------------------------------------------
+def rng_state() -> dict:
+    """The RNG states (callbacks.lr_finder's snapshot of them) with numpy's array as a tensor, for weights_only."""
+    state = _rng_state()
+    if "numpy" in state:
+        _, key, pos, has_gauss, cached_gaussian = state["numpy"]
+        state["numpy"] = {"key": torch.from_numpy(key.astype("int64")), "pos": int(pos), "has_gauss": int(has_gauss),
+                          "cached_gaussian": float(cached_gaussian)}
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    state = dict(state)
+    if "numpy" in state:
+        import numpy as np
+
+        saved = state["numpy"]
+        state["numpy"] = ("MT19937", saved["key"].numpy().astype(np.uint32), saved["pos"], saved["has_gauss"],
+                          saved["cached_gaussian"])
+    if "cuda" in state and not (torch.cuda.is_available() and torch.cuda.device_count() == len(state["cuda"])):
+        warnings.warn("the checkpoint holds CUDA RNG states for another set of GPUs: they are not restored",
+                      stacklevel=3)
+        del state["cuda"]
+    _set_rng_state(state)
+
+
+# ----- reading -------------------------------------------------------------------------------------------------------
+def read_checkpoint(path) -> dict:
+    """The checkpoint at `path`, read with `torch.load(weights_only=True)`: a file holding anything but tensors and
+    plain values is refused without running any of it."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint file at {os.fspath(path)!r}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" in str(e):
+            raise CheckpointError(
+                f"{os.fspath(path)} holds objects other than tensors and plain values ({_first_line(e)}); it was "
+                "refused without running any of it. Only load checkpoints written by learn.save"
+            ) from None
+        raise CheckpointError(f"{os.fspath(path)} is corrupt or not a torch file ({_first_line(e)})") from None
+    except Exception as e:  # a truncated zip archive, random bytes, an empty file
+        raise CheckpointError(
+            f"{os.fspath(path)} cannot be read: truncated or corrupt ({type(e).__name__}: {_first_line(e)})"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{os.fspath(path)} is not a cyclr checkpoint (a dict with format={FORMAT!r}); a plain model state_dict "
+            "loads with learn.model.load_state_dict(torch.load(path, weights_only=True))"
+        )
+    if ckpt.get("version") != VERSION:
+        raise CheckpointError(f"{os.fspath(path)} has checkpoint version {ckpt.get('version')!r}; this cyclr reads "
+                              f"version {VERSION}")
+    missing = [part for part in PARTS if part not in ckpt]
+    if missing:
+        raise CheckpointError(f"{os.fspath(path)} lacks the part(s) {missing}: it is incomplete")
+    return ckpt
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+# ----- checking each part against the learner, then applying them ---------------------------------------------------
+def restore(learn, ckpt: dict, *, with_opt: bool = True, model_only: bool = False, cbs=None,
+            warn_missing_callbacks: bool = False) -> None:
+    """Check every part of `ckpt` against `learn` (raising CheckpointError with nothing changed), then apply them.
+
+    `cbs`: the callbacks whose state to restore (default `learn.cbs`; a resumed fit adds its own). The optimizer is
+    created first when the learner has none yet (and dropped again if a check fails)."""
+    _check_model(learn.model, ckpt["model"])
+    if model_only:
+        learn.model.load_state_dict(ckpt["model"])
+        return
+    cbs = learn.cbs if cbs is None else cbs
+    created_opt = with_opt and ckpt["optimizer"] is not None and learn.opt is None
+    if created_opt:
+        learn.create_opt()
+    try:
+        if with_opt and ckpt["optimizer"] is not None:
+            _check_optimizer(learn.opt, ckpt["optimizer"])
+        keyed = callback_keys(cbs)
+        _check_callbacks(learn, keyed, ckpt["callbacks"])
+        _check_data(learn.dls, ckpt["data"])
+        _check_rng(ckpt["rng"])
+        _check_progress(ckpt["progress"])
+    except BaseException:
+        if created_opt:
+            learn.opt = None
+        raise
+
+    learn.model.load_state_dict(ckpt["model"])
+    if with_opt and ckpt["optimizer"] is not None:
+        learn.opt.load_state_dict(ckpt["optimizer"]["state"])
+    for key, cb in keyed.items():
+        if key in ckpt["callbacks"]:
+            cb.load_state_dict(ckpt["callbacks"][key])
+    unused = [key for key, state in ckpt["callbacks"].items() if key not in keyed and state]
+    if warn_missing_callbacks and unused:
+        warnings.warn(
+            f"the checkpoint holds the state of {unused}, which this fit does not have: the run will differ from "
+            "the one that was interrupted. Resume with the same callbacks (and the same fit method, e.g. "
+            "fit_one_cycle for a one-cycle run)",
+            stacklevel=4,
+        )
+    if ckpt["data"]:
+        learn.dls.load_state_dict(ckpt["data"])
+    set_rng_state(ckpt["rng"])
+    progress = ckpt["progress"]
+    learn.epoch, learn.train_iter = progress["epoch"], progress["train_iter"]
+    learn.n_epoch, learn.n_train_iters = progress["n_epoch"], progress["n_train_iters"]
+
+
+def _names(keys, limit: int = 5) -> str:
+    keys = list(keys)
+    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _check_model(model, saved) -> None:
+    if not isinstance(saved, dict) or not all(isinstance(v, torch.Tensor) for v in saved.values()):
+        raise CheckpointError("model: the checkpoint's model part is not a state_dict of tensors")
+    current = model.state_dict()
+    problems = []
+    missing = [k for k in current if k not in saved]
+    unexpected = [k for k in saved if k not in current]
+    shapes = [f"{k} {tuple(saved[k].shape)} in the checkpoint vs {tuple(v.shape)} in the model"
+              for k, v in current.items() if k in saved and saved[k].shape != v.shape]
+    if missing:
+        problems.append(f"missing {_names(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {_names(unexpected)}")
+    if shapes:
+        problems.append(f"other shapes: {_names(shapes, 3)}")
+    if problems:
+        raise CheckpointError(
+            f"model: the checkpoint does not fit this model ({'; '.join(problems)}); it was saved from another "
+            "architecture. Build the same model, or load only matching weights yourself"
+        )
+
+
+def _check_optimizer(opt, saved) -> None:
+    if not isinstance(saved, dict) or not {"type", "state"} <= saved.keys():
+        raise CheckpointError("optimizer: the checkpoint's optimizer part is malformed")
+    if saved["type"] != type(opt).__name__:
+        raise CheckpointError(
+            f"optimizer: the checkpoint holds the state of {saved['type']} but this learner's optimizer is "
+            f"{type(opt).__name__}; create the Learner with the same opt_func, or load(path, with_opt=False)"
+        )
+    groups = saved["state"].get("param_groups", [])
+    if len(groups) != len(opt.param_groups):
+        raise CheckpointError(
+            f"optimizer: the checkpoint has {len(groups)} parameter group(s), this optimizer "
+            f"{len(opt.param_groups)}; use the same splitter"
+        )
+    params = []
+    for i, (saved_group, group) in enumerate(zip(groups, opt.param_groups, strict=True)):
+        if len(saved_group["params"]) != len(group["params"]):
+            raise CheckpointError(
+                f"optimizer: parameter group {i} has {len(saved_group['params'])} parameters in the checkpoint and "
+                f"{len(group['params'])} here; it was saved from another model or splitter"
+            )
+        params += list(zip(saved_group["params"], group["params"], strict=True))
+    param_of = dict(params)
+    for index, state in saved["state"].get("state", {}).items():
+        if index not in param_of:
+            raise CheckpointError(f"optimizer: state for parameter {index}, which no parameter group holds")
+        p = param_of[index]
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape != p.shape:
+                raise CheckpointError(
+                    f"optimizer: {name!r} of parameter {index} has shape {tuple(value.shape)} in the checkpoint but "
+                    f"the parameter has shape {tuple(p.shape)}"
+                )
+
+
+def _check_callbacks(learn, keyed: dict, saved) -> None:
+    if not isinstance(saved, dict):
+        raise CheckpointError("callbacks: the checkpoint's callbacks part is not a dict")
+    # Trial loads into copies; the learner, model, optimizer and loaders are shared, not copied, by the copies.
+    memo = {id(obj): obj for obj in (learn, learn.model, learn.opt, learn.dls)}
+    for key, cb in keyed.items():
+        if key not in saved:
+            continue
+        trial = copy.deepcopy(cb, dict(memo))
+        try:
+            trial.load_state_dict(saved[key])
+        except Exception as e:
+            raise CheckpointError(
+                f"callback {key}: its saved state does not fit ({type(e).__name__}: {_first_line(e)})"
+            ) from None
+
+
+def _check_data(dls, saved) -> None:
+    if not saved:
+        return
+    if not hasattr(dls, "load_state_dict"):
+        raise CheckpointError(f"data: the checkpoint holds loader states but learn.dls ({type(dls).__name__}) has "
+                              "no load_state_dict")
+    current = dls.state_dict()
+    try:
+        dls.load_state_dict(saved)
+    except Exception as e:
+        raise CheckpointError(f"data: the loaders' saved state does not fit ({_first_line(e)})") from None
+    finally:
+        dls.load_state_dict(current)
+
+
+def _check_rng(saved) -> None:
+    if not isinstance(saved, dict) or "torch" not in saved or "random" not in saved:
+        raise CheckpointError("rng: the checkpoint's RNG part lacks the torch or python state")
+    cpu = saved["torch"]
+    if not (isinstance(cpu, torch.Tensor) and cpu.dtype == torch.uint8 and cpu.shape == torch.get_rng_state().shape):
+        raise CheckpointError("rng: the torch CPU generator state has the wrong type or size")
+    current = random.getstate()
+    try:
+        random.setstate(saved["random"])
+    except Exception as e:
+        raise CheckpointError(f"rng: the python random state does not fit ({_first_line(e)})") from None
+    finally:
+        random.setstate(current)
+    numpy_state = saved.get("numpy")
+    if numpy_state is not None and not (
+        isinstance(numpy_state, dict) and isinstance(numpy_state.get("key"), torch.Tensor)
+        and numpy_state["key"].shape == (624,)
+    ):
+        raise CheckpointError("rng: the numpy generator state is malformed")
+
+
+def _check_progress(progress) -> None:
+    keys = ("at", "epoch", "iter", "train_iter", "n_epoch", "batches_per_epoch", "n_train_iters")
+    if not isinstance(progress, dict) or not set(keys) <= progress.keys() or progress["at"] not in POSITIONS:
+        raise CheckpointError(f"progress: the checkpoint's progress part must have {keys}, 'at' in {POSITIONS}")
+    if any(isinstance(progress[k], bool) or not isinstance(progress[k], int) or progress[k] < 0 for k in keys[1:]):
+        raise CheckpointError(f"progress: counters must be ints >= 0, got {progress}")
+
+
+# ----- resuming a fit -------------------------------------------------------------------------------------------------
+def resume(learn, path, n_epoch: int, cbs, allow_length_change: bool = False) -> None:
+    """Restore `learn` from the checkpoint at `path` and set the loop to go on from its position in a fit of
+    `n_epoch` epochs (called by `Learner.fit(..., resume=path)`, with `cbs` the callbacks of that fit)."""
+    ckpt = read_checkpoint(path)
+    _check_progress(ckpt["progress"])
+    p = ckpt["progress"]
+    where = os.fspath(path)
+    if p["at"] == "outside_fit":
+        raise CheckpointError(
+            f"{where} was saved between fits, so it marks no place in one to resume from; load it with "
+            "learn.load(path), or resume from a checkpoint written during the fit "
+            "(SaveModelCallback(every_epoch=True), or every_n_batches=... for mid-epoch)"
+        )
+    batches = len(learn.dls.train)
+    if (p["n_epoch"], p["batches_per_epoch"]) != (n_epoch, batches) and not allow_length_change:
+        raise ValueError(
+            f"{where} was saved by a fit planned for {p['n_epoch']} epochs of {p['batches_per_epoch']} batches "
+            f"({p['n_epoch'] * p['batches_per_epoch']} batches), but this fit plans {n_epoch} epochs of {batches} "
+            f"batches ({n_epoch * batches}): its schedule would not continue where it stopped. Resume with "
+            f"n_epoch={p['n_epoch']} and the same data, or pass allow_length_change=True to go on with the new length"
+        )
+    finished = p["epoch"] >= n_epoch if p["at"] == "epoch_end" else p["epoch"] >= n_epoch or p["iter"] > batches
+    if finished:
+        raise ValueError(
+            f"{where} is at epoch {p['epoch']} (batch {p['iter']}) of its fit: nothing is left to train in a fit of "
+            f"{n_epoch} epochs; to train more, pass a larger n_epoch with allow_length_change=True"
+        )
+    restore(learn, ckpt, cbs=cbs, warn_missing_callbacks=True)
+    learn.n_epoch, learn.n_train_iters = n_epoch, n_epoch * batches
+    learn.train_iter, learn.start_epoch, learn.skip_batches = p["train_iter"], p["epoch"], p["iter"]

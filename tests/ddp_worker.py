@@ -1,0 +1,146 @@
+"""One process of the data-parallel tests (tests/test_distributed.py launches it with torchrun on CPU, gloo).
+
+    python -m torch.distributed.run --nproc_per_node=2 tests/ddp_worker.py train OUT_DIR
+    python -m torch.distributed.run --nproc_per_node=2 tests/ddp_worker.py lr_find OUT_DIR
+    python -m torch.distributed.run --nproc_per_node=2 tests/ddp_worker.py fail OUT_DIR
+
+`train` writes what each rank saw and ended with to OUT_DIR/rank{RANK}.pt, `lr_find` each rank's LR-finder curve
+and suggestions to OUT_DIR/lr_find{RANK}.pt; `fail` raises on rank 1 in the middle of
+training, while rank 0 waits for it in the gradient all-reduce.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from callbacks import Callback
+from data import DataLoaders
+from data.synthetic import synthetic_classification
+from learner import Learner, accuracy
+
+# Shared with the test, which rebuilds the same data and models as single-process oracles.
+N_TRAIN, N_VALID, N_FEATURES, N_CLASSES = 256, 101, 6, 3
+BS, VALID_BS = 16, 10  # per process: 8 training batches each; validation shards of 51 and 50 samples (6 and 5 batches)
+EPOCHS, MAX_LR = 2, 0.2
+FAILING_RANK, FAILING_ITER = 1, 3
+FAILURE_MESSAGE = "rank 1 fails on purpose at training batch 3"
+
+
+def data(bs: int = BS) -> DataLoaders:
+    return synthetic_classification(N_TRAIN, N_VALID, N_FEATURES, N_CLASSES, bs=bs, valid_bs=VALID_BS, seed=3,
+                                    spread=2.0)
+
+
+def mlp(seed: int, batchnorm: bool = False) -> nn.Module:
+    torch.manual_seed(seed)
+    hidden = [nn.Linear(N_FEATURES, 16)] + ([nn.BatchNorm1d(16)] if batchnorm else []) + [nn.ReLU()]
+    return nn.Sequential(*hidden, nn.Linear(16, N_CLASSES))
+
+
+class SeenInputs(Callback):
+    """The first feature of every training sample, per epoch: enough to tell the samples apart."""
+
+    def __init__(self):
+        self.per_epoch: list[list[float]] = []
+
+    def before_train(self, learn):
+        self.per_epoch.append([])
+
+    def after_batch(self, learn):
+        if learn.training:
+            self.per_epoch[-1].extend(learn.xb[:, 0].tolist())
+
+
+class ModelTypes(Callback):
+    """The type of `learn.model` seen in training and in validation batches."""
+
+    def __init__(self):
+        self.seen = {"train": set(), "valid": set()}
+
+    def before_batch(self, learn):
+        self.seen["train" if learn.training else "valid"].add(type(learn.model).__name__)
+
+
+class FailOnOneRank(Callback):
+    def before_step(self, learn):
+        if learn.rank == FAILING_RANK and learn.train_iter == FAILING_ITER:
+            raise ValueError(FAILURE_MESSAGE)
+
+
+def train(out: Path) -> None:
+    rank = int(os.environ["RANK"])
+    # A different initialisation on each rank: only DistributedDataParallel's broadcast makes them start alike.
+    learn = Learner(mlp(seed=rank), data(), nn.CrossEntropyLoss(), lr=MAX_LR, metrics=[accuracy], device="cpu")
+    seen, model_types = SeenInputs(), ModelTypes()
+    learn.fit_one_cycle(EPOCHS, max_lr=MAX_LR, cbs=[seen, model_types])
+    result = {
+        "rank": learn.rank, "world_size": learn.world_size, "is_main_process": learn.is_main_process,
+        "callbacks": [type(cb).__name__ for cb in learn.cbs],
+        "n_train_batches": len(learn.dls.train),
+        "model_types": {phase: sorted(names) for phase, names in model_types.seen.items()},
+        "model_type_after_fit": type(learn.model).__name__,
+        "batches": learn.recorder.to_df("batches")[["train_iter", "pct", "lr", "mom", "loss"]].to_dict("list"),
+        "epochs": learn.recorder.to_df("epochs").drop(columns=["time"]).to_dict("list"),
+        "seen": seen.per_epoch,
+        "weights": {k: v.clone() for k, v in learn.model.state_dict().items()},
+        "validate": learn.validate(),
+    }
+
+    # torch's DataLoader path (DistributedSampler for training, a Subset per rank for validation) and batch norm,
+    # whose running statistics each rank updates on its own shard until rank 0's are broadcast.
+    d = data()
+    dls = DataLoaders.from_datasets(
+        torch.utils.data.TensorDataset(d.train.x, d.train.y), torch.utils.data.TensorDataset(d.valid.x, d.valid.y),
+        bs=BS, valid_bs=VALID_BS, seed=1,
+    )
+    learn_bn = Learner(mlp(seed=10 + rank, batchnorm=True), dls, nn.CrossEntropyLoss(), lr=0.05, metrics=[accuracy],
+                       device="cpu", progress=False)
+    learn_bn.fit(1)
+    result["bn"] = {
+        "weights": {k: v.clone() for k, v in learn_bn.model.state_dict().items()},
+        "epochs": learn_bn.recorder.to_df("epochs").drop(columns=["time"]).to_dict("list"),
+        "n_train_batches": len(learn_bn.dls.train),
+    }
+
+    # `with learn.distributed():` joins a process group the script made itself (the environment no longer says
+    # torchrun, so the learner does not join at creation) and leaves it at the end of the block.
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        os.environ.pop(name)
+    learn_ctx = Learner(mlp(seed=20 + rank), data(), nn.CrossEntropyLoss(), lr=0.05, device="cpu")
+    original_dls = learn_ctx.dls
+    with learn_ctx.distributed():
+        inside = {"world_size": learn_ctx.world_size, "n_train_batches": len(learn_ctx.dls.train),
+                  "callbacks": [type(cb).__name__ for cb in learn_ctx.cbs]}
+        learn_ctx.fit(1)
+    result["context"] = {
+        "inside": inside, "world_size_after": learn_ctx.world_size,
+        "callbacks_after": [type(cb).__name__ for cb in learn_ctx.cbs],
+        "dls_restored": learn_ctx.dls is original_dls, "train_epoch_after": original_dls.train.epoch,
+        "weights": {k: v.clone() for k, v in learn_ctx.model.state_dict().items()},
+    }
+    torch.save(result, out / f"rank{rank}.pt")
+
+
+def lr_find(out: Path) -> None:
+    rank = int(os.environ["RANK"])
+    learn = Learner(mlp(seed=0), data(), nn.CrossEntropyLoss(), device="cpu", progress=False)
+    found = learn.lr_find(start_lr=1e-4, end_lr=100.0, num_it=40)
+    result = {"lrs": list(found.lrs), "losses": list(found.losses),
+              "suggestions": {name: float(s) for name, s in found.suggestions.items()}}
+    torch.save(result, out / f"lr_find{rank}.pt")
+
+
+def fail(out: Path) -> None:
+    learn = Learner(mlp(seed=0), data(), nn.CrossEntropyLoss(), lr=MAX_LR, device="cpu", progress=False)
+    learn.fit(EPOCHS, cbs=[FailOnOneRank()])
+    (out / f"finished{learn.rank}").touch()  # never reached: the job must end with the error
+
+
+if __name__ == "__main__":
+    mode, out_dir = sys.argv[1], Path(sys.argv[2])
+    {"train": train, "lr_find": lr_find, "fail": fail}[mode](out_dir)
