@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 DATASET := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test setup dataset lint bench clean
+.PHONY: demo test setup dataset lint bench bench-peers clean
 
 demo: setup
 	$(VENV)/bin/cyclr demo
@@ -35,6 +35,21 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/overhead.py
+
+# fastai, Lightning and torch-lr-finder live in an environment of their own, never among the package's dependencies,
+# with the same torch as .venv (pip's constraints here keep it from fetching another); cyclr is installed editable.
+PEERS         := .venv-peers
+TORCH_VERSION ?= 2.14.1
+
+bench-peers: $(PEERS)/.installed dataset
+	nice $(PEERS)/bin/python benchmarks/peers.py
+
+$(PEERS)/.installed: pyproject.toml
+	test -x $(PEERS)/bin/python || python3 -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install -q 'torch==$(TORCH_VERSION)' 'fastai>=2.8,<2.9' 'lightning>=2.4' \
+	    'torch-lr-finder>=0.2'
+	$(PEERS)/bin/python -m pip install -q -e .
+	touch $@
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

@@ -15,7 +15,7 @@ Every contender has its own LeNet (same initial weights), its own SGD (momentum 
 `InMemoryLoader`s over the same tensors with the same seed, so epoch k of each runs the same batches.
 Target (issue 2): learner / plain <= 1.05.
 
-    nice .venv/bin/python benchmarks/overhead.py [--rounds 7] [--bs 256] [--n-train 60000]
+    nice .venv/bin/python benchmarks/overhead.py [--rounds 7] [--bs 256] [--n-train 60000] [--threads 1]
 """
 
 from __future__ import annotations
@@ -81,7 +81,11 @@ def main():
     parser.add_argument("--bs", type=int, default=256)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--n-train", type=int, default=None, help="first N training images (default: all 60000)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's choice); 1 is steadier on a machine shared with others")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     dls = fashion_mnist(bs=args.bs, n_train=args.n_train)
     loss_func = torch.nn.CrossEntropyLoss()

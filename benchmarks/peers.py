@@ -273,7 +273,8 @@ def find_cyclr(s: Setup, num_it: int, end_lr: float):
     def run():
         before = snapshot(learn.model, learn.opt)
         result = learn.lr_find(num_it=num_it, end_lr=end_lr, stop_div=False)
-        return len(result.lrs), restored(before, learn.model, learn.opt), "valley " + f"{result.suggestions['valley'].lr:.2e}"
+        valley = result.suggestions["valley"].lr
+        return len(result.lrs), restored(before, learn.model, learn.opt), f"valley {valley:.2e}"
 
     return run
 
@@ -299,7 +300,7 @@ def find_lightning(s: Setup, num_it: int, end_lr: float):
     d = same_batches(s.dls)
     with quiet():
         module = lightning_module(s, len(d.train))
-        trainer = lightning_trainer(s, max_epochs=1)
+        trainer = lightning_trainer(s)  # no max_epochs: the sweep may need more than one epoch of a small data set
 
     def run():
         before = snapshot(module, None)
@@ -379,11 +380,11 @@ def main():
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    logging.getLogger("lightning").setLevel(logging.ERROR)
-
     missing = {"fastai": "fastai", "lightning": "lightning", "torch-lr-finder": "torch_lr_finder"}
     absent = {name for name, module in missing.items() if not available(module)}
+    # After importing lightning, which sets its loggers' levels (its handlers write to the real stderr).
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     for name in sorted(absent):
         print(f"{name} is not installed here: skipped (make bench-peers builds .venv-peers with every peer)")
     names = [n for n in args.contenders if n.split("-")[0] not in absent]

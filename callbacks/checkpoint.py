@@ -76,7 +76,9 @@ class SaveModelCallback(_Monitor):
             learn.load(self.last_saved, model_only=True)
 
     def state_dict(self) -> dict:
-        return {"best": self.best, "best_epoch": self.best_epoch}
+        # Saving every epoch tracks nothing that a resumed fit would need.
+        return {} if self.every_epoch else {"best": self.best, "best_epoch": self.best_epoch}
 
     def load_state_dict(self, state: dict) -> None:
-        self.best, self.best_epoch = float(state["best"]), state["best_epoch"]
+        if state:
+            self.best, self.best_epoch = float(state["best"]), state["best_epoch"]

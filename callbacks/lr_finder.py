@@ -12,8 +12,8 @@ still falling fast.
   hyperparameters, RNG states, loader shuffling states, callback states, loop counters) and puts it back, so the
   finder leaves no trace.
 - `run_lr_find(learn, ...)` ties them together; `Learner.lr_find` calls it.
-- `suggest_valley`, `suggest_steep`, `suggest_minimum` and `suggest_slide` read suggestions off a curve; each
-  returns a `Suggestion` (lr, index, one-line reason) and never None or NaN.
+- `suggest_valley`, `suggest_steep`, `suggest_minimum` and `suggest_slide` read suggestions off a curve, smoothed
+  without lag by `centred_smooth`; each returns a `Suggestion` (lr, index, one-line reason), never None or NaN.
 """
 
 from __future__ import annotations
@@ -44,8 +44,11 @@ STEP_MODES = ("exp", "linear")
 SUGGESTION_NAMES = ("valley", "steep", "minimum", "slide")
 # Above this many bytes of weights, buffers, gradients and optimizer state, the snapshot goes to a temporary file.
 SNAPSHOT_MEMORY_LIMIT = 1 << 30
-# A curve whose smoothed loss falls by less than this fraction of its level has no clear descent to read.
+# A curve has a clear descent when its smoothed loss falls by this fraction of its level, or by this many times the
+# batch-to-batch noise (and at least NOISE_FLOOR of its level, for curves without noise).
 MIN_RELATIVE_DROP = 0.05
+NOISE_MULTIPLE = 3.0
+NOISE_FLOOR = 0.005
 # The descent is read between the points where the loss is this fraction of the way down and of the way up.
 DESCENT_EDGE = 0.1
 
@@ -63,6 +66,10 @@ class Suggestion:
     reason: str
     group_lrs: tuple[float, ...] = ()
 
+    def __post_init__(self):
+        if not self.group_lrs:  # a single group: its rate is the suggestion
+            object.__setattr__(self, "group_lrs", (self.lr,))
+
     def __float__(self) -> float:
         return self.lr
 
@@ -71,14 +78,16 @@ class Suggestion:
 
 
 def centred_smooth(losses: Sequence[float], half_width: int | None = None) -> list[float]:
-    """A smoothing without lag: the running median over +-`half_width` points (default: a 25th of the curve), with
+    """A smoothing without lag: the running median over +-`half_width` points (default: a 50th of the curve), with
     the blow-up at the end capped at the highest level before the minimum, then the running mean over the same
     window. The EMA of `smooth_losses` lags by up to 1/(1 - beta) = 50 iterations, which on a 100-iteration sweep
     moves its minimum a decade or more to the right of where the loss really bottoms out; suggestions read off
     this curve instead."""
     losses = [float(v) for v in losses]
     n = len(losses)
-    h = max(1, n // 25) if half_width is None else half_width
+    if n == 0:
+        return []
+    h = max(1, n // 50) if half_width is None else half_width
     medians = [statistics.median(losses[max(0, i - h):i + h + 1]) for i in range(n)]
     cap = max(medians[:medians.index(min(medians)) + 1])
     capped = [min(v, cap) for v in medians]
@@ -99,7 +108,7 @@ class _Curve:
             raise ValueError("lrs must all be finite and > 0")
         if any(not math.isfinite(v) for v in losses):
             raise ValueError("losses must all be finite; the LR finder stops before recording a non-finite loss")
-        self.lrs, self.raw = lrs, losses
+        self.lrs = lrs
         self.y = centred_smooth(losses)
         n = len(lrs)
         self.lo, self.hi = n // 10, n - min(5, n // 10)  # the window is indices lo .. hi-1
@@ -111,18 +120,25 @@ class _Curve:
         # its level, whatever its wiggles; on a curve falling from the first point, the level it falls from.
         head = self.y[self.lo:self.lo + max(3, (self.argmin - self.lo) // 4)]
         self.top = statistics.median(head)
+        # The batch-to-batch noise: a robust standard deviation (1.4826 x the median absolute deviation) of the raw
+        # losses around the smoothed curve, before the minimum.
+        residuals = [abs(r - s) for r, s in zip(losses[self.lo:self.argmin + 1], self.y[self.lo:self.argmin + 1],
+                                                strict=True)]
+        self.noise = 1.4826 * statistics.median(residuals)
         self.problem = self._problem()
 
     def _problem(self) -> str | None:
         """Why the curve shows no clear descent, or None when it does."""
         if self.hi - self.lo < 3:
-            return f"only {len(self.lrs)} points were recorded"
+            n = len(self.lrs)
+            return f"only {n} point{'' if n == 1 else 's'} recorded"
         if self.argmin == self.lo:
             return "the loss never falls below its first value: it only rises"
         drop = self.top - self.min_loss
         scale = max(abs(self.top), abs(self.min_loss))
-        if drop <= MIN_RELATIVE_DROP * scale:
-            return f"the loss falls by only {max(drop, 0) / scale:.1%} ({self.top:.4g} -> {self.min_loss:.4g})"
+        if drop < MIN_RELATIVE_DROP * scale and drop < max(NOISE_MULTIPLE * self.noise, NOISE_FLOOR * scale):
+            return (f"the smoothed loss falls by only {max(drop, 0) / scale:.1%} ({self.top:.4g} -> "
+                    f"{self.min_loss:.4g}), within {NOISE_MULTIPLE:g}x the batch-to-batch noise ({self.noise:.2g})")
         return None
 
     def last_above(self, fraction: float) -> int:
@@ -150,15 +166,16 @@ def suggest_minimum(lrs: Sequence[float], losses: Sequence[float]) -> Suggestion
 
 
 def suggest_steep(lrs: Sequence[float], losses: Sequence[float]) -> Suggestion:
-    """The lr where the smoothed loss falls fastest against log10(lr) (central differences, left of the
-    minimum)."""
+    """The lr where the smoothed loss falls fastest against log10(lr), within the descent (from where it has
+    fallen `DESCENT_EDGE` of the way to the minimum), so a wiggle of the plateau before it cannot win."""
     curve = _Curve(lrs, losses)
     if curve.problem:
         return curve.fallback("steep")
     x, y = [math.log10(v) for v in curve.lrs], curve.y
+    k = max(1, len(x) // 50)  # central differences over the smoothing's width
     best_i, best_slope = curve.argmin, 0.0
-    for i in range(curve.lo, curve.argmin + 1):
-        left, right = max(i - 1, curve.lo), min(i + 1, curve.hi - 1)
+    for i in range(curve.last_above(1 - DESCENT_EDGE), curve.argmin + 1):
+        left, right = max(i - k, curve.lo), min(i + k, curve.hi - 1)
         if x[right] > x[left]:
             slope = (y[right] - y[left]) / (x[right] - x[left])
             if slope < best_slope:
@@ -270,7 +287,8 @@ class LRFinderResult:
         return "\n".join(lines)
 
     def plot(self, ax=None, suggestions: bool = True, raw: bool = True):
-        """Loss against lr on a log axis (smoothed, and raw in a lighter line), with the suggestions marked."""
+        """Loss against lr on a log axis, with the suggestions marked on the curve they are read from (smoothed
+        without lag); the raw losses in a light line and fastai's EMA dashed."""
         import matplotlib.pyplot as plt
 
         fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 4))
@@ -289,12 +307,12 @@ class LRFinderResult:
         ax.legend(fontsize=8)
         return fig
 
-    def _mark_suggestions(self, ax, color=None, label_prefix: str = "") -> None:
+    def _mark_suggestions(self, ax) -> None:
         markers = {"valley": "o", "steep": "^", "minimum": "s", "slide": "D"}
         for k, s in enumerate(self.suggestions.values()):
             y = _interp_log(s.lr, self.lrs, self.centred_losses)
-            ax.plot([s.lr], [y], linestyle="none", marker=markers.get(s.name, "x"), markersize=8,
-                    color=color or f"C{k + 1}", label=f"{label_prefix}{s.name}: {s.lr:.2e}")
+            ax.plot([s.lr], [y], linestyle="none", marker=markers[s.name], markersize=8, color=f"C{k + 1}",
+                    label=f"{s.name}: {s.lr:.2e}")
 
     def plot_lr(self, ax=None):
         """The learning rate at each iteration of the sweep (the blog's `learn.sched.plot_lr()`)."""
@@ -491,8 +509,13 @@ class LRFinderCallback(Callback):
     def after_loss(self, learn) -> None:
         if not learn.training:
             return
-        # A host sync per batch: the divergence test needs the value now.
-        loss = learn.loss.detach().float().item()
+        loss = learn.loss.detach().float()
+        # Data-parallel: every process must record the same curve and stop at the same batch, so they agree on the
+        # mean loss (the learner provides all_reduce_mean; a plain learner has nothing to agree on).
+        all_reduce_mean = getattr(learn, "all_reduce_mean", None)
+        if all_reduce_mean is not None:
+            loss = all_reduce_mean(loss)
+        loss = loss.item()  # a host sync per batch: the divergence test needs the value now
         lr = learn.opt.param_groups[self.reference_group]["lr"]  # read back: what the step really uses
         if not math.isfinite(loss):
             self.stop_reason = f"stopped: non-finite loss ({loss}) at lr {lr:.3g}, iteration {len(self.lrs)}"
@@ -628,7 +651,7 @@ class TrainingSnapshot:
             learn.remove_cbs(list(learn.cbs))
             learn.add_cbs(self.cbs)
         for cb, state in zip(self.cbs, self.cb_states, strict=True):
-            pass
+            cb.load_state_dict(copy.deepcopy(state))
 
     def discard(self) -> None:
         """Remove the temporary file, if any."""

@@ -93,8 +93,10 @@ class Recorder(Callback):
             return
         phase = "train" if learn.training else "valid"
         with_metrics = self.train_metrics or not learn.training
-        # Created lazily: a callback that cancels in before_train/before_validate may have skipped our hook.
-        self._phase_sums.setdefault(phase, _PhaseSums()).add(learn, with_metrics)
+        sums = self._phase_sums.get(phase)
+        if sums is None:  # created lazily: a callback that cancels in before_train/before_validate skips our hook
+            sums = self._phase_sums[phase] = _PhaseSums()
+        sums.add(learn, with_metrics)
 
     def before_validate(self, learn):
         self.metric_names = [_metric_name(m) for m in learn.metrics]
@@ -120,6 +122,11 @@ class Recorder(Callback):
         row["time"] = time.perf_counter() - self.epoch_start
         self.epoch_rows.append(row)
         self.last_validation = {}
+
+    def after_fit(self, learn):
+        # A fit stopped mid-epoch (CancelFitException: a NaN loss, the LR finder) skips after_epoch: keep the rows of
+        # the batches it did train.
+        self._flush_batches(learn)
 
     def _flush_batches(self, learn):
         """Turn this epoch's device losses into floats: one host sync per epoch."""
@@ -302,11 +309,12 @@ class _PhaseSums:
     def add(self, learn, with_metrics: bool) -> None:
         n = _batch_size(learn.yb)
         self.count += n
-        weighted = learn.loss.detach().float() * n
-        self.loss = weighted if self.loss is None else self.loss + weighted
+        loss = learn.loss.detach()
+        # One tensor op per batch (sum + n * loss), out of place so the sum never aliases a tensor held elsewhere.
+        self.loss = loss.float() * n if self.loss is None else torch.add(self.loss, loss, alpha=n)
         if with_metrics and learn.metrics:
             values = torch.stack([torch.as_tensor(m(learn.pred, learn.yb)).detach().float() for m in learn.metrics])
-            values = values.to(weighted.device) * n
+            values = values.to(loss.device) * n
             self.metrics = values if self.metrics is None else self.metrics + values
 
     def summed_over_processes(self, learn, n_metrics: int) -> _PhaseSums:

@@ -15,6 +15,8 @@ def _save_figure(fig, path: Path) -> None:
 
 
 def demo(args) -> int:
+    """The mission's flow: find the learning rate (plot saved), then train one cycle at the valley suggestion (or
+    --max-lr), and write the schedule, loss, metrics and LR-finder plots and the histories."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,19 +28,44 @@ def demo(args) -> int:
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    dls = fashion_mnist(bs=args.bs, seed=args.seed)
-    learn = Learner(lenet(), dls, torch.nn.CrossEntropyLoss(), lr=args.lr, metrics=[accuracy])
-    learn.fit(args.epochs)
+    dls = fashion_mnist(bs=args.bs, seed=args.seed, n_train=args.n_train, n_valid=args.n_valid)
+    learn = Learner(lenet(), dls, torch.nn.CrossEntropyLoss(), metrics=[accuracy])
 
+    finder = learn.lr_find(num_it=args.num_it)  # leaves the model, optimizer and RNGs as they were
+    if args.max_lr is not None:
+        max_lr, source = args.max_lr, "--max-lr"
+    else:
+        max_lr, source = finder.suggestions["valley"].lr, "the valley suggestion"
+    if learn.is_main_process:
+        print(finder)
+        print(f"fit_one_cycle({args.epochs}, max_lr={max_lr:.4g}) from {source}")
+    learn.fit_one_cycle(args.epochs, max_lr)
+    if not learn.is_main_process:
+        return 0  # launched by torchrun: rank 0 writes the plots and history of the whole job
+
+    _save_figure(finder.plot(), out / "lr_find.png")
+    _lr_find_frame(finder).to_csv(out / "lr_find.csv", index=False)
     learn.recorder.to_df("batches").to_csv(out / "history_batches.csv", index=False)
     learn.recorder.to_df("epochs").to_csv(out / "history_epochs.csv", index=False)
     _save_figure(learn.recorder.plot_loss(), out / "loss.png")
     _save_figure(learn.recorder.plot_sched(), out / "schedule.png")
     _save_figure(learn.recorder.plot_metrics(), out / "metrics.png")
     final = learn.recorder.epoch_rows[-1]
-    print(f"valid accuracy after {args.epochs} epochs: {final['accuracy']:.4f}")
-    print(f"plots and history written to {out.resolve()}")
+    print(f"valid accuracy after {args.epochs} epochs of one cycle at max_lr={max_lr:.4g}: {final['accuracy']:.4f}")
+    print(f"plots (lr_find, schedule, loss, metrics) and histories written to {out.resolve()}")
     return 0
+
+
+def _lr_find_frame(finder):
+    """The LR-finder curve with its suggestions, one row per iteration."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"lr": finder.lrs, "loss": finder.losses, "smooth_loss": finder.smooth_losses,
+                          "centred_loss": finder.centred_losses})
+    frame["suggestion"] = ""
+    for s in finder.suggestions.values():  # `minimum` is read at an index but suggests a tenth of that lr
+        frame.loc[s.index, "suggestion"] = " ".join(filter(None, [frame.loc[s.index, "suggestion"], s.name]))
+    return frame
 
 
 def reproduce(args) -> int:
@@ -74,10 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cyclr", description="See and control your learning rate.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="LeNet on the real Fashion-MNIST, with plots and history written out")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--bs", type=int, default=256)
+    p = sub.add_parser("demo", help="LeNet on the real Fashion-MNIST: lr_find, then fit_one_cycle at the valley "
+                                    "suggestion, with plots and histories written out")
+    p.add_argument("--epochs", type=int, default=3, help="length of the one cycle, in epochs")
+    p.add_argument("--max-lr", type=float, default=None,
+                   help="peak learning rate of the cycle (default: the LR finder's valley suggestion)")
+    p.add_argument("--num-it", type=int, default=100, help="iterations of the LR finder's sweep")
+    p.add_argument("--bs", type=int, default=128, help="batch size per process (under torchrun: x the processes)")
+    p.add_argument("--n-train", type=int, default=None, help="use only the first N training images (quick runs)")
+    p.add_argument("--n-valid", type=int, default=None, help="use only the first N test images (quick runs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/demo", help="output folder (created)")
     p.set_defaults(func=demo)

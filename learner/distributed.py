@@ -11,8 +11,9 @@ While distributed:
   epoch, so all take the same optimizer steps: the schedules, the Recorder and the LR finder see the same global
   step everywhere. With the in-memory loader, the union of the ranks' k-th batches is exactly the k-th batch a
   single process with the global batch size (`bs * world_size`) would take.
-- during the training phase `learn.model` is the `DistributedDataParallel` wrapper, which averages the gradients;
-  everywhere else (validation, `after_fit`, saving, inference) it is the plain module.
+- the forward pass of each training batch runs through `DistributedDataParallel`, whose backward averages the
+  gradients; `learn.model` is that wrapper only from `before_batch` to `after_pred` of a training batch, and the
+  plain module everywhere else (gradient clipping, checkpoints, validation, `after_fit`, inference).
 - validation shards give every sample to exactly one process (the last ones may get one sample fewer); the Recorder
   adds up the sample-weighted sums of loss and metrics over all processes (`learn.all_reduce_sum`), so every process
   reports the same average over all samples, each counted once.
@@ -107,19 +108,23 @@ def _to_own_gpu(shard, device: torch.device | None):
 
 # ----- the fit loop ---------------------------------------------------------------------------------------------------
 class DistributedCallback(Callback):
-    """Wraps `learn.model` in `DistributedDataParallel` for the training phase of every fit.
+    """Runs the forward pass of every training batch through `DistributedDataParallel`, whose backward averages the
+    gradients over the processes.
 
-    The wrapper is made in `before_fit` (which broadcasts rank 0's parameters and buffers, so every process starts
-    from the same weights) and put in `learn.model` only between `before_train` and `after_train`. Leaving the
-    training phase, rank 0's buffers (batch-norm running statistics, which each process updated on its own shard)
-    are broadcast too: validation, checkpoints and the final model are then the same on every process.
+    The wrapper is made in `before_fit`, which broadcasts rank 0's parameters and buffers: every process starts the
+    fit from the same weights. It is `learn.model` only from `before_batch` to `after_pred` of a training batch, so
+    that `forward` (and a subclass's own) calls it; everywhere else, `after_pred` to `after_batch` included (gradient
+    clipping, mid-epoch checkpoints), `learn.model` is the plain module. Leaving the training phase, rank 0's buffers
+    (batch-norm running statistics, which each process updated on its own shard) are broadcast too, so validation,
+    checkpoints and the final model are the same on every process.
     """
 
-    order = -100  # first at every event: others' after_train / after_fit (the LR finder's restore) see the module
+    order = -100  # first at every event: the wrapper is in place before anyone's before_batch and gone after after_pred
 
     def __init__(self, **ddp_kwargs):
         self.ddp_kwargs = ddp_kwargs  # passed to DistributedDataParallel, e.g. find_unused_parameters=True
         self.ddp: DistributedDataParallel | None = None
+        self._buffers_to_sync = False
 
     def before_fit(self, learn):
         if not _is_sharded(learn.dls.train, learn.world_size):
@@ -133,10 +138,16 @@ class DistributedCallback(Callback):
         device_ids = [learn.device.index] if learn.device.type == "cuda" else None
         self.ddp = DistributedDataParallel(learn.model, device_ids=device_ids, **self.ddp_kwargs)
 
-    def before_train(self, learn):
-        if self.ddp is not None:
-            self.ddp.train()
+    def before_batch(self, learn):
+        if learn.training and self.ddp is not None:
             learn.model = self.ddp
+            self._buffers_to_sync = True
+
+    def after_pred(self, learn):
+        self._unwrap(learn)
+
+    def after_batch(self, learn):
+        self._unwrap(learn)  # in case a cancelled batch skipped after_pred
 
     def after_train(self, learn):
         self._leave_training_phase(learn)
@@ -145,21 +156,24 @@ class DistributedCallback(Callback):
         self._leave_training_phase(learn)
 
     def after_fit(self, learn):
-        # A CancelFitException (the LR finder's stop) skips after_train, so the wrapper may still be in place here.
+        # A CancelFitException (the LR finder's stop) skips after_train, so the buffers may not be in sync yet.
         self._leave_training_phase(learn)
 
     def cleanup_fit(self, learn):
-        # After an exception: no collective call here, the other processes may be anywhere.
+        # After an exception too: no collective call here, the other processes may be anywhere.
+        self._unwrap(learn)
+        self.ddp, self._buffers_to_sync = None, False  # frees the gradient buckets between fits
+
+    def _unwrap(self, learn):
         if self.ddp is not None and learn.model is self.ddp:
             learn.model = self.ddp.module
-        self.ddp = None  # frees the gradient buckets between fits
 
     def _leave_training_phase(self, learn):
-        if self.ddp is None or learn.model is not self.ddp:
-            return
-        learn.model = self.ddp.module
-        for buffer in learn.model.buffers():
-            dist.broadcast(buffer, src=0)
+        self._unwrap(learn)
+        if self._buffers_to_sync:  # the same on every process: all ran the same training batches
+            for buffer in learn.model.buffers():
+                dist.broadcast(buffer, src=0)
+            self._buffers_to_sync = False
 
 
 # ----- joining and leaving --------------------------------------------------------------------------------------------

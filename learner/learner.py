@@ -36,6 +36,10 @@ def sgd(params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0) -> 
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
+# The two events around each level of the loop, named once here rather than formatted for every batch.
+_LEVEL_EVENTS = {level: (f"before_{level}", f"after_{level}")
+                 for level in ("fit", "epoch", "train", "validate", "batch")}
+
 # Names users schedule, mapped to torch's param_group keys ('mom' is special: momentum or betas[0]).
 _HYPER_ALIASES = {"wd": "weight_decay"}
 
@@ -46,6 +50,26 @@ def _check_positive_finite(name: str, value, allow_zero: bool = False) -> None:
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
+
+
+_COMPILE_KEYS = ("fullgraph", "dynamic", "backend", "mode", "options", "disable")
+
+
+def _check_speed_options(channels_last, compile) -> dict | None:
+    """The keyword arguments for torch.compile (None: don't compile), after checking both options."""
+    if not isinstance(channels_last, bool):
+        raise TypeError(f"channels_last must be True or False, got {channels_last!r}")
+    if isinstance(compile, bool):
+        return {} if compile else None
+    if not isinstance(compile, dict):
+        raise TypeError(
+            f"compile must be True, False or a dict of torch.compile arguments like {{'mode': 'max-autotune'}}, "
+            f"got {type(compile).__name__}"
+        )
+    unknown = sorted(set(compile) - set(_COMPILE_KEYS))
+    if unknown:
+        raise ValueError(f"compile has unknown torch.compile arguments {unknown}; allowed: {', '.join(_COMPILE_KEYS)}")
+    return dict(compile)
 
 
 def _default_device() -> torch.device:
@@ -73,6 +97,8 @@ class Learner:
         splitter: Callable | None = None,
         progress: bool = True,
         train_metrics: bool = False,
+        channels_last: bool = False,
+        compile: bool | dict = False,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -91,9 +117,14 @@ class Learner:
         for m in metrics:
             if not callable(m):
                 raise TypeError(f"each metric must be callable as metric(pred, target), got {m!r}")
+        compile_options = _check_speed_options(channels_last, compile)
 
         self.device = torch.device(device) if device is not None else _default_device()
         self.model = model.to(self.device)
+        # Speed options for CUDA (they work, to no benefit, on the CPU): NHWC weights and batches; torch.compile.
+        self.channels_last, self.compile_options, self._compiled = channels_last, compile_options, None
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.dls, self.loss_func, self.opt_func = dls, loss_func, opt_func
         self.lr, self.wd, self.metrics, self.splitter = lr, wd, metrics, splitter
         self.opt: torch.optim.Optimizer | None = None
@@ -227,7 +258,7 @@ class Learner:
 
     # ----- the steps a subclass may change ----------------------------------------------------------------------------
     def forward(self, xb):
-        return self.model(xb)
+        return self._model_to_run()(xb)
 
     def get_loss(self, pred, yb):
         return self.loss_func(pred, yb)
@@ -263,13 +294,13 @@ class Learner:
         for cb in cbs:
             check_hook_names(cb)
         self._check_data()
-        if self.opt is None:
-            self.create_opt()
         if resume is not None:
             self._resume_from(resume, n_epoch, cbs, allow_length_change)  # checks all, then sets the counters
         else:
             self.n_epoch, self.n_train_iters = n_epoch, n_epoch * len(self.dls.train)
             self.train_iter = self.start_epoch = self.skip_batches = 0
+        if self.opt is None:
+            self.create_opt()
         if lr is not None:
             self.set_hyper("lr", lr)
         if wd is not None:
@@ -290,13 +321,14 @@ class Learner:
                 self.training = False
 
     def _with_events(self, body: Callable[[], None], name: str, cancel: type[Exception]) -> None:
+        before, after = _LEVEL_EVENTS[name]
         try:
-            self(f"before_{name}")
+            self(before)
             body()
         except cancel:
             pass
         try:
-            self(f"after_{name}")
+            self(after)
         except cancel:  # raised in after_<name> itself: it ends that hook chain, nothing more to skip
             pass
 
@@ -355,10 +387,22 @@ class Learner:
 
     def _to_device(self, b):
         if isinstance(b, torch.Tensor):
+            if self.channels_last and b.dim() == 4:  # images in the weights' layout (no copy when already in it)
+                return b.to(self.device, memory_format=torch.channels_last, non_blocking=True)
             return b.to(self.device, non_blocking=True)
         if isinstance(b, (list, tuple)):
             return type(b)(self._to_device(o) for o in b)
         return b
+
+    def _model_to_run(self) -> nn.Module:
+        """`self.model`, or with `compile=` its `torch.compile` wrapper, which shares its parameters (`self.model`
+        itself stays the plain module, so state dicts and checkpoints keep their keys). Compiled again when
+        `self.model` is replaced (e.g. wrapped for data-parallel training)."""
+        if self.compile_options is None:
+            return self.model
+        if self._compiled is None or self._compiled._orig_mod is not self.model:
+            self._compiled = torch.compile(self.model, **self.compile_options)
+        return self._compiled
 
     # ----- checks done before any weight changes ------------------------------------------------------------------
     def _check_data(self) -> None:
@@ -452,7 +496,8 @@ class Learner:
                  wd: float | None = None, cbs: Iterable[Callback] = (), resume=None, allow_length_change: bool = False):
         """Train with SGDR: `n_cycles` cosine cycles, cycle k lasting `cycle_len * cycle_mult**k` epochs."""
         cb = SGDRCallback(self.lr if max_lr is None else max_lr, n_cycles, cycle_len, cycle_mult, eta_min)
-        print(f"fit_sgdr: {n_cycles} cycles of {cycle_len}*{cycle_mult}**k epochs = {cb.total_epochs} epochs")
+        if self.is_main_process:
+            print(f"fit_sgdr: {n_cycles} cycles of {cycle_len}*{cycle_mult}**k epochs = {cb.total_epochs} epochs")
         self.fit(cb.total_epochs, wd=wd, cbs=[cb, *cbs], resume=resume, allow_length_change=allow_length_change)
 
     # --- lr finder (lr_find) ---

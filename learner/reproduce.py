@@ -178,7 +178,7 @@ def run_d2l(
     out.mkdir(parents=True, exist_ok=True)
     runs_csv, history_csv = out / "d2l_runs.csv", out / "d2l_history.csv"
     config = {"epochs": epochs, "n_train": n_train or 60000, "n_valid": n_valid or 10000}
-    done = {(r["run"], int(r["seed"])) for r in _read_rows(runs_csv) if _same_config(r, config)}
+    done = {(r["run"], int(r["seed"])) for r in _rows_of_config(runs_csv, config)}
 
     from data.fashion_mnist import fashion_mnist
 
@@ -205,12 +205,11 @@ def run_d2l(
             log(f"d2l {run.name} seed {seed}: train loss {last['train_loss']:.3f}, train acc {last['train_acc']:.3f}, "
                 f"test acc {last['test_acc']:.3f} ({seconds:.0f} s)")
 
-    rows = [r for r in _read_rows(runs_csv) if _same_config(r, config)]
-    summary = d2l_summary(rows, [r.name for r in chosen])
+    summary = d2l_summary(_read_rows(runs_csv), [r.name for r in chosen])
     _write_rows(out / "d2l_summary.csv", list(summary[0].keys()) if summary else [], summary)
     (out / "d2l_table.md").write_text(d2l_markdown(summary, config, quick=quick, command=command))
     _save(plot_d2l_schedules(chosen, epochs=max(epochs, D2L_EPOCHS)), out / "d2l_schedules.png")
-    _save(plot_d2l_curves(_read_rows(history_csv), [r.name for r in chosen], seeds), out / "d2l_curves.png")
+    _save(plot_d2l_curves(_last_per_epoch(_read_rows(history_csv)), [r.name for r in chosen]), out / "d2l_curves.png")
     return {"summary": summary, "out": out}
 
 
@@ -372,9 +371,9 @@ def scaled_epochs(cyc_len: int, scale: float) -> int:
     return max(1, math.floor(cyc_len * scale + 0.5))
 
 
-BLOG_RUN_FIELDS = ["run", "seed", "setup", "model", "epochs", "epoch_scale", "n_train", "n_valid", "train_loss", "valid_loss",
-                   "accuracy", "gap", "valid_loss_rises", "largest_valid_rise", "min_valid_loss", "first_lr",
-                   "peak_lr", "last_lr", "seconds_per_epoch"]
+BLOG_RUN_FIELDS = ["run", "seed", "setup", "model", "epochs", "epoch_scale", "n_train", "n_valid", "train_loss",
+                   "valid_loss", "accuracy", "gap", "valid_loss_rises", "largest_valid_rise", "min_valid_loss",
+                   "first_lr", "peak_lr", "last_lr", "seconds_per_epoch"]
 BLOG_HISTORY_FIELDS = ["run", "seed", "setup", "model", "epoch", "lr", "mom", "train_loss", "valid_loss", "accuracy",
                        "seconds"]
 BLOG_BATCH_FIELDS = ["run", "seed", "model", "train_iter", "pct", "lr", "mom", "loss", "smooth_loss"]
@@ -402,7 +401,8 @@ def run_blog(
     `setup`: 'gpu' trains ResNet-56 on CIFAR-10 (augmented, batch 512) at full length (scale 1); 'cpu' trains
     `cpu_model` ('lenet_bn', LeNet with batch norm like the study's ResNet-56, or plain 'lenet', which diverges at
     the blog's peak rate of 0.8) on Fashion-MNIST with the epochs scaled by `epoch_scale` (default 0.2); 'auto'
-    picks 'gpu' when CUDA is available. `quick`: 2048 training / 1024 test images and scale 0.05 (95 -> 5 epochs), a smoke test.
+    picks 'gpu' when CUDA is available. `quick`: 2048 training / 1024 test images and scale 0.05 (95 -> 5 epochs),
+    a smoke test.
     """
     if setup == "auto":
         setup = "gpu" if torch.cuda.is_available() and not quick else "cpu"
@@ -425,7 +425,7 @@ def run_blog(
     n_train_full, n_valid_full = (50000, 10000) if setup == "gpu" else (60000, 10000)
     config = {"setup": setup, "model": "resnet56" if setup == "gpu" else cpu_model, "epoch_scale": epoch_scale,
               "n_train": n_train or n_train_full, "n_valid": n_valid or n_valid_full}
-    done = {(r["run"], int(r["seed"])) for r in _read_rows(runs_csv) if _same_config(r, config)}
+    done = {(r["run"], int(r["seed"])) for r in _rows_of_config(runs_csv, config)}
 
     recorders = {}
     for seed in seeds:
@@ -457,15 +457,12 @@ def run_blog(
             log(f"blog {call.name} seed {seed} ({epochs} epochs): valid loss {result['valid_loss']:.3f}, "
                 f"accuracy {result['accuracy']:.4f}, train loss {result['train_loss']:.3f} ({seconds:.0f} s)")
 
-    rows = [r for r in _read_rows(runs_csv) if _same_config(r, config)]
-    summary = blog_summary(rows)
+    summary = blog_summary(_read_rows(runs_csv))
     _write_rows(out / "blog_summary.csv", list(summary[0].keys()) if summary else [], summary)
     claims = blog_claims(summary)
     (out / "blog_table.md").write_text(blog_markdown(summary, claims, config, quick=quick, command=command))
     if recorders or batches_csv.exists():
-        batches = [r for r in _read_rows(batches_csv) if r["model"] == config["model"]]
-        epochs_rows = [r for r in _read_rows(history_csv) if _same_config(r, {"model": config["model"]})]
-        _save(plot_blog_runs(batches, epochs_rows), out / "blog_runs.png")
+        _save(plot_blog_runs(_read_rows(batches_csv), _last_per_epoch(_read_rows(history_csv))), out / "blog_runs.png")
     return {"summary": summary, "claims": claims, "recorders": recorders, "out": out}
 
 
@@ -636,7 +633,7 @@ def plot_blog_runs(batches: list[dict], epochs: list[dict], seed: int | None = N
             per_epoch = (max(its) + 1) / len(ep)
             axes[2, col].plot([(int(r["epoch"]) + 1) * per_epoch for r in ep], [float(r["valid_loss"]) for r in ep],
                               "o-", markersize=3, label="valid")
-        axes[2, col].set_xlabel("iteration")
+        axes[2, col].set(xlabel="iteration", yscale="log")
         axes[2, col].legend(fontsize=8)
     for row, label in enumerate(("learning rate", "momentum", "loss")):
         axes[row, 0].set_ylabel(label)
@@ -696,6 +693,25 @@ def _pm(entry: dict, key: str, digits: int = 3) -> str:
 
 def _round(value):
     return float(f"{value:.6g}") if isinstance(value, float) else value
+
+
+def _rows_of_config(path: Path, config: dict) -> list[dict]:
+    """The rows already in the results CSV `path`, after checking they were made with `config`: one folder holds
+    the runs of one configuration, so that its summary and plots never mix two."""
+    rows = _read_rows(path)
+    for row in rows:
+        if not _same_config(row, config):
+            theirs = {k: row.get(k) for k in config}
+            raise ValueError(f"{path} holds results of another configuration ({theirs}, this run: {config}); "
+                             "give another output folder (--out) or remove that one")
+    return rows
+
+
+def _last_per_epoch(rows: list[dict]) -> list[dict]:
+    """One history row per (run, seed, epoch), the last written: a run that was cut short after writing part of
+    its history and trained again on the next call has its epochs twice."""
+    latest = {(r["run"], r["seed"], r["epoch"]): r for r in rows}
+    return list(latest.values())
 
 
 def _same_config(row: dict, config: dict) -> bool:

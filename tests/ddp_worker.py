@@ -1,17 +1,17 @@
 """One process of the data-parallel tests (tests/test_distributed.py launches it with torchrun on CPU, gloo).
 
     python -m torch.distributed.run --nproc_per_node=2 tests/ddp_worker.py train OUT_DIR
-    python -m torch.distributed.run --nproc_per_node=2 tests/ddp_worker.py lr_find OUT_DIR
     python -m torch.distributed.run --nproc_per_node=2 tests/ddp_worker.py fail OUT_DIR
 
-`train` writes what each rank saw and ended with to OUT_DIR/rank{RANK}.pt, `lr_find` each rank's LR-finder curve
-and suggestions to OUT_DIR/lr_find{RANK}.pt; `fail` raises on rank 1 in the middle of
-training, while rank 0 waits for it in the gradient all-reduce.
+`train` writes what each rank saw and ended with to OUT_DIR/rank{RANK}.pt, then runs the LR finder and writes its
+curve and suggestions to OUT_DIR/lr_find{RANK}.pt; `fail` raises on rank 1 in the middle of training, while rank 0
+waits for it in the gradient all-reduce.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from callbacks import Callback
+from callbacks.checkpoint import SaveModelCallback
 from data import DataLoaders
 from data.synthetic import synthetic_classification
 from learner import Learner, accuracy
@@ -57,13 +58,36 @@ class SeenInputs(Callback):
 
 
 class ModelTypes(Callback):
-    """The type of `learn.model` seen in training and in validation batches."""
+    """The type of `learn.model` seen by callbacks, per phase and event (after the DistributedCallback's hooks)."""
 
     def __init__(self):
-        self.seen = {"train": set(), "valid": set()}
+        self.seen: dict[str, set] = {}
+
+    def _note(self, learn, event):
+        key = f"{'train' if learn.training else 'valid'} {event}"
+        self.seen.setdefault(key, set()).add(type(learn.model).__name__)
 
     def before_batch(self, learn):
-        self.seen["train" if learn.training else "valid"].add(type(learn.model).__name__)
+        self._note(learn, "before_batch")
+
+    def after_pred(self, learn):
+        self._note(learn, "after_pred")
+
+    def after_batch(self, learn):
+        self._note(learn, "after_batch")
+
+
+class KeepCheckpoint(Callback):
+    """Copies the checkpoint SaveModelCallback wrote after training batch `at` (rank 0 only: one file system)."""
+
+    order = 95  # after SaveModelCallback (90)
+
+    def __init__(self, src: Path, dst: Path, at: int):
+        self.src, self.dst, self.at = src, dst, at
+
+    def after_batch(self, learn):
+        if learn.training and learn.train_iter == self.at and learn.is_main_process:
+            shutil.copy(self.src, self.dst)
 
 
 class FailOnOneRank(Callback):
@@ -107,6 +131,26 @@ def train(out: Path) -> None:
         "n_train_batches": len(learn_bn.dls.train),
     }
 
+    # Resuming under DDP: every rank reads the checkpoint, taken at the end of epoch 0 or mid-epoch (after training
+    # batch 10 of 16), and goes on to the same weights as the uninterrupted fit.
+    learn_a = Learner(mlp(seed=30), data(), nn.CrossEntropyLoss(), metrics=[accuracy], device="cpu", progress=False)
+    savers = [SaveModelCallback(out / "epoch_{epoch}.pt", every_epoch=True),
+              SaveModelCallback(out / "latest.pt", every_epoch=True, every_n_batches=11),
+              KeepCheckpoint(out / "latest.pt", out / "mid.pt", at=10)]
+    learn_a.fit_one_cycle(EPOCHS, max_lr=MAX_LR, cbs=savers)
+    result["resume"] = {"uninterrupted": learn_a}
+    for name, path in (("epoch_end", out / "epoch_0.pt"), ("mid_epoch", out / "mid.pt")):
+        learn_b = Learner(mlp(seed=31), data(), nn.CrossEntropyLoss(), metrics=[accuracy], device="cpu",
+                          progress=False)
+        learn_b.fit_one_cycle(EPOCHS, max_lr=MAX_LR, resume=path)
+        result["resume"][name] = learn_b
+    result["resume"] = {
+        name: {"weights": {k: v.clone() for k, v in lrn.model.state_dict().items()},
+               "epochs": lrn.recorder.to_df("epochs").drop(columns=["time"]).to_dict("list"),
+               "losses": lrn.recorder.losses}
+        for name, lrn in result["resume"].items()
+    }
+
     # `with learn.distributed():` joins a process group the script made itself (the environment no longer says
     # torchrun, so the learner does not join at creation) and leaves it at the end of the block.
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
@@ -124,10 +168,10 @@ def train(out: Path) -> None:
         "weights": {k: v.clone() for k, v in learn_ctx.model.state_dict().items()},
     }
     torch.save(result, out / f"rank{rank}.pt")
+    lr_find(out, rank)  # last, so that the results above are saved even if it fails
 
 
-def lr_find(out: Path) -> None:
-    rank = int(os.environ["RANK"])
+def lr_find(out: Path, rank: int) -> None:
     learn = Learner(mlp(seed=0), data(), nn.CrossEntropyLoss(), device="cpu", progress=False)
     found = learn.lr_find(start_lr=1e-4, end_lr=100.0, num_it=40)
     result = {"lrs": list(found.lrs), "losses": list(found.losses),
@@ -143,4 +187,4 @@ def fail(out: Path) -> None:
 
 if __name__ == "__main__":
     mode, out_dir = sys.argv[1], Path(sys.argv[2])
-    {"train": train, "lr_find": lr_find, "fail": fail}[mode](out_dir)
+    {"train": train, "fail": fail}[mode](out_dir)

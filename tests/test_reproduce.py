@@ -219,6 +219,9 @@ def test_reproduce_d2l_quick_writes_results_and_trains_the_schedules(tmp_path, c
     assert main(["reproduce", "d2l", "--quick", "--seeds", "0", "--out", str(out)]) == 0
     assert len(read_csv(out / "d2l_runs.csv")) == len(runs)
     assert capsys.readouterr().out.count("already in") == len(runs)
+    # The folder holds one configuration: another one is refused before any training.
+    with pytest.raises(ValueError, match="another configuration"):
+        rep.run_d2l(out, seeds=[0], quick=True, n_train=2048)
 
 
 @pytest.mark.slow
