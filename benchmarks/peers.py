@@ -50,7 +50,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from overhead import machine, plain_epoch, same_batches  # noqa: E402
+from overhead import Timer, machine, plain_epoch, print_table, same_batches  # noqa: E402
 
 from data import fashion_mnist  # noqa: E402
 from learner import Learner, accuracy, lenet  # noqa: E402
@@ -207,29 +207,23 @@ PREPARE = {
 
 
 def bench_training(s: Setup, names: list[str], rounds: int) -> None:
-    times = {n: [] for n in names}
+    timings = {n: [] for n in names}
     accuracies = {n: [] for n in names}
     for round_index in range(rounds + 1):
         for name in names if round_index % 2 == 0 else names[::-1]:
             run = PREPARE[name](s)
-            with quiet():
-                start = time.perf_counter()
+            with quiet(), Timer() as timer:
                 acc = run()
-                elapsed = time.perf_counter() - start
             if round_index > 0:  # round 0 warms every contender up
-                times[name].append(elapsed)
+                timings[name].append(timer)
                 accuracies[name].append(acc)
         if round_index > 0:
-            done = ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names)
+            done = ", ".join(f"{n} {timings[n][-1].wall:.2f}s" for n in names)
             print(f"  round {round_index}/{rounds}: {done}", flush=True)
 
-    base = "plain" if "plain" in names else names[0]
     print(f"\nOne epoch of one-cycle training + validation, medians of {rounds} rounds (after a warm-up round):")
-    print(f"{'contender':<22} {'median s':>9} {'min s':>7} {'max s':>7} {'x ' + base:>9} {'accuracy':>9}")
-    for name in names:
-        ratios = [t / b for t, b in zip(times[name], times[base], strict=True)]
-        print(f"{name:<22} {statistics.median(times[name]):9.3f} {min(times[name]):7.3f} {max(times[name]):7.3f} "
-              f"{statistics.median(ratios):8.3f}x {statistics.median(accuracies[name]):9.4f}")
+    notes = {n: f"{statistics.median(accuracies[n]):.4f}" for n in names}
+    print_table(timings, "plain" if "plain" in names else names[0], notes, "accuracy")
 
 
 # ----- part 2: the LR finder ---------------------------------------------------------------------------------------
@@ -339,23 +333,18 @@ FINDERS = {"cyclr": find_cyclr, "fastai": find_fastai, "lightning": find_lightni
 
 
 def bench_lr_find(s: Setup, names: list[str], rounds: int, num_it: int, end_lr: float) -> None:
-    times = {n: [] for n in names}
+    timings = {n: [] for n in names}
     notes = {}
     for round_index in range(rounds + 1):
         for name in names if round_index % 2 == 0 else names[::-1]:
             run = FINDERS[name](s, num_it, end_lr)
-            with quiet():
-                start = time.perf_counter()
-                notes[name] = run()
-                elapsed = time.perf_counter() - start
+            with quiet(), Timer() as timer:
+                its, state, note = run()
+            notes[name] = f"{its:>3} its; restored: {state}{'; ' + note if note else ''}"
             if round_index > 0:
-                times[name].append(elapsed)
+                timings[name].append(timer)
     print(f"\nLR finder, {num_it} iterations from 1e-7 to {end_lr:g}, no early stop, medians of {rounds} rounds:")
-    print(f"{'tool':<16} {'median s':>9} {'min s':>7} {'its':>4}  restored afterwards / notes")
-    for name in names:
-        its, state, note = notes[name]
-        print(f"{name:<16} {statistics.median(times[name]):9.3f} {min(times[name]):7.3f} {its:>4}  {state}"
-              f"{'; ' + note if note else ''}")
+    print_table(timings, "cyclr" if "cyclr" in names else names[0], notes, "iterations run, state afterwards")
 
 
 def available(module: str) -> bool:

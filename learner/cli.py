@@ -25,6 +25,8 @@ def demo(args) -> int:
     from data.fashion_mnist import fashion_mnist
     from learner import Learner, accuracy, lenet
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)  # on a busy 2-core machine, 1 thread trains LeNet several times faster
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -112,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-valid", type=int, default=None, help="use only the first N test images (quick runs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/demo", help="output folder (created)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.set_defaults(func=demo)
 
     p = sub.add_parser("reproduce", help="re-run the d2l chapter's schedules or the blog's one-cycle experiments")

@@ -1,0 +1,16 @@
+"""Suite-wide settings: plots render off-screen, and torch uses one thread.
+
+On the 2-core machines this suite targets, tiny models run many times faster on one thread, and one thread keeps a
+busy machine from oversubscribing its cores (two threads on a loaded 2-core box were measured 3-15x slower).
+`CYCLR_TEST_THREADS=N` overrides it.
+"""
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ.get("CYCLR_TEST_THREADS", "1")))
