@@ -1,5 +1,6 @@
 """cyclr's callbacks: events, cancellation, the Recorder, progress bars, schedules and the LR finder."""
 
+from .checkpoint import SaveModelCallback
 from .core import (
     EVENTS,
     Callback,
@@ -9,12 +10,23 @@ from .core import (
     CancelTrainException,
     CancelValidException,
 )
+from .mixed_precision import MixedPrecision
 from .progress import ProgressCallback
 from .recorder import Recorder
 from .scheduler import CyclicLRCallback, OneCycleCallback, ParamScheduler, SGDRCallback
+from .training import (
+    CSVLogger,
+    EarlyStoppingCallback,
+    GradientAccumulation,
+    GradientClip,
+    ReduceLROnPlateau,
+    TerminateOnNaNCallback,
+)
 
 __all__ = [
     "EVENTS", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException",
     "CancelTrainException", "CancelValidException", "ProgressCallback", "Recorder",
     "ParamScheduler", "OneCycleCallback", "SGDRCallback", "CyclicLRCallback",
+    "SaveModelCallback", "EarlyStoppingCallback", "ReduceLROnPlateau", "TerminateOnNaNCallback", "GradientClip",
+    "GradientAccumulation", "CSVLogger", "MixedPrecision",
 ]

@@ -3,12 +3,12 @@ clipping, gradient accumulation and a CSV log of the epoch table.
 
 Orders, and why (lower runs first at every event):
 
+- 2   TerminateOnNaNCallback: reads its test of the loss in before_step, before any callback cancels or skips a step.
 - 3   GradientAccumulation: cancels the step of a non-final micro-batch before anything else looks at it.
 - 5   MixedPrecision (callbacks.mixed_precision): unscales the gradients before they are clipped.
 - 10  ParamScheduler (callbacks.scheduler): sets the scheduled values in before_batch.
 - 15  GradientClip: clips the unscaled, averaged gradients, just before the step.
-- 20  LRFinderCallback: stops on a non-finite loss itself, so it runs before TerminateOnNaNCallback.
-- 30  TerminateOnNaNCallback: checks the loss in after_loss, before backward and step.
+- 20  LRFinderCallback: stops its sweep at a non-finite loss itself, in after_loss.
 - 50  Recorder: writes the epoch's row in after_epoch.
 - 55-57 EarlyStoppingCallback, ReduceLROnPlateau, CSVLogger: read that row in after_epoch.
 - 90  SaveModelCallback (callbacks.checkpoint): saves once every other callback has updated its state.
@@ -186,25 +186,48 @@ class ReduceLROnPlateau(_Monitor):
 
 
 class TerminateOnNaNCallback(Callback):
-    """Stop the fit at the first training batch whose loss is NaN or infinite, before its backward pass and step,
-    so the weights stay those of the last good step. A learner has one by default.
+    """Stop the fit at the first training batch whose loss is NaN or infinite, before its step, so the weights stay
+    those of the last good step. A learner has one by default.
 
-    The check reads the loss on the host once per training batch. On the CPU that costs nothing; on a GPU it is a
-    synchronisation point (the host waits for the forward pass before queueing the backward pass): remove the
-    callback (`learn.remove_cbs([...])`) where that matters more than stopping at the exact batch.
-    `stopped_at` is `(epoch, batch, optimizer_step)` once it stopped a fit, else None.
+    The loss is tested on the device in after_loss and the answer read on the host in before_step. On the CPU that
+    costs nothing. On CUDA the answer is copied to pinned host memory without blocking and the host waits, in
+    before_step, only for that copy: the forward pass is done by then, while the backward pass already queued keeps
+    the GPU busy, so the GPU does not sit idle as it would with a `loss.item()` after the forward pass (the host can
+    no longer queue work more than one backward pass ahead). Remove the callback where even that matters more than
+    stopping at the exact batch. `stopped_at` is `(epoch, batch, optimizer_step)` once it stopped a fit, else None.
     """
 
-    order = 30
+    # before_step before GradientAccumulation (3), which cancels the step of non-final micro-batches, and before
+    # MixedPrecision (5), whose scaler would take a NaN loss for an overflow and skip the step without stopping.
+    # after_loss only computes the test: the LR finder (20) still stops its sweep at a non-finite loss itself.
+    order = 2
 
     def __init__(self):
         self.stopped_at: tuple[int, int, int] | None = None
+        self._finite = self._copied = None
+        self._pinned: torch.Tensor | None = None
 
     def before_fit(self, learn):
         self.stopped_at = None
 
     def after_loss(self, learn):
-        if not learn.training or bool(torch.isfinite(learn.loss).all()):
+        if not learn.training:
+            return
+        finite = torch.isfinite(learn.loss.detach()).all()
+        if finite.device.type == "cuda":
+            if self._pinned is None:
+                self._pinned = torch.empty((), dtype=torch.bool, pin_memory=True)
+            self._pinned.copy_(finite, non_blocking=True)
+            self._copied = torch.cuda.Event()
+            self._copied.record()
+            self._finite = self._pinned
+        else:
+            self._finite, self._copied = finite, None
+
+    def before_step(self, learn):
+        if self._copied is not None:
+            self._copied.synchronize()  # waits for the forward pass and the copy, not for the backward pass
+        if bool(self._finite):
             return
         self.stopped_at = (learn.epoch, learn.iter, learn.train_iter)
         warnings.warn(

@@ -30,11 +30,13 @@ import copy
 import os
 import pickle
 import random
+import re
 import tempfile
 import warnings
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from callbacks.core import Callback
 from callbacks.lr_finder import _rng_state, _set_rng_state
@@ -101,6 +103,8 @@ def save_checkpoint(learn, path, at: str | None = None) -> Path:
         raise ValueError(f"at={at!r} marks a place in a running fit; between fits call learn.save(path)")
     if at == "batch_end" and not learn.training:
         raise ValueError("at='batch_end' is for training batches: call it from after_batch while learn.training")
+    if not getattr(learn, "is_main_process", True):
+        return Path(path)  # data-parallel: every process holds the same state; the main one writes it
 
     callbacks = {}
     for key, cb in callback_keys(learn.cbs).items():
@@ -110,7 +114,7 @@ def save_checkpoint(learn, path, at: str | None = None) -> Path:
     ckpt = {
         "format": FORMAT,
         "version": VERSION,
-        "model": learn.model.state_dict(),
+        "model": _unwrapped(learn.model).state_dict(),
         "optimizer": None if learn.opt is None else {"type": type(learn.opt).__name__, "state": learn.opt.state_dict()},
         "progress": _progress(learn, at),
         "callbacks": callbacks,
@@ -119,6 +123,11 @@ def save_checkpoint(learn, path, at: str | None = None) -> Path:
         "rng": rng_state(),
     }
     return atomic_save(ckpt, path)
+
+
+def _unwrapped(model):
+    # During a data-parallel training phase learn.model is the DistributedDataParallel wrapper.
+    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def _progress(learn, at: str) -> dict:
@@ -207,15 +216,17 @@ def read_checkpoint(path) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" in str(e):
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+            what = f" (it would call {found.group(1)})" if found else ""
             raise CheckpointError(
-                f"{os.fspath(path)} holds objects other than tensors and plain values ({_first_line(e)}); it was "
-                "refused without running any of it. Only load checkpoints written by learn.save"
-            ) from None
-        raise CheckpointError(f"{os.fspath(path)} is corrupt or not a torch file ({_first_line(e)})") from None
+                f"{os.fspath(path)} holds objects other than tensors and plain values{what}; it was refused without "
+                "running any of it. Only load checkpoints written by learn.save"
+            ) from e
+        raise CheckpointError(f"{os.fspath(path)} is corrupt or not a torch file ({type(e).__name__})") from e
     except Exception as e:  # a truncated zip archive, random bytes, an empty file
         raise CheckpointError(
-            f"{os.fspath(path)} cannot be read: truncated or corrupt ({type(e).__name__}: {_first_line(e)})"
-        ) from None
+            f"{os.fspath(path)} cannot be read: truncated or corrupt (torch.load raised {type(e).__name__})"
+        ) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
             f"{os.fspath(path)} is not a cyclr checkpoint (a dict with format={FORMAT!r}); a plain model state_dict "
@@ -353,8 +364,8 @@ def _check_callbacks(learn, keyed: dict, saved) -> None:
     # Trial loads into copies; the learner, model, optimizer and loaders are shared, not copied, by the copies.
     memo = {id(obj): obj for obj in (learn, learn.model, learn.opt, learn.dls)}
     for key, cb in keyed.items():
-        if key not in saved:
-            continue
+        if key not in saved or not (saved[key] or cb.state_dict()):
+            continue  # nothing saved and nothing to restore (most callbacks keep no state)
         trial = copy.deepcopy(cb, dict(memo))
         try:
             trial.load_state_dict(saved[key])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -72,6 +73,26 @@ def _check_speed_options(channels_last, compile) -> dict | None:
     return dict(compile)
 
 
+def _check_hyper_value(name: str, value) -> None:
+    """The ranges of the hyperparameters `set_hyper` knows by name; raw param_group keys are left to the optimizer."""
+    if name in ("lr", "wd"):
+        _check_positive_finite(name, value, allow_zero=True)
+    elif name in ("mom", "beta2"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r})")
+        if not 0 <= value < 1:
+            raise ValueError(f"{name} must be in [0, 1) (a momentum or Adam beta), got {value!r}")
+
+
+def _parse_device(device) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(
+            f"device must be a torch.device or a string like 'cpu', 'cuda', 'cuda:1' or 'mps', got {device!r}"
+        ) from e
+
+
 def _default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
@@ -119,7 +140,7 @@ class Learner:
                 raise TypeError(f"each metric must be callable as metric(pred, target), got {m!r}")
         compile_options = _check_speed_options(channels_last, compile)
 
-        self.device = torch.device(device) if device is not None else _default_device()
+        self.device = _parse_device(device) if device is not None else _default_device()
         self.model = model.to(self.device)
         # Speed options for CUDA (they work, to no benefit, on the CPU): NHWC weights and batches; torch.compile.
         self.channels_last, self.compile_options, self._compiled = channels_last, compile_options, None
@@ -229,6 +250,11 @@ class Learner:
         """Set hyperparameter `name` ('lr', 'mom', 'wd', 'beta2' or any param_group key) in every group or one."""
         if self.opt is None:
             self.create_opt()
+        _check_hyper_value(name, value)
+        n_groups = len(self.opt.param_groups)
+        if group is not None and (isinstance(group, bool) or not isinstance(group, int) or not 0 <= group < n_groups):
+            raise IndexError(f"group must be in [0, {n_groups - 1}] (the optimizer has {n_groups} parameter "
+                             f"group(s)), got {group!r}")
         groups = self.opt.param_groups if group is None else [self.opt.param_groups[group]]
         for g in groups:
             if name == "mom":
@@ -290,6 +316,8 @@ class Learner:
             _check_positive_finite("lr", lr)
         if wd is not None:
             _check_positive_finite("wd", wd, allow_zero=True)
+        if isinstance(cbs, Callback):
+            raise TypeError(f"cbs must be a list of callbacks, got a single {cbs.name}; pass cbs=[{cbs.name}(...)]")
         cbs = list(cbs)
         for cb in cbs:
             check_hook_names(cb)
@@ -409,6 +437,9 @@ class Learner:
         train = self.dls.train
         if train is None or len(train) == 0:
             raise ValueError("the training loader is empty: give DataLoaders at least one training batch")
+        valid = getattr(self.dls, "valid", None)
+        if valid is not None and hasattr(valid, "__len__") and len(valid) == 0:
+            raise ValueError("the validation loader is empty: give it at least one batch, or pass valid=None")
         xb, yb = _first_items(train)
         if xb is None:
             return
@@ -426,12 +457,24 @@ class Learner:
                     ) from e
                 _check_labels(pred, yb, train)
                 try:
-                    loss = self.loss_func(pred, yb)
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
+                        loss = self.loss_func(pred, yb)
                 except Exception as e:
                     raise ValueError(
                         f"loss_func failed on the model output of shape {tuple(pred.shape)} and targets of shape "
                         f"{tuple(yb.shape)}: {e}"
                     ) from e
+                # MSELoss and friends broadcast a target of another shape with only a warning: the loss would be
+                # silently wrong.
+                if any("target size" in str(w.message) for w in caught):
+                    raise ValueError(
+                        f"loss_func got a model output of shape {tuple(pred.shape)} and targets of shape "
+                        f"{tuple(yb.shape)}, which it would broadcast into a wrong loss: make the model's last "
+                        "layer output the targets' shape"
+                    )
+                for w in caught:  # the others are not ours to swallow
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
                 if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                     shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
                     raise ValueError(

@@ -285,7 +285,8 @@ def test_malicious_pickle_is_refused_without_running_it(tmp_path, container):
         bad.write_bytes(pickle.dumps(content, protocol=2))  # torch.load's own protocol
     learn = make_learner()
     before = learner_state(learn)
-    with pytest.raises(CheckpointError, match="holds objects other than tensors and plain values.*refused"):
+    with pytest.raises(CheckpointError, match=r"holds objects other than tensors and plain values \(it would call "
+                                              r"io.open\); it was refused"):
         learn.load(bad)
     with pytest.raises(CheckpointError, match="refused without running"):
         learn.fit(1, resume=bad)

@@ -152,9 +152,9 @@ def test_reduce_lr_on_plateau_scales_one_cycle_without_changing_its_shape():
 
 # ----- TerminateOnNaNCallback ---------------------------------------------------------------------------------------
 class PoisonLoss(Callback):
-    """Makes the loss of optimizer step `step` non-finite (before TerminateOnNaNCallback, order 30, looks)."""
+    """Makes the loss of optimizer step `step` non-finite (before TerminateOnNaNCallback, order 2, tests it)."""
 
-    order = 25
+    order = 1
 
     def __init__(self, step, value):
         self.step, self.value = step, value
@@ -181,6 +181,35 @@ def test_a_non_finite_loss_stops_the_fit_at_that_batch_with_the_last_good_weight
     assert all(math.isfinite(p.abs().sum().item()) for p in learn.model.parameters())
     learn.fit(1)  # still usable
     assert learn.train_iter == BATCHES
+
+
+class PoisonMicroBatch(Callback):
+    order = 1
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def after_loss(self, learn):
+        if learn.training and learn.epoch == 0 and learn.iter == self.batch:
+            learn.loss = learn.loss * math.nan
+
+
+@pytest.mark.parametrize("other", ["accumulation", "float16"])
+def test_a_nan_is_caught_before_accumulation_or_the_loss_scaler_can_hide_it(other):
+    # Batch 4 is the first micro-batch of step 2 with GradientAccumulation(2); with float16 the scaler would take
+    # its NaN gradients for an overflow and skip the step.
+    cb = GradientAccumulation(2) if other == "accumulation" else MixedPrecision(torch.float16)
+    after_step, nan_stop = WeightsAfterEachStep(), TerminateOnNaNCallback()
+    learn = make_learner(cbs=[cb])
+    learn.remove_cbs([c for c in learn.cbs if isinstance(c, TerminateOnNaNCallback)])
+    learn.add_cbs([nan_stop])
+    with pytest.warns(RuntimeWarning, match="at epoch 0, batch 4"):
+        learn.fit(2, cbs=[PoisonMicroBatch(4), after_step])
+    step = 2 if other == "accumulation" else 4
+    assert nan_stop.stopped_at == (0, 4, step) and learn.train_iter == step
+    assert same(weights(learn), after_step.weights[-1]) and len(after_step.weights) == step
+    if other == "float16":
+        assert cb.skipped_steps == 0
 
 
 # ----- GradientClip --------------------------------------------------------------------------------------------------
