@@ -73,6 +73,7 @@ class SaveModelCallback(_Monitor):
 
     def after_fit(self, learn):
         if self.load_best_at_end and self.best_epoch is not None:
+            learn.barrier()  # data-parallel: the main process wrote the file the others read
             learn.load(self.last_saved, model_only=True)
 
     def state_dict(self) -> dict:

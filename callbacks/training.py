@@ -44,7 +44,7 @@ class _Monitor(Callback):
         # Losses and error rates improve downwards, every other metric (accuracy, F1, ...) upwards.
         lower_is_better = "loss" in monitor or "error" in monitor
         self.mode = mode if mode != "auto" else ("min" if lower_is_better else "max")
-        self.best = math.inf if self.mode == "min" else -math.inf
+        self._reset_best()
 
     def _check_monitor(self, learn) -> None:
         """Refuse a name the Recorder does not record, before the first step."""
@@ -334,6 +334,8 @@ class CSVLogger(Callback):
         self.rows_written = 0  # rows of this file (header excluded), kept in checkpoints
 
     def before_fit(self, learn):
+        if not getattr(learn, "is_main_process", True):
+            return  # data-parallel: the main process writes the file
         if learn.resuming:
             self._keep_rows(self.rows_written)
         elif self.append and os.path.exists(self.path):
@@ -352,6 +354,8 @@ class CSVLogger(Callback):
             f.writelines(lines[: n_rows + 1])  # the header and the first n_rows rows
 
     def after_epoch(self, learn):
+        if not getattr(learn, "is_main_process", True):
+            return
         row = learn.recorder.epoch_rows[-1]
         new_file = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
         with open(self.path, "a", newline="") as f:
