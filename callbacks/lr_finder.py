@@ -477,6 +477,7 @@ class LRFinderCallback(Callback):
         self._reset()
 
     def _reset(self) -> None:
+        self._loss_tensor, self._loss_value = None, math.nan
         self.lrs: list[float] = []
         self.losses: list[float] = []
         self.smooth_losses: list[float] = []
@@ -507,19 +508,31 @@ class LRFinderCallback(Callback):
             group["lr"] = lr * ratio
 
     def after_loss(self, learn) -> None:
+        # Non-finite losses are caught here, per batch (micro-batch under gradient accumulation), before any
+        # backward; the curve itself is recorded in before_step, once per optimizer step.
         if not learn.training:
             return
-        loss = learn.loss.detach().float()
+        self._loss_tensor, self._loss_value = learn.loss, self._agreed_value(learn, learn.loss)
+        if not math.isfinite(self._loss_value):
+            lr = learn.opt.param_groups[self.reference_group]["lr"]
+            self.stop_reason = (f"stopped: non-finite loss ({self._loss_value}) at lr {lr:.3g}, "
+                                f"iteration {len(self.lrs)}")
+            raise CancelFitException()
+
+    @staticmethod
+    def _agreed_value(learn, loss) -> float:
+        loss = loss.detach().float()
         # Data-parallel: every process must record the same curve and stop at the same batch, so they agree on the
         # mean loss (the learner provides all_reduce_mean; a plain learner has nothing to agree on).
         all_reduce_mean = getattr(learn, "all_reduce_mean", None)
         if all_reduce_mean is not None:
             loss = all_reduce_mean(loss)
-        loss = loss.item()  # a host sync per batch: the divergence test needs the value now
+        return loss.item()  # a host sync per batch: the divergence test needs the value now
+
+    def before_step(self, learn) -> None:
+        # GradientAccumulation (order 3) has replaced learn.loss by the mean of the step's micro-batch losses.
+        loss = self._loss_value if learn.loss is self._loss_tensor else self._agreed_value(learn, learn.loss)
         lr = learn.opt.param_groups[self.reference_group]["lr"]  # read back: what the step really uses
-        if not math.isfinite(loss):
-            self.stop_reason = f"stopped: non-finite loss ({loss}) at lr {lr:.3g}, iteration {len(self.lrs)}"
-            raise CancelFitException()
         smooth = self._smoother.add(loss)
         self.lrs.append(lr)
         self.losses.append(loss)
@@ -712,7 +725,9 @@ def run_lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10.0, num_it: int
     n_batches = len(learn.dls.train)
     if n_batches == 0:
         raise ValueError("the training loader is empty: the LR finder needs training batches")
-    n_epoch = math.ceil(num_it / n_batches)  # the callback cancels the fit once num_it batches are done
+    # Optimizer steps per epoch: fewer than batches under GradientAccumulation, which says how many.
+    steps = min([cb.steps_per_epoch(n_batches) for cb in learn.cbs if hasattr(cb, "steps_per_epoch")] + [n_batches])
+    n_epoch = math.ceil(num_it / steps)  # the callback cancels the fit once num_it steps are done
 
     snapshot = TrainingSnapshot(learn, snapshot_memory_limit)
     progress = learn.progress

@@ -282,8 +282,11 @@ class GradientAccumulation(Callback):
         self._losses: list[torch.Tensor] = []
         self._micro_loss: torch.Tensor | None = None
 
+    def steps_per_epoch(self, n_batches: int) -> int:
+        return math.ceil(n_batches / self.n_batches)
+
     def before_fit(self, learn):
-        learn.n_train_iters = learn.n_epoch * math.ceil(len(learn.dls.train) / self.n_batches)
+        learn.n_train_iters = learn.n_epoch * self.steps_per_epoch(len(learn.dls.train))
 
     def _group_size(self, learn) -> int:
         first = learn.iter // self.n_batches * self.n_batches

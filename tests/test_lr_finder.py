@@ -324,6 +324,31 @@ def test_losses_recorded_are_those_of_the_lrs_recorded():
     assert result.losses[1:] != pytest.approx(replayed[:-1], rel=1e-3)
 
 
+def test_gradient_accumulation_counts_optimizer_steps_not_micro_batches():
+    """Under GradientAccumulation(2) each point of the curve is one optimizer step: its rate, and the mean loss of
+    its two micro-batches (computed at that same rate, since the rate only moves between steps)."""
+    from callbacks.training import GradientAccumulation
+
+    class MicroLosses(Callback):
+        order = 100
+
+        def __init__(self):
+            self.losses, self.lrs = [], []
+
+        def after_loss(self, learn):
+            if learn.training:
+                self.losses.append(learn.loss.item())
+                self.lrs.append(learn.opt.param_groups[0]["lr"])
+
+    micro = MicroLosses()
+    learn = classification_learner(extra_cbs=[GradientAccumulation(2), micro])  # 6 micro-batches: 3 steps/epoch
+    result = learn.lr_find(start_lr=1e-4, end_lr=1e-2, num_it=5, stop_div=False)
+    assert result.lrs == pytest.approx([1e-4 * 100 ** (i / 4) for i in range(5)], rel=1e-12)
+    assert micro.lrs[:10] == pytest.approx([lr for lr in result.lrs for _ in range(2)], rel=1e-12)
+    pairs = [(micro.losses[2 * i] + micro.losses[2 * i + 1]) / 2 for i in range(5)]
+    assert result.losses == pytest.approx(pairs, rel=1e-6)
+
+
 def test_linear_step_mode():
     learn, _ = regression_learner()
     result = learn.lr_find(start_lr=1e-3, end_lr=0.1, num_it=12, step_mode="linear", stop_div=False)
