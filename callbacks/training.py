@@ -227,7 +227,12 @@ class TerminateOnNaNCallback(Callback):
     def before_step(self, learn):
         if self._copied is not None:
             self._copied.synchronize()  # waits for the forward pass and the copy, not for the backward pass
-        if bool(self._finite):
+        finite = bool(self._finite)
+        if getattr(learn, "is_distributed", False):
+            # Every process must stop at the same batch, or the others wait forever in the next collective.
+            bad = learn.all_reduce_sum(torch.tensor(0.0 if finite else 1.0, device=learn.device))
+            finite = bad.item() == 0
+        if finite:
             return
         self.stopped_at = (learn.epoch, learn.iter, learn.train_iter)
         warnings.warn(
