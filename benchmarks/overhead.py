@@ -16,6 +16,7 @@ Every contender has its own LeNet (same initial weights), its own SGD (momentum 
 Target (issue 2): learner / plain <= 1.05.
 
     nice .venv/bin/python benchmarks/overhead.py [--rounds 7] [--bs 256] [--n-train 60000] [--threads 1]
+    .venv/bin/python benchmarks/overhead.py --device cuda [--channels-last] [--compile]     # on a GPU
 """
 
 from __future__ import annotations
@@ -44,12 +45,14 @@ def same_batches(dls: DataLoaders, seed: int = 0) -> DataLoaders:
     )
 
 
-def plain_epoch(model, opt, loss_func, train, valid, scheduler=None) -> dict[str, float]:
+def plain_epoch(model, opt, loss_func, train, valid, scheduler=None, channels_last=False) -> dict[str, float]:
     """One epoch as a careful user writes it: no host sync per batch, one at the end of the epoch."""
     device = next(model.parameters()).device
     model.train()
     train_loss, n_train = torch.zeros((), device=device), 0
     for xb, yb in train:
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
         loss = loss_func(model(xb), yb)
         loss.backward()
         opt.step()
@@ -62,6 +65,8 @@ def plain_epoch(model, opt, loss_func, train, valid, scheduler=None) -> dict[str
     valid_loss, correct, n_valid = torch.zeros((), device=device), torch.zeros((), dtype=torch.long, device=device), 0
     with torch.no_grad():
         for xb, yb in valid:
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
             pred = model(xb)
             valid_loss += loss_func(pred, yb) * len(yb)
             correct += (pred.argmax(dim=1) == yb).sum()
@@ -72,7 +77,8 @@ def plain_epoch(model, opt, loss_func, train, valid, scheduler=None) -> dict[str
 
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
-    return f"{os.cpu_count()} CPU cores ({cpu}), torch {torch.__version__}, {torch.get_num_threads()} threads"
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{os.cpu_count()} CPU cores ({cpu}){gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def main():
@@ -83,25 +89,29 @@ def main():
     parser.add_argument("--n-train", type=int, default=None, help="first N training images (default: all 60000)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's choice); 1 is steadier on a machine shared with others")
+    parser.add_argument("--device", default="cpu", help="where the data, the models and the training live")
+    parser.add_argument("--channels-last", action="store_true", help="NHWC weights and batches, in every contender")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model, in every contender")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
 
-    dls = fashion_mnist(bs=args.bs, n_train=args.n_train)
+    dls = fashion_mnist(bs=args.bs, n_train=args.n_train, device=device)  # data resident on the device
     loss_func = torch.nn.CrossEntropyLoss()
     torch.manual_seed(0)
-    initial = lenet()
-
-    def sgd(params):
-        return torch.optim.SGD(params, lr=args.lr, momentum=0.9)
+    initial = lenet().to(device)
 
     plain_model = copy.deepcopy(initial)
-    plain_opt = sgd(plain_model.parameters())
+    if args.channels_last:
+        plain_model = plain_model.to(memory_format=torch.channels_last)
+    plain_opt = torch.optim.SGD(plain_model.parameters(), lr=args.lr, momentum=0.9)
+    plain_forward = torch.compile(plain_model) if args.compile else plain_model
     plain_dls = same_batches(dls)
 
     def new_learner(**kwargs):
         return Learner(copy.deepcopy(initial), same_batches(dls), loss_func, lr=args.lr, metrics=[accuracy],
-                       device="cpu", **kwargs)
+                       device=device, channels_last=args.channels_last, compile=args.compile, **kwargs)
 
     learn = new_learner()
     learn_bars = new_learner(progress=False, cbs=[ProgressCallback(show_bars=True)])
@@ -114,7 +124,8 @@ def main():
         return {"valid_loss": row["valid_loss"], "accuracy": row["accuracy"]}
 
     contenders = {
-        "plain": lambda: plain_epoch(plain_model, plain_opt, loss_func, plain_dls.train, plain_dls.valid),
+        "plain": lambda: plain_epoch(plain_forward, plain_opt, loss_func, plain_dls.train, plain_dls.valid,
+                                     channels_last=args.channels_last),
         "learner": lambda: run_learner(learn),
         "learner+bars": lambda: run_learner(learn_bars),
     }
@@ -129,8 +140,10 @@ def main():
                 timings[name].append(timer)
 
     n_train = len(dls.train.y)
+    options = "".join(f", {o}" for o in ("channels_last", "compile") if getattr(args, o))
     print(f"LeNet, Fashion-MNIST ({n_train} train / {len(dls.valid.y)} valid images), bs={args.bs}, SGD lr={args.lr} "
-          f"momentum 0.9, one epoch + validation per timing, {args.rounds} rounds after a warm-up round")
+          f"momentum 0.9, one epoch + validation per timing, {args.rounds} rounds after a warm-up round; "
+          f"device {device}{options}")
     print(f"machine: {machine()}; {time.strftime('%Y-%m-%d %H:%M')}")
     print_table(timings, "plain", {name: ", ".join(f"{k} {v:.4f}" for k, v in last[name].items()) for name in names},
                 "last epoch")

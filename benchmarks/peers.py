@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import importlib.metadata
 import logging
 import os
 import statistics
@@ -382,9 +383,9 @@ def main():
 
     s = Setup(args)
     versions = [f"torch {torch.__version__}"]
-    for module in ("fastai", "lightning", "torch_lr_finder"):
-        if available(module):
-            versions.append(f"{module} {getattr(sys.modules[module], '__version__', '?')}")
+    for name in missing:
+        if name not in absent:
+            versions.append(f"{name} {importlib.metadata.version(name)}")
     print(f"LeNet, Fashion-MNIST ({len(s.dls.train.y)} train / {len(s.dls.valid.y)} valid images), bs={args.bs}, "
           f"one-cycle max_lr={args.lr}, SGD momentum 0.95-0.85; {', '.join(versions)}")
     print(f"machine: {machine()}; {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
