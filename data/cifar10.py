@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib
 import io
-import os
 import tarfile
 import warnings
 from pathlib import Path
@@ -194,33 +193,12 @@ def _download_with_torchvision(download_root: Path) -> Path:
 
 
 def _locate(root, download: bool) -> tuple[str, Path]:
-    candidates = []
-    if root is not None:
-        candidates.append(("root", Path(root)))
-    env_dir = os.environ.get("CYCLR_DATA")
-    if env_dir:
-        candidates.append(("$CYCLR_DATA", Path(env_dir)))
-    candidates.append(("the project's shared copy", SHARED_TARBALL))
-    for _, location in candidates:
-        found = _find_source(location)
-        if found is not None:
-            return found
-
-    tried = "; ".join(f"{label} ({location})" for label, location in candidates)
-    download_note = "download=False, so torchvision's downloader was not tried"
-    if download:
-        download_root = Path(root) if root is not None else Path(env_dir) if env_dir else _fm._disk_cache_path().parent
-        try:
-            found = _find_source(_download_with_torchvision(download_root))
-            if found is not None:
-                return found
-            download_note = f"torchvision's downloader left no data in {download_root}"
-        except Exception as error:  # any failure here ends in the one clear error below
-            download_note = f"torchvision's downloader failed: {type(error).__name__}: {error}"
-    raise FileNotFoundError(
-        f"CIFAR-10 not found in: {tried}; {download_note}.\nOptions: pass root=<dir or tarball> or set CYCLR_DATA to "
-        "an image folder (train/<class>/*.jpg, test/<class>/*.jpg), a directory holding cifar10-jpg.tar.gz, or "
-        "torchvision's cifar-10-batches-py; or run once with internet access so torchvision can download it."
+    return _fm.locate_data(
+        "CIFAR-10", root, download, ("the project's shared copy", SHARED_TARBALL), _find_source,
+        _download_with_torchvision,
+        "pass root=<dir or tarball> or set CYCLR_DATA to an image folder (train/<class>/*.jpg, test/<class>/*.jpg), "
+        "a directory holding cifar10-jpg.tar.gz, or torchvision's cifar-10-batches-py; or run once with internet "
+        "access so torchvision can download it.",
     )
 
 

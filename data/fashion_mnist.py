@@ -184,36 +184,45 @@ def _download_with_torchvision(download_root: Path) -> Path:
     return download_root / "FashionMNIST" / "raw"
 
 
-def _locate(root, download: bool) -> dict[str, Path]:
+def locate_data(name: str, root, download: bool, default: tuple[str, Path], find, downloader, options: str):
+    """Find a data set in, in order, `root`, $CYCLR_DATA and `default` (a label and a location), then, when
+    `download`, in what torchvision's downloader (`downloader(download_root)`) leaves. `find(location)` returns
+    what it found there or None. When nothing works: a FileNotFoundError naming every place tried and `options`."""
     candidates = []
     if root is not None:
         candidates.append(("root", Path(root)))
     env_dir = os.environ.get("CYCLR_DATA")
     if env_dir:
         candidates.append(("$CYCLR_DATA", Path(env_dir)))
-    candidates.append(("the Debian package dataset-fashion-mnist", DEBIAN_DIR))
-    for _, directory in candidates:
-        paths = _find_files(directory)
-        if paths is not None:
-            return paths
+    candidates.append(default)
+    for _, location in candidates:
+        found = find(location)
+        if found is not None:
+            return found
 
-    tried = "; ".join(f"{label} ({directory})" for label, directory in candidates)
+    tried = "; ".join(f"{label} ({location})" for label, location in candidates)
     download_note = "download=False, so torchvision's downloader was not tried"
     if download:
         download_root = Path(root) if root is not None else Path(env_dir) if env_dir else _disk_cache_path().parent
         try:
-            paths = _find_files(_download_with_torchvision(download_root))
-            if paths is not None:
-                return paths
-            download_note = f"torchvision's downloader left no files in {download_root}"
+            found = find(downloader(download_root))
+            if found is not None:
+                return found
+            download_note = f"torchvision's downloader left no usable files in {download_root}"
         except Exception as error:  # any failure here ends in the one clear error below
             download_note = f"torchvision's downloader failed: {type(error).__name__}: {error}"
-    raise FileNotFoundError(
-        "Fashion-MNIST not found. Looked for train-images-idx3-ubyte(.gz), train-labels-idx1-ubyte(.gz), "
-        f"t10k-images-idx3-ubyte(.gz) and t10k-labels-idx1-ubyte(.gz) in: {tried}; {download_note}.\n"
-        "Options: install the Debian package (`sudo apt-get install dataset-fashion-mnist`), or pass root=<dir> "
-        "or set the CYCLR_DATA environment variable to a directory holding those files (or torchvision's "
-        "<dir>/FashionMNIST/raw/), or run once on a machine with internet access so torchvision can download them."
+    raise FileNotFoundError(f"{name} not found in: {tried}; {download_note}.\nOptions: {options}")
+
+
+def _locate(root, download: bool) -> dict[str, Path]:
+    return locate_data(
+        "Fashion-MNIST (train-images-idx3-ubyte(.gz), train-labels-idx1-ubyte(.gz), t10k-images-idx3-ubyte(.gz), "
+        "t10k-labels-idx1-ubyte(.gz))",
+        root, download, ("the Debian package dataset-fashion-mnist", DEBIAN_DIR), _find_files,
+        _download_with_torchvision,
+        "install the Debian package (`sudo apt-get install dataset-fashion-mnist`), or pass root=<dir> or set the "
+        "CYCLR_DATA environment variable to a directory holding those files (or torchvision's "
+        "<dir>/FashionMNIST/raw/), or run once on a machine with internet access so torchvision can download them.",
     )
 
 

@@ -362,6 +362,8 @@ BLOG_CALLS = (
 )
 BLOG_EPOCH_SCALE = 0.2  # on the CPU: 95 -> 19 epochs, 50 -> 10
 BLOG_CPU_BATCH_SIZE = 512  # the study's batch size
+# On the CPU: LeNet with batch norm (the study's ResNet-56 has batch norm, which its peak rates need) or plain LeNet.
+CPU_MODELS = {"lenet_bn": lenet_bn, "lenet": lenet}
 
 
 def scaled_epochs(cyc_len: int, scale: float) -> int:
@@ -395,8 +397,9 @@ def run_blog(
     """Run the blog's three `fit_one_cycle` calls once per seed and write to `out`:
 
     blog_runs.csv (final figures and the measurements behind the blog's claims, one row per run and seed),
-    blog_history.csv (per epoch), blog_batches.csv (about 500 batches per run, first seed), blog_summary.csv, blog_table.md (with
-    the claims checked) and blog_runs.png (lr, momentum, train and valid loss of the three runs side by side).
+    blog_history.csv (per epoch), blog_batches.csv (about 500 batches per run, first seed), blog_summary.csv,
+    blog_table.md (with the claims checked) and blog_runs.png (lr, momentum, train and valid loss of the three runs
+    side by side).
 
     `setup`: 'gpu' trains ResNet-56 on CIFAR-10 (augmented, batch 512) at full length (scale 1); 'cpu' trains
     `cpu_model` ('lenet_bn', LeNet with batch norm like the study's ResNet-56, or plain 'lenet', which diverges at
@@ -464,9 +467,6 @@ def run_blog(
     if recorders or batches_csv.exists():
         _save(plot_blog_runs(_read_rows(batches_csv), _last_per_epoch(_read_rows(history_csv))), out / "blog_runs.png")
     return {"summary": summary, "claims": claims, "recorders": recorders, "out": out}
-
-
-CPU_MODELS = {"lenet_bn": lenet_bn, "lenet": lenet}
 
 
 def _blog_setup(setup: str, cpu_model: str, seed: int, n_train, n_valid, device):
