@@ -246,14 +246,16 @@ def d2l_summary(rows: list[dict], order: Sequence[str]) -> list[dict]:
     return out
 
 
+def _heading(title: str, quick: bool, command: str | None) -> list[str]:
+    """A results table's title and provenance line: date, machine, torch version and the command that made it."""
+    provenance = f"{_today()}, {machine_description()}, torch {torch.__version__}"
+    return [title + (" -- QUICK SMOKE RUN" if quick else ""), "",
+            provenance + (f", command `{command}`" if command else "") + "."]
+
+
 def d2l_markdown(summary: list[dict], config: dict, quick: bool = False, command: str | None = None) -> str:
     descriptions = {r.name: r.description for r in d2l_runs()}
-    lines = [
-        "### d2l \"Learning Rate Scheduling\" (PyTorch edition) on Fashion-MNIST" + (" -- QUICK SMOKE RUN" if quick
-                                                                                      else ""),
-        "",
-        f"{_today()}, {machine_description()}, torch {torch.__version__}"
-        + (f", command `{command}`" if command else "") + ".",
+    lines = _heading("### d2l \"Learning Rate Scheduling\" (PyTorch edition) on Fashion-MNIST", quick, command) + [
         f"LeNet, batch {D2L_BATCH_SIZE}, SGD without momentum or weight decay, {config['epochs']} epochs, "
         f"{config['n_train']} training / {config['n_valid']} test images. Figures after the last epoch: mean +- "
         "sample standard deviation over the seeds (train loss and accuracy are running means over the last epoch, "
@@ -575,12 +577,7 @@ def blog_markdown(summary: list[dict], claims: list[dict], config: dict, quick: 
     model = {"lenet_bn": "LeNet with batch norm", "lenet": "LeNet (no batch norm)"}.get(config["model"])
     setup = ("ResNet-56 on CIFAR-10 (shared JPEG copy), batch 512, crop+flip augmentation" if config["setup"] == "gpu"
              else f"{model} on Fashion-MNIST (normalised), batch {BLOG_CPU_BATCH_SIZE}")
-    lines = [
-        "### The blog's experiments 1-3 (`fit_one_cycle`, arguments verbatim)" + (" -- QUICK SMOKE RUN" if quick
-                                                                                   else ""),
-        "",
-        f"{_today()}, {machine_description()}, torch {torch.__version__}"
-        + (f", command `{command}`" if command else "") + ".",
+    lines = _heading("### The blog's experiments 1-3 (`fit_one_cycle`, arguments verbatim)", quick, command) + [
         f"{setup}; epochs = cyc_len x {config['epoch_scale']} (rounded); {config['n_train']} training / "
         f"{config['n_valid']} test images. Mean +- sample standard deviation over the seeds.",
         "",
