@@ -51,6 +51,7 @@ class Recorder(Callback):
         self.metric_names: list[str] = []
         self.train_metrics = train_metrics
         self.beta = beta
+        self.smoother = SmoothedValue(beta)
         self.batch_rows: list[dict] = []
         self.epoch_rows: list[dict] = []
         self.n_fits = 0
@@ -253,13 +254,12 @@ class Recorder(Callback):
     def state_dict(self) -> dict:
         """The history, and what a fit resumed from a checkpoint needs to continue it exactly, even mid-epoch: the
         fit index, the smoother, the epoch's losses not yet turned into rows and its training sums (on the CPU)."""
-        smoother = getattr(self, "smoother", None)
+        smoother = self.smoother
         train = self._phase_sums.get("train")
         return {
             "batch_rows": [dict(r) for r in self.batch_rows], "epoch_rows": [dict(r) for r in self.epoch_rows],
             "n_fits": self.n_fits, "fit_index": self.fit_index, "metric_names": list(self.metric_names),
-            "smoother": None if smoother is None else {"beta": smoother.beta, "avg": smoother.avg,
-                                                       "count": smoother.count},
+            "smoother": {"beta": smoother.beta, "avg": smoother.avg, "count": smoother.count},
             "pending_losses": torch.stack(self._pending_losses).cpu() if self._pending_losses else None,
             "pending_hypers": [list(h) for h in self._pending_hypers],
             "train_sums": None if train is None else train.state_dict(),
