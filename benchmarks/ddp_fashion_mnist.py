@@ -32,8 +32,8 @@ def train(epochs: int, bs: int, max_lr: float, seed: int) -> dict:
     """One run (in each process under torchrun): returns the final validation accuracy and the fit's time."""
     import torch
 
-    from data import fashion_mnist
-    from learner import Learner, accuracy, lenet
+    from cyclr.data import fashion_mnist
+    from cyclr.learner import Learner, accuracy, lenet
 
     torch.manual_seed(seed)
     learn = Learner(lenet(), fashion_mnist(bs=bs, seed=seed), torch.nn.CrossEntropyLoss(), metrics=[accuracy],

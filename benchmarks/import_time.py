@@ -22,7 +22,7 @@ import json, sys, time
 t0 = time.perf_counter()
 import torch
 t1 = time.perf_counter()
-import learner
+import cyclr.learner
 t2 = time.perf_counter()
 heavy = [m for m in ("pandas", "matplotlib", "fastprogress", "torchvision", "scipy") if m in sys.modules]
 print(json.dumps({"torch": t1 - t0, "learner": t2 - t1, "heavy": heavy}))
@@ -31,7 +31,7 @@ print(json.dumps({"torch": t1 - t0, "learner": t2 - t1, "heavy": heavy}))
 
 def slowest_modules(n: int = 8) -> list[tuple[float, str]]:
     """The modules with the largest cumulative import time under `import learner`, torch's own excluded."""
-    done = subprocess.run([sys.executable, "-X", "importtime", "-c", "import torch; import learner"], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", "import torch; import cyclr.learner"], cwd=ROOT,
                           capture_output=True, text=True, check=True)
     rows = []
     for line in done.stderr.splitlines():

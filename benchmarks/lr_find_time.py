@@ -17,9 +17,9 @@ import warnings
 import torch
 from torch import nn
 
-from callbacks import Callback, CancelValidException
-from data.fashion_mnist import fashion_mnist
-from learner import Learner, accuracy, lenet
+from cyclr.callbacks import Callback, CancelValidException
+from cyclr.data.fashion_mnist import fashion_mnist
+from cyclr.learner import Learner, accuracy, lenet
 
 
 class SkipValidation(Callback):

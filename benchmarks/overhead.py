@@ -31,9 +31,9 @@ import time
 
 import torch
 
-from callbacks import ProgressCallback
-from data import DataLoaders, InMemoryLoader, fashion_mnist
-from learner import Learner, accuracy, lenet
+from cyclr.callbacks import ProgressCallback
+from cyclr.data import DataLoaders, InMemoryLoader, fashion_mnist
+from cyclr.learner import Learner, accuracy, lenet
 
 
 def same_batches(dls: DataLoaders, seed: int = 0) -> DataLoaders:

@@ -53,8 +53,8 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from overhead import Timer, machine, plain_epoch, print_table, same_batches  # noqa: E402
 
-from data import fashion_mnist  # noqa: E402
-from learner import Learner, accuracy, lenet  # noqa: E402
+from cyclr.data import fashion_mnist  # noqa: E402
+from cyclr.learner import Learner, accuracy, lenet  # noqa: E402
 
 PCT_START, DIV, FINAL_DIV = 0.3, 25.0, 25e4  # torch's final_div_factor is FINAL_DIV / DIV
 CONTENDERS = ("plain", "plain-DataLoader", "cyclr", "fastai", "fastai-own-dl", "lightning", "lightning-DataLoader")

@@ -38,8 +38,8 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from callbacks.core import Callback
-from callbacks.lr_finder import _rng_state, _set_rng_state
+from ..callbacks.core import Callback
+from ..callbacks.lr_finder import _rng_state, _set_rng_state
 
 FORMAT, VERSION = "cyclr-checkpoint", 1
 POSITIONS = ("epoch_end", "batch_end", "outside_fit")

@@ -22,8 +22,8 @@ def demo(args) -> int:
     matplotlib.use("Agg")
     import torch
 
-    from data.fashion_mnist import fashion_mnist
-    from learner import Learner, accuracy, lenet
+    from ..data.fashion_mnist import fashion_mnist
+    from . import Learner, accuracy, lenet
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)  # on a busy 2-core machine, 1 thread trains LeNet several times faster
@@ -76,7 +76,7 @@ def reproduce(args) -> int:
     matplotlib.use("Agg")
     import torch
 
-    from learner import reproduce as rep
+    from . import reproduce as rep
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)  # on a busy 2-core machine, 1 thread trains LeNet several times faster

@@ -35,9 +35,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
 
-from callbacks.core import Callback
-from callbacks.progress import ProgressCallback
-from data.core import DataLoaders, InMemoryLoader, TorchLoader
+from ..callbacks.core import Callback
+from ..callbacks.progress import ProgressCallback
+from ..data.core import DataLoaders, InMemoryLoader, TorchLoader
 
 __all__ = ["torchrun_world_size", "shard_dataloaders", "DistributedCallback", "join", "leave"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from callbacks.core import (
+from ..callbacks.core import (
     EVENTS,
     Callback,
     CancelBatchException,
@@ -22,11 +22,11 @@ from callbacks.core import (
     CancelValidException,
     check_hook_names,
 )
-from callbacks.lr_finder import SNAPSHOT_MEMORY_LIMIT, SUGGESTION_NAMES, LRFinderPlots, run_lr_find
-from callbacks.progress import ProgressCallback
-from callbacks.recorder import Recorder
-from callbacks.scheduler import OneCycleCallback, SGDRCallback
-from callbacks.training import TerminateOnNaNCallback
+from ..callbacks.lr_finder import SNAPSHOT_MEMORY_LIMIT, SUGGESTION_NAMES, LRFinderPlots, run_lr_find
+from ..callbacks.progress import ProgressCallback
+from ..callbacks.recorder import Recorder
+from ..callbacks.scheduler import OneCycleCallback, SGDRCallback
+from ..callbacks.training import TerminateOnNaNCallback
 
 from . import checkpoint
 from . import distributed as _dist

@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from callbacks.scheduler import ParamScheduler
-from callbacks.schedules import Const, Schedule, cosine, multi_factor, square_root
+from ..callbacks.scheduler import ParamScheduler
+from ..callbacks.schedules import Const, Schedule, cosine, multi_factor, square_root
 
 from .learner import Learner
 from .metrics import accuracy
@@ -180,7 +180,7 @@ def run_d2l(
     config = {"epochs": epochs, "n_train": n_train or 60000, "n_valid": n_valid or 10000}
     done = {(r["run"], int(r["seed"])) for r in _rows_of_config(runs_csv, config)}
 
-    from data.fashion_mnist import fashion_mnist
+    from ..data.fashion_mnist import fashion_mnist
 
     for seed in seeds:  # every run once before the next seed: a cut-short run still covers all schedules
         # Pixels in [0, 1] (no normalisation), as the book's load_data_fashion_mnist gives them.
@@ -473,12 +473,12 @@ def run_blog(
 
 def _blog_setup(setup: str, cpu_model: str, seed: int, n_train, n_valid, device):
     if setup == "gpu":
-        from data.cifar10 import cifar10
+        from ..data.cifar10 import cifar10
 
         # The study: batch 512, padding-4 random crops and horizontal flips, per-channel normalisation.
         dls = cifar10(bs=512, augment=True, device=device or "cuda", seed=seed, n_train=n_train, n_valid=n_valid)
         return dls, resnet56
-    from data.fashion_mnist import fashion_mnist
+    from ..data.fashion_mnist import fashion_mnist
 
     dls = fashion_mnist(bs=BLOG_CPU_BATCH_SIZE, normalize=True, n_train=n_train, n_valid=n_valid, seed=seed,
                         device=device)

@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from callbacks import Callback
-from callbacks.checkpoint import SaveModelCallback
-from data import DataLoaders
-from data.synthetic import synthetic_classification
-from learner import Learner, accuracy
+from cyclr.callbacks import Callback
+from cyclr.callbacks.checkpoint import SaveModelCallback
+from cyclr.data import DataLoaders
+from cyclr.data.synthetic import synthetic_classification
+from cyclr.learner import Learner, accuracy
 
 # Shared with the test, which rebuilds the same data and models as single-process oracles.
 N_TRAIN, N_VALID, N_FEATURES, N_CLASSES = 256, 101, 6, 3

@@ -17,17 +17,16 @@ import signal
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from callbacks import Callback  # noqa: E402
-from callbacks.checkpoint import SaveModelCallback  # noqa: E402
-from callbacks.training import CSVLogger, GradientClip, ReduceLROnPlateau  # noqa: E402
-from data.synthetic import synthetic_classification  # noqa: E402
-from learner import Learner, accuracy  # noqa: E402
+from cyclr.callbacks import Callback  # noqa: E402
+from cyclr.callbacks.checkpoint import SaveModelCallback  # noqa: E402
+from cyclr.callbacks.training import CSVLogger, GradientClip, ReduceLROnPlateau  # noqa: E402
+from cyclr.data.synthetic import synthetic_classification  # noqa: E402
+from cyclr.learner import Learner, accuracy  # noqa: E402
 
 N_EPOCH, STEPS_PER_EPOCH = 5, 6  # 96 training samples in batches of 16
 

@@ -16,22 +16,22 @@ import pytest
 import torch
 from torch import nn
 
-from callbacks import Callback
-from callbacks.checkpoint import SaveModelCallback
-from callbacks.lr_finder import LRFinderCallback
-from callbacks.mixed_precision import MixedPrecision
-from callbacks.scheduler import OneCycleCallback, ParamScheduler, SGDRCallback
-from callbacks.schedules import Cos, Lin, one_cycle, sgdr, triangular
-from callbacks.training import (
+from cyclr.callbacks import Callback
+from cyclr.callbacks.checkpoint import SaveModelCallback
+from cyclr.callbacks.lr_finder import LRFinderCallback
+from cyclr.callbacks.mixed_precision import MixedPrecision
+from cyclr.callbacks.scheduler import OneCycleCallback, ParamScheduler, SGDRCallback
+from cyclr.callbacks.schedules import Cos, Lin, one_cycle, sgdr, triangular
+from cyclr.callbacks.training import (
     CSVLogger,
     EarlyStoppingCallback,
     GradientAccumulation,
     GradientClip,
     ReduceLROnPlateau,
 )
-from data import DataLoaders, fashion_mnist
-from learner import Learner
-from learner.checkpoint import CheckpointError
+from cyclr.data import DataLoaders, fashion_mnist
+from cyclr.learner import Learner
+from cyclr.learner.checkpoint import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "bad_input.md"

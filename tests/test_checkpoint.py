@@ -14,15 +14,15 @@ import pytest
 import torch
 from torch import nn
 
-from callbacks import Callback
-from callbacks.checkpoint import SaveModelCallback
-from callbacks.mixed_precision import MixedPrecision
-from callbacks.scheduler import ParamScheduler
-from callbacks.schedules import triangular
-from callbacks.training import EarlyStoppingCallback, GradientAccumulation, ReduceLROnPlateau
-from data.synthetic import synthetic_classification
-from learner import Learner, accuracy
-from learner.checkpoint import CheckpointError, read_checkpoint
+from cyclr.callbacks import Callback
+from cyclr.callbacks.checkpoint import SaveModelCallback
+from cyclr.callbacks.mixed_precision import MixedPrecision
+from cyclr.callbacks.scheduler import ParamScheduler
+from cyclr.callbacks.schedules import triangular
+from cyclr.callbacks.training import EarlyStoppingCallback, GradientAccumulation, ReduceLROnPlateau
+from cyclr.data.synthetic import synthetic_classification
+from cyclr.learner import Learner, accuracy
+from cyclr.learner.checkpoint import CheckpointError, read_checkpoint
 
 WORKER = Path(__file__).with_name("resume_worker.py")
 STEPS_PER_EPOCH = 6
@@ -213,7 +213,7 @@ def test_recorder_state_round_trips_exactly_mid_epoch():
     assert state["smoother"]["count"] == STEPS_PER_EPOCH  # epoch 0's rows went through the smoother
     assert state["pending_losses"].shape == (3,) and state["train_sums"]["count"] == 48
 
-    from callbacks.recorder import Recorder
+    from cyclr.callbacks.recorder import Recorder
 
     copy_ = Recorder()
     copy_.load_state_dict(copy.deepcopy(state))

@@ -13,11 +13,11 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from data import DataLoaders, InMemoryLoader, TorchLoader, fashion_mnist, load_fashion_mnist
-from data.synthetic import synthetic_classification, synthetic_regression, tiny_images
+from cyclr.data import DataLoaders, InMemoryLoader, TorchLoader, fashion_mnist, load_fashion_mnist
+from cyclr.data.synthetic import synthetic_classification, synthetic_regression, tiny_images
 
 # The module, not the function `data.fashion_mnist` that the package re-exports under the same name.
-fm = importlib.import_module("data.fashion_mnist")
+fm = importlib.import_module("cyclr.data.fashion_mnist")
 
 
 def numbered(n, features=3):
@@ -472,7 +472,7 @@ def test_download_probe_gives_up_quickly_instead_of_hanging(monkeypatch):
 
 # ---------------------------------------------------------------- CIFAR-10
 
-cifar = importlib.import_module("data.cifar10")
+cifar = importlib.import_module("cyclr.data.cifar10")
 
 
 def make_image_folder(root, n_train=2, n_test=1, seed=0):

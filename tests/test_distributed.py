@@ -21,9 +21,9 @@ import pytest
 import torch
 from torch import nn
 
-from data import DataLoaders, InMemoryLoader, TorchLoader
-from learner import Learner
-from learner.distributed import DistributedCallback, shard_dataloaders
+from cyclr.data import DataLoaders, InMemoryLoader, TorchLoader
+from cyclr.learner import Learner
+from cyclr.learner.distributed import DistributedCallback, shard_dataloaders
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 60  # per launch; a job that hangs fails the test instead of the suite

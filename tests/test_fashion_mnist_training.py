@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from data import fashion_mnist
-from learner import Learner, accuracy, lenet
+from cyclr.data import fashion_mnist
+from cyclr.learner import Learner, accuracy, lenet
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from callbacks import (
+from cyclr.callbacks import (
     Callback,
     CancelBatchException,
     CancelEpochException,
@@ -15,8 +15,8 @@ from callbacks import (
     CancelTrainException,
     CancelValidException,
 )
-from data import DataLoaders
-from learner import Learner, accuracy
+from cyclr.data import DataLoaders
+from cyclr.learner import Learner, accuracy
 
 N_TRAIN, N_VALID, BS = 12, 6, 4  # 3 training batches, 1 validation batch (valid_bs defaults to 2*bs)
 

@@ -17,8 +17,8 @@ from torch import nn
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from callbacks import Callback  # noqa: E402
-from callbacks.lr_finder import (  # noqa: E402
+from cyclr.callbacks import Callback  # noqa: E402
+from cyclr.callbacks.lr_finder import (  # noqa: E402
     LRFinderCallback,
     LRFinderResult,
     LRFinderSweep,
@@ -29,9 +29,9 @@ from callbacks.lr_finder import (  # noqa: E402
     suggest_steep,
     suggest_valley,
 )
-from data import DataLoaders  # noqa: E402
-from data.synthetic import synthetic_classification  # noqa: E402
-from learner import Learner, accuracy  # noqa: E402
+from cyclr.data import DataLoaders  # noqa: E402
+from cyclr.data.synthetic import synthetic_classification  # noqa: E402
+from cyclr.learner import Learner, accuracy  # noqa: E402
 
 DEFAULT_THREADS = torch.get_num_threads()
 
@@ -327,7 +327,7 @@ def test_losses_recorded_are_those_of_the_lrs_recorded():
 def test_gradient_accumulation_counts_optimizer_steps_not_micro_batches():
     """Under GradientAccumulation(2) each point of the curve is one optimizer step: its rate, and the mean loss of
     its two micro-batches (computed at that same rate, since the rate only moves between steps)."""
-    from callbacks.training import GradientAccumulation
+    from cyclr.callbacks.training import GradientAccumulation
 
     class MicroLosses(Callback):
         order = 100
@@ -537,7 +537,7 @@ def test_centred_smoothing_has_no_lag_where_the_ema_does():
     centred = centred_smooth(losses, half_width=3)
     assert centred[:44] == [1.0] * 44 and centred[56:] == [0.0] * 44
     assert centred[49] > 0.5 > centred[50]
-    from callbacks.recorder import smooth
+    from cyclr.callbacks.recorder import smooth
 
     assert smooth(losses)[60] > 0.5
 
@@ -594,8 +594,8 @@ def test_weight_decay_sweep_plot_has_one_curve_per_value():
 # ----- real data ------------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_lenet_fashion_mnist_valley_one_cycle_reaches_087():
-    from data.fashion_mnist import fashion_mnist
-    from learner import lenet
+    from cyclr.data.fashion_mnist import fashion_mnist
+    from cyclr.learner import lenet
 
     torch.manual_seed(0)
     dls = fashion_mnist(bs=128, seed=0)
@@ -614,7 +614,7 @@ def test_lenet_fashion_mnist_valley_one_cycle_reaches_087():
 def test_demo_finds_the_rate_then_trains_one_cycle_and_writes_everything(tmp_path, capsys, max_lr):
     import pandas as pd
 
-    from learner.cli import main
+    from cyclr.learner.cli import main
 
     argv = ["demo", "--epochs", "1", "--n-train", "1024", "--n-valid", "256", "--num-it", "30", "--out", str(tmp_path)]
     assert main(argv + ([] if max_lr is None else ["--max-lr", str(max_lr)])) == 0

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from callbacks import Callback, ProgressCallback
-from callbacks.training import TerminateOnNaNCallback
-from data import DataLoaders, InMemoryLoader
-from learner import Learner, accuracy
+from cyclr.callbacks import Callback, ProgressCallback
+from cyclr.callbacks.training import TerminateOnNaNCallback
+from cyclr.data import DataLoaders, InMemoryLoader
+from cyclr.learner import Learner, accuracy
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from learner import reproduce as rep
-from learner.cli import main
-from learner.models import cifar_resnet, lenet_bn, resnet56
+from cyclr.learner import reproduce as rep
+from cyclr.learner.cli import main
+from cyclr.learner.models import cifar_resnet, lenet_bn, resnet56
 
 BOOK_EPOCHS = 30
 

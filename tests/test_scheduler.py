@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from callbacks import Callback
-from callbacks.scheduler import CyclicLRCallback, OneCycleCallback, ParamScheduler, SGDRCallback, lrs_per_group
-from callbacks.schedules import Const, Lin, multi_factor, one_cycle, sgdr, square_root, triangular
-from data.synthetic import synthetic_classification
-from learner import Learner
+from cyclr.callbacks import Callback
+from cyclr.callbacks.scheduler import CyclicLRCallback, OneCycleCallback, ParamScheduler, SGDRCallback, lrs_per_group
+from cyclr.callbacks.schedules import Const, Lin, multi_factor, one_cycle, sgdr, square_root, triangular
+from cyclr.data.synthetic import synthetic_classification
+from cyclr.learner import Learner
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

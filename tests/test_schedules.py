@@ -8,7 +8,7 @@ import matplotlib
 import pytest
 import torch
 
-from callbacks.schedules import (
+from cyclr.callbacks.schedules import (
     SGDR,
     Combine,
     Const,

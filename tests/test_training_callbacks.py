@@ -10,13 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from callbacks import Callback, ProgressCallback
-from callbacks.checkpoint import SaveModelCallback
-from callbacks.lr_finder import LRFinderCallback
-from callbacks.mixed_precision import MixedPrecision
-from callbacks.scheduler import OneCycleCallback, ParamScheduler
-from callbacks.schedules import Const
-from callbacks.training import (
+from cyclr.callbacks import Callback, ProgressCallback
+from cyclr.callbacks.checkpoint import SaveModelCallback
+from cyclr.callbacks.lr_finder import LRFinderCallback
+from cyclr.callbacks.mixed_precision import MixedPrecision
+from cyclr.callbacks.scheduler import OneCycleCallback, ParamScheduler
+from cyclr.callbacks.schedules import Const
+from cyclr.callbacks.training import (
     CSVLogger,
     EarlyStoppingCallback,
     GradientAccumulation,
@@ -24,10 +24,10 @@ from callbacks.training import (
     ReduceLROnPlateau,
     TerminateOnNaNCallback,
 )
-from data import DataLoaders
-from data.synthetic import synthetic_classification
-from learner import Learner, accuracy
-from learner.checkpoint import read_checkpoint
+from cyclr.data import DataLoaders
+from cyclr.data.synthetic import synthetic_classification
+from cyclr.learner import Learner, accuracy
+from cyclr.learner.checkpoint import read_checkpoint
 
 BATCHES = 6  # training batches per epoch of make_learner's data
 
@@ -506,8 +506,8 @@ def test_keyboard_interrupt_during_lr_find_leaves_a_usable_learner():
 # ----- bf16 on real data ----------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_bfloat16_lenet_on_fashion_mnist_within_one_point_of_float32():
-    from data.fashion_mnist import fashion_mnist
-    from learner import lenet
+    from cyclr.data.fashion_mnist import fashion_mnist
+    from cyclr.learner import lenet
 
     accuracies = {}
     for name, cbs in (("float32", []), ("bfloat16", [MixedPrecision(torch.bfloat16)])):
