@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 
-from .schedules import _int_at_least
-from .training import _Monitor
+from ..data.checks import int_at_least
+from .training import Monitor
 
 
-class SaveModelCallback(_Monitor):
+class SaveModelCallback(Monitor):
     """Save checkpoints to `path` during a fit.
 
     - default: at the end of each epoch where `monitor` improved by more than `min_delta`: `path` then holds the
@@ -35,7 +35,7 @@ class SaveModelCallback(_Monitor):
             raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
         self._init_monitor(monitor, mode, min_delta)
         self.path, self.every_epoch, self.load_best_at_end = os.fspath(path), bool(every_epoch), load_best_at_end
-        self.every_n_batches = None if every_n_batches is None else _int_at_least("every_n_batches",
+        self.every_n_batches = None if every_n_batches is None else int_at_least("every_n_batches",
                                                                                   every_n_batches, 1)
         if self.every_n_batches is not None and not self.every_epoch:
             raise ValueError(
@@ -61,7 +61,7 @@ class SaveModelCallback(_Monitor):
         n = self.every_n_batches
         # learn.stepped: this batch took an optimizer step; learn.train_iter counts it only after after_batch.
         if n is not None and learn.training and learn.stepped and (learn.train_iter + 1) % n == 0:
-            self.last_saved = str(learn.save(self._file(learn), at="batch_end"))
+            self.last_saved = str(learn.save(self._file(learn)))
 
     def after_epoch(self, learn):
         if not self.every_epoch:
@@ -69,7 +69,7 @@ class SaveModelCallback(_Monitor):
             if not self._improved(value):
                 return
             self.best, self.best_epoch = value, learn.epoch
-        self.last_saved = str(learn.save(self._file(learn), at="epoch_end"))
+        self.last_saved = str(learn.save(self._file(learn)))
 
     def after_fit(self, learn):
         if self.load_best_at_end and self.best_epoch is not None:

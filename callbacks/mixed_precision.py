@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ..data.checks import int_at_least, positive
 from .core import Callback, CancelBatchException
 
 DTYPES = (torch.bfloat16, torch.float16)
@@ -44,10 +45,8 @@ class MixedPrecision(Callback):
     def __init__(self, dtype: torch.dtype = torch.bfloat16, init_scale: float = 2.0**16, growth_interval: int = 2000):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be torch.bfloat16 or torch.float16, got {dtype!r}")
-        if isinstance(init_scale, bool) or not isinstance(init_scale, (int, float)) or not init_scale > 0:
-            raise ValueError(f"init_scale must be a number > 0, got {init_scale!r}")
-        if isinstance(growth_interval, bool) or not isinstance(growth_interval, int) or growth_interval < 1:
-            raise ValueError(f"growth_interval must be an int >= 1, got {growth_interval!r}")
+        positive("init_scale", init_scale)
+        growth_interval = int_at_least("growth_interval", growth_interval, 1)
         self.dtype, self.init_scale, self.growth_interval = dtype, float(init_scale), growth_interval
         self.scaler: torch.amp.GradScaler | None = None
         self._scaler_device: str | None = None

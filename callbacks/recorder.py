@@ -1,4 +1,5 @@
-"""Recorder: the per-batch and per-epoch history of every fit, as plain floats, pandas DataFrames and plots."""
+"""Recorder: the per-batch and per-epoch history of every fit, as plain floats and pandas DataFrames; its plots are
+in callbacks/recorder_plots.py."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import time
 
 import torch
 
+from . import recorder_plots
 from .core import Callback
+from .hypers import get_hyper
 
 
-def _metric_name(metric) -> str:
+def metric_name(metric) -> str:
     return getattr(metric, "name", None) or getattr(metric, "__name__", None) or type(metric).__name__
 
 
@@ -75,7 +78,7 @@ class Recorder(Callback):
         self._pending_hypers: list[tuple] = []
 
     def before_train(self, learn):
-        self.metric_names = [_metric_name(m) for m in learn.metrics]
+        self.metric_names = [metric_name(m) for m in learn.metrics]
         if getattr(learn, "skip_batches", 0):
             self._move_epoch_state(learn.device)  # loaded from a checkpoint on the CPU
             return
@@ -86,7 +89,8 @@ class Recorder(Callback):
         groups = learn.opt.param_groups
         self._pending_losses.append(learn.loss.detach())
         self._pending_hypers.append(
-            (learn.epoch, learn.train_iter, learn.pct_train, [g["lr"] for g in groups], [_momentum(g) for g in groups])
+            (learn.epoch, learn.train_iter, learn.pct_train, [g["lr"] for g in groups],
+             [get_hyper(g, "mom") for g in groups])
         )
 
     def after_batch(self, learn):
@@ -100,7 +104,7 @@ class Recorder(Callback):
         sums.add(learn, with_metrics)
 
     def before_validate(self, learn):
-        self.metric_names = [_metric_name(m) for m in learn.metrics]
+        self.metric_names = [metric_name(m) for m in learn.metrics]
         self._phase_sums.pop("valid", None)
 
     def after_validate(self, learn):
@@ -148,26 +152,27 @@ class Recorder(Callback):
         self._pending_losses, self._pending_hypers = [], []
 
     # ----- reading the history ----------------------------------------------------------------------------------
-    def _last_fit_rows(self) -> list[dict]:
+    def last_fit_rows(self) -> list[dict]:
+        """The batch rows of the last fit."""
         last = self.n_fits - 1
         return [r for r in self.batch_rows if r["fit"] == last]
 
     @property
     def losses(self) -> list[float]:
-        return [r["loss"] for r in self._last_fit_rows()]
+        return [r["loss"] for r in self.last_fit_rows()]
 
     @property
     def lrs(self) -> list[float]:
         """Learning rate of the last parameter group, per training batch of the last fit."""
-        return [r["lr"] for r in self._last_fit_rows()]
+        return [r["lr"] for r in self.last_fit_rows()]
 
     @property
     def moms(self) -> list[float]:
-        return [r["mom"] for r in self._last_fit_rows()]
+        return [r["mom"] for r in self.last_fit_rows()]
 
     def group_values(self, name: str) -> list[list[float]]:
         """`name` ('lr' or 'mom') per parameter group: one list per group, per batch of the last fit."""
-        rows = self._last_fit_rows()
+        rows = self.last_fit_rows()
         if not rows:
             return []
         n_groups = sum(1 for k in rows[0] if k.startswith(f"{name}_")) or 1
@@ -187,68 +192,22 @@ class Recorder(Callback):
             return pd.DataFrame(self.epoch_rows, columns=_ordered_columns(self.epoch_rows, columns))
         raise ValueError(f"to_df(kind={kind!r}): kind must be 'batches' or 'epochs'")
 
-    # ----- plots ---------------------------------------------------------------------------------------------------
+    # ----- plots (callbacks/recorder_plots.py) ---------------------------------------------------------------------
     def plot_loss(self, skip_start: int = 0, with_valid: bool = True):
         """Training loss per batch (raw and smoothed) of the last fit, with the validation loss at each epoch end."""
-        import matplotlib.pyplot as plt
-
-        rows = self._last_fit_rows()[skip_start:]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        its = [r["train_iter"] for r in rows]
-        ax.plot(its, [r["loss"] for r in rows], alpha=0.3, label="train (batch)")
-        ax.plot(its, [r["smooth_loss"] for r in rows], label="train (smoothed)")
-        epochs = [r for r in self.epoch_rows if r["fit"] == self.n_fits - 1]
-        if with_valid and rows and epochs and not all(math.isnan(e["valid_loss"]) for e in epochs):
-            per_epoch = (max(its) + 1) / len(epochs)
-            ax.plot([(e["epoch"] + 1) * per_epoch for e in epochs], [e["valid_loss"] for e in epochs],
-                    "o-", label="valid")
-        ax.set_xlabel("iteration")
-        ax.set_ylabel("loss")
-        ax.legend()
-        return fig
+        return recorder_plots.plot_loss(self, skip_start, with_valid)
 
     def plot_metrics(self):
         """Train/valid loss and every metric per epoch, across all fits (one panel each)."""
-        import matplotlib.pyplot as plt
-
-        df = self.to_df("epochs")
-        names = ["loss"] + [c for c in df.columns if c not in ("fit", "epoch", "time", "train_loss", "valid_loss")]
-        fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.5), squeeze=False)
-        x = range(1, len(df) + 1)
-        for ax, name in zip(axes[0], names, strict=True):
-            if name == "loss":
-                ax.plot(x, df["train_loss"], "o-", label="train_loss")
-                ax.plot(x, df["valid_loss"], "o-", label="valid_loss")
-                ax.legend()
-            else:
-                ax.plot(x, df[name], "o-")
-            ax.set_title(name)
-            ax.set_xlabel("epoch")
-        fig.tight_layout()
-        return fig
+        return recorder_plots.plot_metrics(self)
 
     def plot_sched(self):
         """Learning rate and momentum of every parameter group against iteration, as recorded in the last fit."""
-        import matplotlib.pyplot as plt
-
-        fig, (ax_lr, ax_mom) = plt.subplots(1, 2, figsize=(10, 3.5))
-        for name, ax in (("lr", ax_lr), ("mom", ax_mom)):
-            series = self.group_values(name)
-            for i, values in enumerate(series):
-                ax.plot(range(len(values)), values, label=f"group {i}" if len(series) > 1 else None)
-            ax.set_title("learning rate" if name == "lr" else "momentum")
-            ax.set_xlabel("iteration")
-            if len(series) > 1:
-                ax.legend()
-        fig.tight_layout()
-        return fig
+        return recorder_plots.plot_sched(self)
 
     def plot_lr_find(self, **kwargs):
-        """The last `learn.lr_find()` curve: loss against lr on a log axis, suggestions marked (one curve per weight
-        decay after `lr_find(wds=...)`). Keyword arguments go to the result's `plot`."""
-        if self.lr_find_result is None:
-            raise RuntimeError("no LR-finder result to plot: run learn.lr_find() first")
-        return self.lr_find_result.plot(**kwargs)
+        """The last `learn.lr_find()` curve, suggestions marked; keyword arguments go to the result's `plot`."""
+        return recorder_plots.plot_lr_find(self, **kwargs)
 
     # ----- checkpoints ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -344,14 +303,6 @@ class _PhaseSums:
 
 def _is_distributed(learn) -> bool:
     return getattr(learn, "world_size", 1) > 1
-
-
-def _momentum(group: dict) -> float:
-    if "momentum" in group:
-        return float(group["momentum"])
-    if "betas" in group:
-        return float(group["betas"][0])
-    return math.nan
 
 
 def _batch_size(yb) -> int:

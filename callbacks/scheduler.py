@@ -20,26 +20,12 @@ import numbers
 import warnings
 from collections.abc import Callable, Sequence
 
+from ..data.checks import in_unit_interval, int_at_least, non_negative, positive
 from .core import Callback
-from .schedules import (
-    OneCycle,
-    Schedule,
-    _cyclical,
-    _int_at_least,
-    _momentum,
-    _non_negative,
-    _positive,
-    schedule_from_state,
-    sgdr,
-)
+from .hypers import has_hyper
+from .schedules import CYCLICAL, ONE_CYCLE, SGDR_DEFAULTS, OneCycle, Schedule, cyclical, schedule_from_state, sgdr
 
 UNITS = ("pct", "batch", "epoch")
-# The names `learn.set_hyper` understands besides raw param_group keys, and the key each one needs in a group.
-_NEEDS_KEY = {"wd": "weight_decay", "beta2": "betas"}
-
-
-def _has_momentum(group: dict) -> bool:
-    return "momentum" in group or "betas" in group
 
 
 def _describe(sched) -> str:
@@ -96,18 +82,17 @@ class ParamScheduler(Callback):
         groups = learn.opt.param_groups
         self._active = {}
         for name, value in self.scheds.items():
-            if name == "mom" and not all(_has_momentum(g) for g in groups):
+            if name == "mom" and not all(has_hyper(g, "mom") for g in groups):
                 warnings.warn(
                     f"{type(learn.opt).__name__} has no momentum or betas: the 'mom' schedule is ignored in this fit",
                     stacklevel=2,
                 )
                 continue
             if name != "mom":
-                key = _NEEDS_KEY.get(name, name)
-                missing = [i for i, g in enumerate(groups) if key not in g]
+                missing = [i for i, g in enumerate(groups) if not has_hyper(g, name)]
                 if missing:
                     raise ValueError(
-                        f"cannot schedule {name!r}: {type(learn.opt).__name__} has no {key!r} in parameter group(s) "
+                        f"cannot schedule {name!r}: {type(learn.opt).__name__} has no {name!r} in parameter group(s) "
                         f"{missing}; its keys are {sorted(groups[missing[0]])}"
                     )
             if isinstance(value, list) and len(value) != len(groups):
@@ -217,12 +202,12 @@ def lrs_per_group(lr, n_groups: int, name: str = "max_lr") -> list[float]:
         lo, hi = lr.start, lr.stop
         if lr.step is not None or hi is None:
             raise ValueError(f"{name} as a slice must be slice(lo, hi) or slice(hi), got {lr!r}")
-        _positive(f"{name} slice end", hi)
+        positive(f"{name} slice end", hi)
         if n_groups == 1:
             return [hi]
         if lo is None:
             return [hi / 10] * (n_groups - 1) + [hi]
-        _positive(f"{name} slice start", lo)
+        positive(f"{name} slice start", lo)
         return [lo * (hi / lo) ** (i / (n_groups - 1)) for i in range(n_groups)]
     if isinstance(lr, (list, tuple)):
         if len(lr) != n_groups:
@@ -231,7 +216,7 @@ def lrs_per_group(lr, n_groups: int, name: str = "max_lr") -> list[float]:
     return [lr] * n_groups
 
 
-def _check_lr_spec(name: str, lr, check=_positive) -> None:
+def _check_lr_spec(name: str, lr, check=positive) -> None:
     """Refuse a bad learning rate (number, list or slice) at construction, before the groups are known."""
     if isinstance(lr, slice):
         lrs_per_group(lr, 2, name)
@@ -266,7 +251,7 @@ class _PerGroupScheduler(ParamScheduler):
 
 
 class OneCycleCallback(_PerGroupScheduler):
-    """Smith's one-cycle policy (fastai's fit_one_cycle): see `callbacks.schedules.OneCycle`.
+    """Smith's one-cycle policy (fastai v1's fit_one_cycle, on fastai v2's clock): see `callbacks.schedules.OneCycle`.
 
     `max_lr` may be a number, a list (one per parameter group) or `slice(lo, hi)`. `moms=None`, or an optimizer
     without momentum, schedules no momentum.
@@ -275,10 +260,10 @@ class OneCycleCallback(_PerGroupScheduler):
     def __init__(
         self,
         max_lr,
-        div_factor: float = 25.0,
-        pct_start: float = 0.3,
-        final_div: float | None = None,
-        moms: Sequence[float] | None = (0.95, 0.85),
+        div_factor: float = ONE_CYCLE.div_factor,
+        pct_start: float = ONE_CYCLE.pct_start,
+        final_div: float | None = ONE_CYCLE.final_div,
+        moms: Sequence[float] | None = ONE_CYCLE.moms,
     ):
         _check_lr_spec("max_lr", max_lr)
         self.max_lr, self.div_factor, self.pct_start, self.final_div, self.moms = (
@@ -306,7 +291,8 @@ class SGDRCallback(_PerGroupScheduler):
     """SGDR (cosine annealing with warm restarts): see `callbacks.schedules.SGDR`. Fit for `total_epochs` epochs;
     with another fit length the cycles stretch to fill it (a warning says so)."""
 
-    def __init__(self, max_lr, n_cycles: int, cycle_len: int, cycle_mult: int = 2, eta_min: float = 0.0):
+    def __init__(self, max_lr, n_cycles: int, cycle_len: int, cycle_mult: int = SGDR_DEFAULTS.cycle_mult,
+                 eta_min: float = SGDR_DEFAULTS.eta_min):
         _check_lr_spec("max_lr", max_lr)
         self.max_lr, self.n_cycles, self.cycle_len, self.cycle_mult, self.eta_min = (
             max_lr, n_cycles, cycle_len, cycle_mult, eta_min)
@@ -346,24 +332,24 @@ class CyclicLRCallback(_PerGroupScheduler):
         base_lr,
         max_lr,
         step_size: int,
-        mode: str = "triangular",
-        gamma: float = 1.0,
+        mode: str = CYCLICAL.mode,
+        gamma: float = CYCLICAL.gamma,
         cycle_momentum: bool = True,
-        base_momentum: float = 0.8,
-        max_momentum: float = 0.9,
+        base_momentum: float = CYCLICAL.base_momentum,
+        max_momentum: float = CYCLICAL.max_momentum,
     ):
-        _check_lr_spec("base_lr", base_lr, check=_non_negative)
+        _check_lr_spec("base_lr", base_lr, check=non_negative)
         _check_lr_spec("max_lr", max_lr)
-        _int_at_least("step_size", step_size, 1)
+        int_at_least("step_size", step_size, 1)
         if cycle_momentum:
-            _momentum("base_momentum", base_momentum)
-            _momentum("max_momentum", max_momentum)
+            in_unit_interval("base_momentum", base_momentum)
+            in_unit_interval("max_momentum", max_momentum)
         self.base_lr, self.max_lr, self.step_size, self.mode, self.gamma = base_lr, max_lr, step_size, mode, gamma
         self.cycle_momentum, self.base_momentum, self.max_momentum = cycle_momentum, base_momentum, max_momentum
         super().__init__(self._make_scheds(None), unit="batch")
 
     def _cyclical(self, base_lr, max_lr):
-        return _cyclical(base_lr, max_lr, self.step_size, self.mode, self.gamma)
+        return cyclical(base_lr, max_lr, self.step_size, self.mode, self.gamma)
 
     def _make_scheds(self, n_groups):
         max_lrs, base_lrs = self._lrs(self.max_lr, n_groups), self._lrs(self.base_lr, n_groups, "base_lr")

@@ -25,14 +25,15 @@ import warnings
 
 import torch
 
+from ..data.checks import int_at_least, non_negative, positive, real
 from .core import Callback, CancelBatchException, CancelFitException
-from .recorder import _metric_name
-from .schedules import _int_at_least, _non_negative, _positive, _real
+from .hypers import set_group_hyper
+from .recorder import metric_name
 
 MODES = ("auto", "min", "max")
 
 
-class _Monitor(Callback):
+class Monitor(Callback):
     """A callback that watches one column of the Recorder's epoch table ('valid_loss', 'train_loss', a metric)."""
 
     def _init_monitor(self, monitor: str, mode: str, min_delta: float) -> None:
@@ -40,7 +41,7 @@ class _Monitor(Callback):
             raise TypeError(f"monitor must be the name of a recorded value like 'valid_loss', got {monitor!r}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.monitor, self.min_delta = monitor, _non_negative("min_delta", min_delta)
+        self.monitor, self.min_delta = monitor, non_negative("min_delta", min_delta)
         # Losses and error rates improve downwards, every other metric (accuracy, F1, ...) upwards.
         lower_is_better = "loss" in monitor or "error" in monitor
         self.mode = mode if mode != "auto" else ("min" if lower_is_better else "max")
@@ -48,7 +49,7 @@ class _Monitor(Callback):
 
     def _check_monitor(self, learn) -> None:
         """Refuse a name the Recorder does not record, before the first step."""
-        metric_names = [_metric_name(m) for m in learn.metrics]
+        metric_names = [metric_name(m) for m in learn.metrics]
         names = ["train_loss", "valid_loss", *metric_names]
         if learn.recorder.train_metrics:
             names += [f"train_{n}" for n in metric_names]
@@ -73,7 +74,7 @@ class _Monitor(Callback):
         self.best = math.inf if self.mode == "min" else -math.inf
 
 
-class EarlyStoppingCallback(_Monitor):
+class EarlyStoppingCallback(Monitor):
     """Stop the fit when `monitor` has not improved by more than `min_delta` for `patience` epochs in a row.
 
     The decision is taken in after_epoch and carried out at the start of the next epoch, so the epoch that decided
@@ -85,7 +86,7 @@ class EarlyStoppingCallback(_Monitor):
 
     def __init__(self, monitor: str = "valid_loss", min_delta: float = 0.0, patience: int = 1, mode: str = "auto"):
         self._init_monitor(monitor, mode, min_delta)
-        self.patience = _int_at_least("patience", patience, 1)
+        self.patience = int_at_least("patience", patience, 1)
         self.wait, self.best_epoch, self.stopped_epoch = 0, None, None
 
     def before_fit(self, learn):
@@ -118,7 +119,7 @@ class EarlyStoppingCallback(_Monitor):
         self.best_epoch, self.stopped_epoch = state["best_epoch"], state["stopped_epoch"]
 
 
-class ReduceLROnPlateau(_Monitor):
+class ReduceLROnPlateau(Monitor):
     """Multiply the learning rate by `factor` when `monitor` has not improved by more than `min_delta` for
     `patience` epochs in a row; never below `min_lr` (nor above what the schedule asks for).
 
@@ -133,10 +134,10 @@ class ReduceLROnPlateau(_Monitor):
     def __init__(self, monitor: str = "valid_loss", factor: float = 0.1, patience: int = 1, min_lr: float = 0.0,
                  min_delta: float = 0.0, mode: str = "auto"):
         self._init_monitor(monitor, mode, min_delta)
-        if not 0 < _real("factor", factor) < 1:
+        if not 0 < real("factor", factor) < 1:
             raise ValueError(f"factor must be in (0, 1) (the rate is multiplied by it), got {factor!r}")
-        self.factor, self.patience = factor, _int_at_least("patience", patience, 1)
-        self.min_lr = _non_negative("min_lr", min_lr)
+        self.factor, self.patience = factor, int_at_least("patience", patience, 1)
+        self.min_lr = non_negative("min_lr", min_lr)
         self.scale, self.wait = 1.0, 0
         self._scheduled: list[float] | None = None  # the rates the schedule set for the batch in progress
 
@@ -152,7 +153,7 @@ class ReduceLROnPlateau(_Monitor):
         groups = learn.opt.param_groups
         self._scheduled = [g["lr"] for g in groups]
         for g, lr in zip(groups, self._scheduled, strict=True):
-            g["lr"] = min(lr, max(lr * self.scale, self.min_lr))
+            set_group_hyper(g, "lr", min(lr, max(lr * self.scale, self.min_lr)))
 
     def after_batch(self, learn):
         self._put_back(learn)
@@ -163,7 +164,7 @@ class ReduceLROnPlateau(_Monitor):
     def _put_back(self, learn) -> None:
         if self._scheduled is not None:
             for g, lr in zip(learn.opt.param_groups, self._scheduled, strict=True):
-                g["lr"] = lr
+                set_group_hyper(g, "lr", lr)
             self._scheduled = None
 
     def after_epoch(self, learn):
@@ -255,8 +256,8 @@ class GradientClip(Callback):
     order = 15
 
     def __init__(self, max_norm: float = 1.0, norm_type: float = 2.0):
-        self.max_norm = _positive("max_norm", max_norm)
-        self.norm_type = norm_type if norm_type == math.inf else _positive("norm_type", norm_type)
+        self.max_norm = positive("max_norm", max_norm)
+        self.norm_type = norm_type if norm_type == math.inf else positive("norm_type", norm_type)
         self.last_norm: torch.Tensor | None = None
 
     def before_step(self, learn):
@@ -283,7 +284,7 @@ class GradientAccumulation(Callback):
     order = 3
 
     def __init__(self, n_batches: int):
-        self.n_batches = _int_at_least("n_batches", n_batches, 1)
+        self.n_batches = int_at_least("n_batches", n_batches, 1)
         self._losses: list[torch.Tensor] = []
         self._micro_loss: torch.Tensor | None = None
 

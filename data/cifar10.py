@@ -15,7 +15,6 @@ tensor operations that run wherever the data lives, GPU included.
 
 from __future__ import annotations
 
-import importlib
 import io
 import tarfile
 import warnings
@@ -26,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .core import DataLoaders, InMemoryLoader, _check_int
+from .checks import int_at_least
+from .core import DataLoaders, InMemoryLoader
+from .sources import guarded_download, locate_data, read_disk_cache, write_disk_cache
 
 # The module (the package re-exports its function `fashion_mnist` under the same name).
-_fm = importlib.import_module(".fashion_mnist", __package__)
 
 __all__ = [
     "CIFAR10_CLASSES", "cifar10", "load_cifar10", "load_image_folder", "ImageBatchTransform", "random_crop",
@@ -77,7 +77,7 @@ class ImageBatchTransform:
     def __init__(self, mean, std, crop_padding: int = 0, flip: bool = False):
         self.mean = torch.as_tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1)
         self.std = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
-        self.crop_padding = _check_int("crop_padding", crop_padding, 0)
+        self.crop_padding = int_at_least("crop_padding", crop_padding, 0)
         self.flip = bool(flip)
 
     def __call__(self, xb: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -188,12 +188,12 @@ def _find_source(directory_or_file: Path) -> tuple[str, Path] | None:
 def _download_with_torchvision(download_root: Path) -> Path:
     from torchvision.datasets import CIFAR10
 
-    _fm._guarded_download(CIFAR10, CIFAR10.url, download_root, train=True)
+    guarded_download(CIFAR10, CIFAR10.url, download_root, train=True)
     return download_root
 
 
 def _locate(root, download: bool) -> tuple[str, Path]:
-    return _fm.locate_data(
+    return locate_data(
         "CIFAR-10", root, download, ("the project's shared copy", SHARED_TARBALL), _find_source,
         _download_with_torchvision,
         "pass root=<dir or tarball> or set CYCLR_DATA to an image folder (train/<class>/*.jpg, test/<class>/*.jpg), "
@@ -219,10 +219,10 @@ def _load(root=None, download: bool = True) -> dict[str, torch.Tensor]:
     key = _cache_key(kind, path)
     tensors = _memory_cache.get(key)
     if tensors is None:
-        tensors = _fm._read_disk_cache(key, name="cifar10")
+        tensors = read_disk_cache(key, name="cifar10")
         if tensors is None:
             tensors = _load_torchvision_batches(path) if kind == "torchvision" else load_image_folder(path)
-            _fm._write_disk_cache(key, tensors, name="cifar10")
+            write_disk_cache(key, tensors, name="cifar10")
         _memory_cache[key] = tensors
     return tensors
 

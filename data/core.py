@@ -14,29 +14,14 @@ attributes and the same kind of seeded, restorable generator.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from .checks import int_at_least, shard_position
+
 __all__ = ["InMemoryLoader", "TorchLoader", "DataLoaders"]
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    # bool is an Integral too, but `bs=True` is always a mistake; NumPy integers are welcome.
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_shard(rank: int, world_size: int) -> None:
-    _check_int("world_size", world_size, 1)
-    _check_int("rank", rank, 0)
-    if rank >= world_size:
-        raise ValueError(f"rank must be in [0, world_size - 1] = [0, {world_size - 1}], got rank={rank}")
 
 
 def _new_generator(seed: int) -> torch.Generator:
@@ -116,11 +101,11 @@ class InMemoryLoader:
             )
         if x.shape[0] == 0:
             raise ValueError("x and y are empty (0 samples); a loader needs at least one sample")
-        self.bs = _check_int("bs", bs, 1)
-        self.seed = _check_int("seed", seed, 0)
+        self.bs = int_at_least("bs", bs, 1)
+        self.seed = int_at_least("seed", seed, 0)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
-        _check_shard(rank, world_size)
+        shard_position(rank, world_size)
         if world_size > x.shape[0]:
             raise ValueError(f"world_size ({world_size}) is larger than the number of samples ({x.shape[0]})")
         self.rank, self.world_size, self.even_shards = int(rank), int(world_size), bool(even_shards)
@@ -138,6 +123,7 @@ class InMemoryLoader:
         self.n = x.shape[0]
         self.epoch = 0
         self._generator = _new_generator(self.seed)
+        self._epoch_start: dict | None = None  # state_dict() as it was when the running epoch drew its shuffle
         if len(self) == 0:
             raise ValueError(
                 f"bs={bs} with drop_last=True gives no batch: this loader has only {self.n_local} samples per epoch"
@@ -183,6 +169,7 @@ class InMemoryLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # The permutation is drawn here, when the epoch starts, not at the first `next`: the generator state then
         # moves at a predictable point, which state_dict/load_state_dict rely on.
+        self._epoch_start = self.state_dict()
         indices = self._epoch_indices()
         self.epoch += 1
         return self._batches(indices)
@@ -234,17 +221,21 @@ class InMemoryLoader:
         sharded.load_state_dict(self.state_dict())
         return sharded
 
-    def state_dict(self) -> dict:
+    def state_dict(self, at_epoch_start: bool = False) -> dict:
         """Generator state (uint8 tensor) and epoch counter: restoring them replays the same next epochs.
 
-        Saved between epochs (or before a partial epoch, as an LR finder does), it replays exactly; saved in the
-        middle of an epoch, it replays from the next epoch on, not the rest of the current one.
+        Saved between epochs (or before a partial epoch, as an LR finder does), it replays exactly. In the middle
+        of an epoch, `at_epoch_start=True` gives the state from before that epoch drew its shuffle (and its batch
+        transforms' randomness), so a resume replays the whole epoch and can pass over the batches already done.
         """
+        if at_epoch_start and self._epoch_start is not None:
+            return self._epoch_start
         return {"generator": self._generator.get_state(), "epoch": self.epoch}
 
     def load_state_dict(self, state: dict) -> None:
         _check_loader_state(state, type(self).__name__)
         self._generator.set_state(state["generator"].cpu())
+        self._epoch_start = None
         self.epoch = int(state["epoch"])
 
     def to(self, device: torch.device | str) -> InMemoryLoader:
@@ -287,15 +278,16 @@ class TorchLoader:
                     f"TorchLoader sets {owned!r} itself (from bs, shuffle, seed, rank/world_size); "
                     f"for a custom {owned} build torch.utils.data.DataLoader yourself and pass it to DataLoaders"
                 )
-        self.bs = _check_int("bs", bs, 1)
-        self.seed = _check_int("seed", seed, 0)
-        _check_int("num_workers", num_workers, 0)
-        _check_shard(rank, world_size)
+        self.bs = int_at_least("bs", bs, 1)
+        self.seed = int_at_least("seed", seed, 0)
+        int_at_least("num_workers", num_workers, 0)
+        shard_position(rank, world_size)
         self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
         self.rank, self.world_size = rank, world_size
         self.dataset, self.num_workers, self._kwargs = dataset, num_workers, kwargs
         self.generator = _new_generator(self.seed)
         self.epoch = 0
+        self._epoch_start: dict | None = None  # state_dict() as it was when the running epoch started
         self._sampler = None
         if world_size > 1:
             # DistributedSampler derives each epoch's permutation from (seed, epoch), so ranks stay in step.
@@ -323,17 +315,19 @@ class TorchLoader:
             self._sampler.set_epoch(self.epoch)
         # DataLoader draws everything random from self.generator (worker base seed when the iterator is created,
         # the sampler's seed at the first batch), so saving its state before an epoch is enough to replay it.
+        self._epoch_start = self.state_dict()
         iterator = iter(self.loader)
         self.epoch += 1
         return iterator
 
     def one_batch(self):
         """The first batch of an epoch, leaving the shuffling state as it was."""
-        state = self.state_dict()
+        state, epoch_start = self.state_dict(), self._epoch_start
         try:
             return next(iter(self))
         finally:
             self.load_state_dict(state)
+            self._epoch_start = epoch_start
 
     def shard(self, rank: int, world_size: int) -> TorchLoader:
         """This rank's part of each epoch, through torch's `DistributedSampler` (even shards, as it makes them)."""
@@ -344,12 +338,16 @@ class TorchLoader:
         sharded.load_state_dict(self.state_dict())
         return sharded
 
-    def state_dict(self) -> dict:
+    def state_dict(self, at_epoch_start: bool = False) -> dict:
+        """Generator state and epoch counter; `at_epoch_start=True`: as they were when the running epoch started."""
+        if at_epoch_start and self._epoch_start is not None:
+            return self._epoch_start
         return {"generator": self.generator.get_state(), "epoch": self.epoch}
 
     def load_state_dict(self, state: dict) -> None:
         _check_loader_state(state, type(self).__name__)
         self.generator.set_state(state["generator"].cpu())
+        self._epoch_start = None
         self.epoch = int(state["epoch"])
 
     def to(self, device) -> TorchLoader:
@@ -386,12 +384,16 @@ class DataLoaders:
                 loader.to(device)
         return self
 
-    def state_dict(self) -> dict:
+    def state_dict(self, mid_epoch: bool = False) -> dict:
+        """The loaders' shuffling states. `mid_epoch=True` (a checkpoint inside a training epoch): the training
+        loader's as it was when it drew this epoch's shuffle, so a resume draws the same epoch again; the
+        validation loader, which has not run in this epoch yet, as it is."""
         state = {}
         for name in ("train", "valid"):
             loader = getattr(self, name)
             if hasattr(loader, "state_dict"):
-                state[name] = loader.state_dict()
+                at_start = mid_epoch and name == "train" and isinstance(loader, (InMemoryLoader, TorchLoader))
+                state[name] = loader.state_dict(at_epoch_start=True) if at_start else loader.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -422,7 +424,7 @@ class DataLoaders:
         """`InMemoryLoader`s over tensors; the validation loader is never shuffled and uses `valid_bs` (2*bs)."""
         if (x_valid is None) != (y_valid is None):
             raise ValueError("give both x_valid and y_valid, or neither")
-        _check_int("bs", bs, 1)
+        int_at_least("bs", bs, 1)
         train = InMemoryLoader(x_train, y_train, bs, shuffle=shuffle, drop_last=drop_last, seed=seed, device=device)
         valid = None
         if x_valid is not None:
@@ -445,7 +447,7 @@ class DataLoaders:
         **kwargs,
     ) -> DataLoaders:
         """`TorchLoader`s (torch `DataLoader`s with seeded generators); extra kwargs go to both `DataLoader`s."""
-        _check_int("bs", bs, 1)
+        int_at_least("bs", bs, 1)
         train = TorchLoader(
             train_ds, bs, shuffle=shuffle, drop_last=drop_last, seed=seed, num_workers=num_workers, **kwargs
         )

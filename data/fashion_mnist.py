@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import socket
 import struct
-import tempfile
-import threading
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 
 from .core import DataLoaders
+from .sources import guarded_download, locate_data, read_disk_cache, write_disk_cache
 
 __all__ = ["FASHION_MNIST_CLASSES", "fashion_mnist", "load_fashion_mnist", "clear_memory_cache"]
 
@@ -32,7 +28,6 @@ FASHION_MNIST_CLASSES = (
 )
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
-DOWNLOAD_TIMEOUT_S = 15.0  # per socket operation; DNS lookups get their own bound in _check_reachable
 
 # key -> file stem; the shapes the files must have.
 _FILES = {
@@ -107,111 +102,12 @@ def _cache_key(paths: dict[str, Path]) -> str:
     return json.dumps(stats, sort_keys=True)
 
 
-def _disk_cache_path(name: str = "fashion_mnist") -> Path:
-    cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(cache_home) / "cyclr" / f"{name}.pt"
-
-
-def _read_disk_cache(key: str, name: str = "fashion_mnist") -> dict[str, torch.Tensor] | None:
-    """The tensors saved under `name` if they were saved with the same `key` (else None: decode again)."""
-    path = _disk_cache_path(name)
-    if not path.is_file():
-        return None
-    try:
-        saved = torch.load(path, weights_only=True)
-    except Exception:  # a truncated or foreign file: decode again and overwrite it
-        return None
-    if not isinstance(saved, dict) or saved.get("key") != key:
-        return None
-    return {field: value for field, value in saved.items() if field != "key"}
-
-
-def _write_disk_cache(key: str, tensors: dict[str, torch.Tensor], name: str = "fashion_mnist") -> None:
-    path = _disk_cache_path(name)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Written to a temporary file in the same directory, then renamed: a reader never sees half a file.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save({"key": key, **tensors}, f)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-    except OSError:
-        pass  # a read-only home is no reason to fail: the data were decoded, only the next load is slower
-
-
-def _check_reachable(url: str, timeout: float) -> None:
-    """Fail within `timeout` when the host cannot be resolved or reached (DNS ignores socket timeouts)."""
-    host = urlparse(url).hostname
-    port = urlparse(url).port or (443 if url.startswith("https") else 80)
-    outcome: list = []
-
-    def connect():
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            outcome.append(None)
-        except Exception as error:  # handed to the caller; a thread must not die with it
-            outcome.append(error)
-
-    thread = threading.Thread(target=connect, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if not outcome:
-        raise TimeoutError(f"no answer from {host} within {timeout:.0f} s")
-    if outcome[0] is not None:
-        raise outcome[0]
-
-
-def _guarded_download(dataset_class, probe_url: str, download_root: Path, **kwargs) -> None:
-    """Run a torchvision data set's downloader, failing within seconds when `probe_url`'s host is unreachable."""
-    _check_reachable(probe_url, DOWNLOAD_TIMEOUT_S)
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # urllib, which torchvision uses, would otherwise wait forever
-    try:
-        dataset_class(str(download_root), download=True, **kwargs)
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
 def _download_with_torchvision(download_root: Path) -> Path:
     """Download with torchvision into `download_root/FashionMNIST/raw`; return that folder."""
     from torchvision.datasets import FashionMNIST
 
-    _guarded_download(FashionMNIST, FashionMNIST.mirrors[0], download_root, train=True)
+    guarded_download(FashionMNIST, FashionMNIST.mirrors[0], download_root, train=True)
     return download_root / "FashionMNIST" / "raw"
-
-
-def locate_data(name: str, root, download: bool, default: tuple[str, Path], find, downloader, options: str):
-    """Find a data set in, in order, `root`, $CYCLR_DATA and `default` (a label and a location), then, when
-    `download`, in what torchvision's downloader (`downloader(download_root)`) leaves. `find(location)` returns
-    what it found there or None. When nothing works: a FileNotFoundError naming every place tried and `options`."""
-    candidates = []
-    if root is not None:
-        candidates.append(("root", Path(root)))
-    env_dir = os.environ.get("CYCLR_DATA")
-    if env_dir:
-        candidates.append(("$CYCLR_DATA", Path(env_dir)))
-    candidates.append(default)
-    for _, location in candidates:
-        found = find(location)
-        if found is not None:
-            return found
-
-    tried = "; ".join(f"{label} ({location})" for label, location in candidates)
-    download_note = "download=False, so torchvision's downloader was not tried"
-    if download:
-        download_root = Path(root) if root is not None else Path(env_dir) if env_dir else _disk_cache_path().parent
-        try:
-            found = find(downloader(download_root))
-            if found is not None:
-                return found
-            download_note = f"torchvision's downloader left no usable files in {download_root}"
-        except Exception as error:  # any failure here ends in the one clear error below
-            download_note = f"torchvision's downloader failed: {type(error).__name__}: {error}"
-    raise FileNotFoundError(f"{name} not found in: {tried}; {download_note}.\nOptions: {options}")
 
 
 def _locate(root, download: bool) -> dict[str, Path]:
@@ -232,10 +128,10 @@ def _load(root=None, download: bool = True) -> dict[str, torch.Tensor]:
     key = _cache_key(paths)
     tensors = _memory_cache.get(key)
     if tensors is None:
-        tensors = _read_disk_cache(key)
+        tensors = read_disk_cache(key, "fashion_mnist")
         if tensors is None:
             tensors = _decode(paths)
-            _write_disk_cache(key, tensors)
+            write_disk_cache(key, tensors, "fashion_mnist")
         _memory_cache[key] = tensors
     return tensors
 

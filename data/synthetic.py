@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import torch
 
-from .core import DataLoaders, _check_int
+from .checks import int_at_least
+from .core import DataLoaders
 
 __all__ = ["synthetic_classification", "synthetic_regression", "tiny_images"]
 
 
 def _generator(seed: int) -> torch.Generator:
     generator = torch.Generator()
-    generator.manual_seed(_check_int("seed", seed, 0))
+    generator.manual_seed(int_at_least("seed", seed, 0))
     return generator
 
 
@@ -37,7 +38,7 @@ def synthetic_classification(
     """
     for name, value, minimum in (("n_train", n_train, 1), ("n_valid", n_valid, 1), ("n_features", n_features, 1),
                                  ("n_classes", n_classes, 2)):
-        _check_int(name, value, minimum)
+        int_at_least(name, value, minimum)
     if not spread > 0:
         raise ValueError(f"spread must be > 0, got {spread!r}")
     generator = _generator(seed)
@@ -70,7 +71,7 @@ def synthetic_regression(
     and `y` `(n, 1)`. The true coefficients are in `dls.coefs` as `(w, b)`; the best achievable MSE is `noise**2`.
     """
     for name, value, minimum in (("n_train", n_train, 1), ("n_valid", n_valid, 1), ("n_features", n_features, 1)):
-        _check_int(name, value, minimum)
+        int_at_least(name, value, minimum)
     if not noise >= 0:
         raise ValueError(f"noise must be >= 0, got {noise!r}")
     generator = _generator(seed)
@@ -107,7 +108,7 @@ def tiny_images(
     which suits smoke tests of the training loop without the real data.
     """
     for name, value, minimum in (("n_train", n_train, 1), ("n_valid", n_valid, 1), ("n_classes", n_classes, 2)):
-        _check_int(name, value, minimum)
+        int_at_least(name, value, minimum)
     if not 0 <= noise <= 1:
         raise ValueError(f"noise must be in [0, 1], got {noise!r}")
     generator = _generator(seed)

@@ -25,13 +25,11 @@ not fit), then applies them all.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import pickle
 import random
 import re
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -39,7 +37,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..callbacks.core import Callback
-from ..callbacks.lr_finder import _rng_state, _set_rng_state
+from ..data.state import atomic_torch_save, rng_state, set_rng_state
 
 FORMAT, VERSION = "cyclr-checkpoint", 1
 POSITIONS = ("epoch_end", "batch_end", "outside_fit")
@@ -51,58 +49,11 @@ class CheckpointError(ValueError):
 
 
 # ----- writing -------------------------------------------------------------------------------------------------------
-def atomic_save(obj, path) -> Path:
-    """`torch.save(obj)` to `path` so that `path` holds either its old content or the complete new one, whatever
-    happens: write a temporary file in the same directory, flush and fsync it, rename it over `path` (atomic on
-    POSIX and Windows), then fsync the directory so the rename itself survives a power cut."""
-    path = Path(path)
-    directory = path.parent
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(directory)
-    return path
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # Windows cannot open a directory; its rename is durable without this
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(learn, path, at: str | None = None) -> Path:
     """Write `learn`'s full state to `path` (see the module docstring); returns the path."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
-    if at is None:
-        if learn.in_fit:
-            raise ValueError(
-                "inside a fit, say where this checkpoint is taken: learn.save(path, at='batch_end') from after_batch "
-                "of a training batch, or at='epoch_end' from after_epoch (SaveModelCallback does this for you)"
-            )
-        at = "outside_fit"
-    if at not in POSITIONS:
-        raise ValueError(f"at must be one of {POSITIONS}, got {at!r}")
-    if at != "outside_fit" and not learn.in_fit:
-        raise ValueError(f"at={at!r} marks a place in a running fit; between fits call learn.save(path)")
-    if at == "batch_end" and not learn.training:
-        raise ValueError("at='batch_end' is for training batches: call it from after_batch while learn.training")
+    at = _position(learn, at)
     if not getattr(learn, "is_main_process", True):
         return Path(path)  # data-parallel: every process holds the same state; the main one writes it
 
@@ -119,10 +70,33 @@ def save_checkpoint(learn, path, at: str | None = None) -> Path:
         "progress": _progress(learn, at),
         "callbacks": callbacks,
         # At a batch's end the loaders have already drawn this epoch's shuffle: keep them as they were before it.
-        "data": learn._data_state_at_epoch_start if at == "batch_end" else _data_state(learn.dls),
+        "data": _data_state(learn.dls, mid_epoch=at == "batch_end"),
         "rng": rng_state(),
     }
-    return atomic_save(ckpt, path)
+    return atomic_torch_save(ckpt, path)
+
+
+def _position(learn, at: str | None) -> str:
+    """Where in the loop this checkpoint is taken, read off the event the learner is running: 'batch_end' from a
+    training batch's after_batch, 'epoch_end' from after_epoch, 'outside_fit' between fits. `at`, when given, must
+    agree."""
+    if at is not None and at not in POSITIONS:
+        raise ValueError(f"at must be one of {POSITIONS}, got {at!r}")
+    if not learn.in_fit:
+        if at not in (None, "outside_fit"):
+            raise ValueError(f"at={at!r} marks a place in a running fit; between fits call learn.save(path)")
+        return "outside_fit"
+    here = {"after_epoch": "epoch_end", "after_batch": "batch_end" if learn.training else None}.get(learn.event)
+    if here is None:
+        raise ValueError(
+            f"learn.save was called from {learn.event} "
+            f"{'of a validation batch ' if learn.event == 'after_batch' else ''}inside a fit: a checkpoint taken there "
+            "could not be resumed; save from after_batch of a training batch or from after_epoch "
+            "(SaveModelCallback does this for you)"
+        )
+    if at is not None and at != here:
+        raise ValueError(f"at={at!r} does not match where the fit is: {learn.event} is {here!r}; leave at out")
+    return here
 
 
 def _unwrapped(model):
@@ -143,8 +117,10 @@ def _progress(learn, at: str) -> dict:
     return {"at": at, **position, **planned}
 
 
-def _data_state(dls) -> dict:
-    return dls.state_dict() if hasattr(dls, "state_dict") else {}
+def _data_state(dls, mid_epoch: bool) -> dict:
+    if not hasattr(dls, "state_dict"):
+        return {}
+    return dls.state_dict(mid_epoch=True) if mid_epoch else dls.state_dict()
 
 
 _PLAIN = (bool, int, float, str, type(None), torch.Tensor, torch.Size, torch.dtype)
@@ -176,32 +152,6 @@ def callback_keys(cbs) -> dict[str, Callback]:
         keyed[f"{name}_{counts.get(name, 0)}"] = cb
         counts[name] = counts.get(name, 0) + 1
     return keyed
-
-
-# ----- random number generators ---------------------------------------------------------------------------------------
-def rng_state() -> dict:
-    """The RNG states (callbacks.lr_finder's snapshot of them) with numpy's array as a tensor, for weights_only."""
-    state = _rng_state()
-    if "numpy" in state:
-        _, key, pos, has_gauss, cached_gaussian = state["numpy"]
-        state["numpy"] = {"key": torch.from_numpy(key.astype("int64")), "pos": int(pos), "has_gauss": int(has_gauss),
-                          "cached_gaussian": float(cached_gaussian)}
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    state = dict(state)
-    if "numpy" in state:
-        import numpy as np
-
-        saved = state["numpy"]
-        state["numpy"] = ("MT19937", saved["key"].numpy().astype(np.uint32), saved["pos"], saved["has_gauss"],
-                          saved["cached_gaussian"])
-    if "cuda" in state and not (torch.cuda.is_available() and torch.cuda.device_count() == len(state["cuda"])):
-        warnings.warn("the checkpoint holds CUDA RNG states for another set of GPUs: they are not restored",
-                      stacklevel=3)
-        del state["cuda"]
-    _set_rng_state(state)
 
 
 # ----- reading -------------------------------------------------------------------------------------------------------
@@ -268,7 +218,7 @@ def restore(learn, ckpt: dict, *, with_opt: bool = True, model_only: bool = Fals
         _check_callbacks(learn, keyed, ckpt["callbacks"])
         _check_data(learn.dls, ckpt["data"])
         _check_rng(ckpt["rng"])
-        _check_progress(ckpt["progress"])
+        check_progress(ckpt["progress"])
     except BaseException:
         if created_opt:
             learn.opt = None
@@ -411,42 +361,9 @@ def _check_rng(saved) -> None:
         raise CheckpointError("rng: the numpy generator state is malformed")
 
 
-def _check_progress(progress) -> None:
+def check_progress(progress) -> None:
     keys = ("at", "epoch", "iter", "train_iter", "n_epoch", "batches_per_epoch", "n_train_iters")
     if not isinstance(progress, dict) or not set(keys) <= progress.keys() or progress["at"] not in POSITIONS:
         raise CheckpointError(f"progress: the checkpoint's progress part must have {keys}, 'at' in {POSITIONS}")
     if any(isinstance(progress[k], bool) or not isinstance(progress[k], int) or progress[k] < 0 for k in keys[1:]):
         raise CheckpointError(f"progress: counters must be ints >= 0, got {progress}")
-
-
-# ----- resuming a fit -------------------------------------------------------------------------------------------------
-def resume(learn, path, n_epoch: int, cbs, allow_length_change: bool = False) -> None:
-    """Restore `learn` from the checkpoint at `path` and set the loop to go on from its position in a fit of
-    `n_epoch` epochs (called by `Learner.fit(..., resume=path)`, with `cbs` the callbacks of that fit)."""
-    ckpt = read_checkpoint(path)
-    _check_progress(ckpt["progress"])
-    p = ckpt["progress"]
-    where = os.fspath(path)
-    if p["at"] == "outside_fit":
-        raise CheckpointError(
-            f"{where} was saved between fits, so it marks no place in one to resume from; load it with "
-            "learn.load(path), or resume from a checkpoint written during the fit "
-            "(SaveModelCallback(every_epoch=True), or every_n_batches=... for mid-epoch)"
-        )
-    batches = len(learn.dls.train)
-    if (p["n_epoch"], p["batches_per_epoch"]) != (n_epoch, batches) and not allow_length_change:
-        raise ValueError(
-            f"{where} was saved by a fit planned for {p['n_epoch']} epochs of {p['batches_per_epoch']} batches "
-            f"({p['n_epoch'] * p['batches_per_epoch']} batches), but this fit plans {n_epoch} epochs of {batches} "
-            f"batches ({n_epoch * batches}): its schedule would not continue where it stopped. Resume with "
-            f"n_epoch={p['n_epoch']} and the same data, or pass allow_length_change=True to go on with the new length"
-        )
-    finished = p["epoch"] >= n_epoch if p["at"] == "epoch_end" else p["epoch"] >= n_epoch or p["iter"] > batches
-    if finished:
-        raise ValueError(
-            f"{where} is at epoch {p['epoch']} (batch {p['iter']}) of its fit: nothing is left to train in a fit of "
-            f"{n_epoch} epochs; to train more, pass a larger n_epoch with allow_length_change=True"
-        )
-    restore(learn, ckpt, cbs=cbs, warn_missing_callbacks=True)
-    learn.n_epoch, learn.n_train_iters = n_epoch, n_epoch * batches
-    learn.train_iter, learn.start_epoch, learn.skip_batches = p["train_iter"], p["epoch"], p["iter"]

@@ -70,13 +70,32 @@ def _lr_find_frame(finder):
     return frame
 
 
+def _experiments():
+    """The repository's `experiments` package (the reproductions), imported on demand: it lives beside the library's
+    folders in a clone, outside the installed `cyclr` packages, so a wheel install has no reproductions."""
+    import importlib
+
+    try:
+        return importlib.import_module("experiments")
+    except ModuleNotFoundError as e:
+        if e.name != "experiments":
+            raise
+    folder = Path(__file__).resolve().parents[1] / "experiments"
+    if not (folder / "__init__.py").is_file():
+        raise SystemExit("`cyclr reproduce` runs the reproductions in the repository's experiments/ folder, which is "
+                         "not part of the installed package: run it from a clone of the repository installed with "
+                         "`pip install -e .`")
+    sys.path.append(str(folder.parent))
+    return importlib.import_module("experiments")
+
+
 def reproduce(args) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
     import torch
 
-    from . import reproduce as rep
+    rep = _experiments()
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)  # on a busy 2-core machine, 1 thread trains LeNet several times faster

@@ -26,6 +26,7 @@ collective operations, and a process that skips one leaves the others waiting.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from ..callbacks.core import Callback
 from ..callbacks.progress import ProgressCallback
 from ..data.core import DataLoaders, InMemoryLoader, TorchLoader
 
-__all__ = ["torchrun_world_size", "shard_dataloaders", "DistributedCallback", "join", "leave"]
+__all__ = ["torchrun_world_size", "shard_dataloaders", "DistributedCallback", "join", "leave", "DataParallel"]
 
 
 def torchrun_world_size() -> int:
@@ -263,3 +264,57 @@ def all_reduce_sum(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     total = tensor.detach().to(_comm_device(device), copy=True)
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
     return total.to(tensor.device)
+
+
+# ----- the Learner's data-parallel methods ---------------------------------------------------------------------------
+class DataParallel:
+    """The Learner's side of data-parallel training (mixed into `Learner`): where this process stands among the
+    others, the `distributed()` block, and the collectives callbacks use."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_distributed(self) -> bool:
+        """True while this learner is one of several processes training together."""
+        return self.world_size > 1
+
+    @property
+    def is_main_process(self) -> bool:
+        """True on rank 0 (and in a single process): the one that shows progress and writes plots, logs, checkpoints."""
+        return self.rank == 0
+
+    @contextlib.contextmanager
+    def distributed(self, **ddp_kwargs):
+        """Train data-parallel inside this block: join the default process group (initialised from torchrun's
+        environment when the script did not do it), shard the loaders, wrap the model in DistributedDataParallel
+        (`ddp_kwargs` go to it) during training; undone on exit. Does nothing in a single process, and nothing more
+        when the learner already joined at creation because torchrun launched it."""
+        if self.is_distributed:
+            yield self
+            return
+        joined = join(self, **ddp_kwargs)
+        if joined is None:
+            yield self
+            return
+        try:
+            yield self
+        except BaseException:
+            leave(self, joined, destroy_group=False)  # the others may still be in a collective: just go
+            raise
+        leave(self, joined)
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum of `tensor` over all processes (every process must call this at the same point); `tensor` itself
+        in a single process."""
+        return all_reduce_sum(tensor, self.device) if self.is_distributed else tensor
+
+    def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The mean of `tensor` over all processes, e.g. a batch loss every process must act on identically (the LR
+        finder's stop); `tensor` itself in a single process."""
+        return self.all_reduce_sum(tensor) / self.world_size if self.is_distributed else tensor
+
+    def barrier(self) -> None:
+        """Wait until every process gets here (e.g. after rank 0 wrote a checkpoint the others will read)."""
+        if self.is_distributed:
+            torch.distributed.barrier()

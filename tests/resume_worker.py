@@ -14,9 +14,7 @@ import csv
 import os
 import random
 import signal
-import sys
 from pathlib import Path
-
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

@@ -425,10 +425,52 @@ def test_resuming_without_the_callbacks_of_the_checkpoint_warns(tmp_path):
         make_learner().fit(3, resume=path)
 
 
-def test_saving_inside_a_fit_needs_to_say_where(tmp_path):
-    class SaveAnywhere(Callback):
-        def after_epoch(self, learn):
-            learn.save(tmp_path / "x.pt")
+def test_save_inside_a_fit_reads_where_it_is_from_the_running_event(tmp_path):
+    """learn.save(path) from after_epoch and from a training batch's after_batch records that place without `at`;
+    the resumed fits end bitwise where the uninterrupted one does."""
 
-    with pytest.raises(ValueError, match="inside a fit, say where this checkpoint is taken"):
-        make_learner().fit(1, cbs=[SaveAnywhere()])
+    class SaveAt(Callback):
+        def __init__(self, event, when):
+            self.event, self.when = event, when
+
+        def after_batch(self, learn):
+            if self.event == "after_batch" and learn.training and learn.train_iter == self.when:
+                learn.save(tmp_path / "batch.pt")
+
+        def after_epoch(self, learn):
+            if self.event == "after_epoch" and learn.epoch == self.when:
+                learn.save(tmp_path / "epoch.pt")
+
+    torch.manual_seed(0)
+    full = make_learner()
+    full.fit(3)
+    for event, when, name, at in (("after_epoch", 0, "epoch.pt", "epoch_end"), ("after_batch", 5, "batch.pt",
+                                                                                 "batch_end")):
+        torch.manual_seed(0)
+        make_learner().fit(3, cbs=[SaveAt(event, when)])
+        assert read_checkpoint(tmp_path / name)["progress"]["at"] == at
+        resumed = make_learner()
+        resumed.fit(3, resume=tmp_path / name)
+        for a, b in zip(full.model.parameters(), resumed.model.parameters(), strict=True):
+            assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("event", ["before_batch", "after_train", "after_validate"])
+def test_save_inside_a_fit_refuses_a_place_it_cannot_resume_from(tmp_path, event):
+    def save(learn):
+        learn.save(tmp_path / "x.pt")
+
+    cb = Callback()
+    setattr(cb, event, save)
+    with pytest.raises(ValueError, match=f"learn.save was called from {event}.*could not be resumed"):
+        make_learner().fit(1, cbs=[cb])
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_save_inside_a_fit_refuses_an_at_that_does_not_match(tmp_path):
+    class SaveWrongly(Callback):
+        def after_epoch(self, learn):
+            learn.save(tmp_path / "x.pt", at="batch_end")
+
+    with pytest.raises(ValueError, match="at='batch_end' does not match where the fit is: after_epoch is 'epoch_end'"):
+        make_learner().fit(1, cbs=[SaveWrongly()])

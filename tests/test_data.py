@@ -18,6 +18,7 @@ from cyclr.data.synthetic import synthetic_classification, synthetic_regression,
 
 # The module, not the function `data.fashion_mnist` that the package re-exports under the same name.
 fm = importlib.import_module("cyclr.data.fashion_mnist")
+sources = importlib.import_module("cyclr.data.sources")
 
 
 def numbered(n, features=3):
@@ -466,7 +467,7 @@ def test_download_probe_gives_up_quickly_instead_of_hanging(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", hanging_connect)
     start = time.perf_counter()
     with pytest.raises(TimeoutError, match="no answer"):
-        fm._check_reachable("http://example.invalid/", timeout=0.2)
+        sources.check_reachable("http://example.invalid/", timeout=0.2)
     assert time.perf_counter() - start < 2
 
 

@@ -133,8 +133,9 @@ def test_compile_runs_the_compiled_wrapper_and_keeps_the_plain_module(monkeypatc
     model = small_cnn()
     keys = list(model.state_dict())
     # backend='eager' traces with dynamo but generates no code: quick, and on the CPU exactly the uncompiled numbers.
-    learn = Learner(model, loaders(x, y, xv, yv, bs=8), nn.CrossEntropyLoss(), lr=0.1, device="cpu",
-                    progress=False, compile={"backend": "eager"})
+    with pytest.warns(UserWarning, match="compile=True on the CPU.*1.68x slower"):
+        learn = Learner(model, loaders(x, y, xv, yv, bs=8), nn.CrossEntropyLoss(), lr=0.1, device="cpu",
+                        progress=False, compile={"backend": "eager"})
     reference = Learner(small_cnn(), loaders(x, y, xv, yv, bs=8), nn.CrossEntropyLoss(), lr=0.1, device="cpu",
                         progress=False)
     learn.fit(1)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from cyclr.learner import reproduce as rep
+import experiments as rep
 from cyclr.learner.cli import main
 from cyclr.learner.models import cifar_resnet, lenet_bn, resnet56
 

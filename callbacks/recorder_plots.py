@@ -1,0 +1,72 @@
+"""The Recorder's plots, as plain functions of a `Recorder` (its methods `plot_loss`, `plot_metrics`, `plot_sched`
+and `plot_lr_find` call these): each reads only the recorded history and returns the matplotlib Figure."""
+
+from __future__ import annotations
+
+import math
+
+
+def plot_loss(recorder, skip_start: int = 0, with_valid: bool = True):
+    """Training loss per batch (raw and smoothed) of the last fit, with the validation loss at each epoch end."""
+    import matplotlib.pyplot as plt
+
+    rows = recorder.last_fit_rows()[skip_start:]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    its = [r["train_iter"] for r in rows]
+    ax.plot(its, [r["loss"] for r in rows], alpha=0.3, label="train (batch)")
+    ax.plot(its, [r["smooth_loss"] for r in rows], label="train (smoothed)")
+    epochs = [r for r in recorder.epoch_rows if r["fit"] == recorder.n_fits - 1]
+    if with_valid and rows and epochs and not all(math.isnan(e["valid_loss"]) for e in epochs):
+        per_epoch = (max(its) + 1) / len(epochs)
+        ax.plot([(e["epoch"] + 1) * per_epoch for e in epochs], [e["valid_loss"] for e in epochs],
+                "o-", label="valid")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.legend()
+    return fig
+
+
+def plot_metrics(recorder):
+    """Train/valid loss and every metric per epoch, across all fits (one panel each)."""
+    import matplotlib.pyplot as plt
+
+    df = recorder.to_df("epochs")
+    names = ["loss"] + [c for c in df.columns if c not in ("fit", "epoch", "time", "train_loss", "valid_loss")]
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.5), squeeze=False)
+    x = range(1, len(df) + 1)
+    for ax, name in zip(axes[0], names, strict=True):
+        if name == "loss":
+            ax.plot(x, df["train_loss"], "o-", label="train_loss")
+            ax.plot(x, df["valid_loss"], "o-", label="valid_loss")
+            ax.legend()
+        else:
+            ax.plot(x, df[name], "o-")
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+    fig.tight_layout()
+    return fig
+
+
+def plot_sched(recorder):
+    """Learning rate and momentum of every parameter group against iteration, as recorded in the last fit."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_lr, ax_mom) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for name, ax in (("lr", ax_lr), ("mom", ax_mom)):
+        series = recorder.group_values(name)
+        for i, values in enumerate(series):
+            ax.plot(range(len(values)), values, label=f"group {i}" if len(series) > 1 else None)
+        ax.set_title("learning rate" if name == "lr" else "momentum")
+        ax.set_xlabel("iteration")
+        if len(series) > 1:
+            ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_lr_find(recorder, **kwargs):
+    """The last `learn.lr_find()` curve: loss against lr on a log axis, suggestions marked (one curve per weight
+    decay after `lr_find(wds=...)`). Keyword arguments go to the result's `plot`."""
+    if recorder.lr_find_result is None:
+        raise RuntimeError("no LR-finder result to plot: run learn.lr_find() first")
+    return recorder.lr_find_result.plot(**kwargs)

@@ -1,0 +1,74 @@
+"""Hyperparameter schedules: pure functions of a position, with a readable repr, that plot themselves.
+
+A schedule holds only its configuration, never a counter: ``sched(pos)`` gives the same value every time, so a
+resumed fit needs nothing but the learner's counters. Two clocks exist:
+
+- ``domain == 'pct'``: the fraction of the fit done, in [0, 1]; batch ``i`` of ``N`` sees ``i / N``
+  (``Lin``, ``Cos``, ``Exp``, ``Poly``, ``combine``, ``one_cycle``, ``sgdr``).
+- ``domain == 'step'``: an update count ``t = 0, 1, 2, ...``: the global batch index or the epoch index, whichever
+  unit the ``ParamScheduler`` feeds (``triangular``, ``triangular2``, ``exp_range``, and the d2l trackers
+  ``square_root``, ``factor``, ``multi_factor``, ``cosine``, ``warmup``).
+
+``Const`` works on either clock. Every schedule has ``state_dict()`` (plain values only, so
+``torch.load(weights_only=True)`` reads it back) and ``schedule_from_state(state)`` rebuilds it from a whitelist of
+the kinds defined here.
+
+The modules: ``base`` (the common shape, the building blocks, ``combine``, ``schedule_from_state``), ``cycles``
+(one-cycle, SGDR, cyclical, and their defaults ``ONE_CYCLE``, ``SGDR_DEFAULTS``, ``CYCLICAL``), ``decay`` (the d2l
+chapter's decays and ``warmup``). Import from here: ``from cyclr.callbacks.schedules import one_cycle``.
+"""
+
+from .base import (
+    BOUNDARY_TOL,
+    Combine,
+    Configured,
+    Const,
+    Cos,
+    Exp,
+    Lin,
+    Poly,
+    Schedule,
+    check_schedule,
+    combine,
+    schedule_from_state,
+    schedule_kinds,
+)
+from .cycles import (
+    CYCLIC_MODES,
+    CYCLICAL,
+    ONE_CYCLE,
+    SGDR,
+    SGDR_DEFAULTS,
+    Cyclical,
+    CyclicalDefaults,
+    OneCycle,
+    OneCycleDefaults,
+    SGDRDefaults,
+    cyclical,
+    exp_range,
+    one_cycle,
+    sgdr,
+    triangular,
+    triangular2,
+)
+from .decay import (
+    CosineDecay,
+    Factor,
+    MultiFactor,
+    SquareRoot,
+    Warmup,
+    cosine,
+    factor,
+    multi_factor,
+    square_root,
+    warmup,
+)
+
+__all__ = [
+    "Configured", "Schedule", "Lin", "Cos", "Exp", "Poly", "Const", "Combine", "combine", "check_schedule",
+    "schedule_from_state", "schedule_kinds", "BOUNDARY_TOL",
+    "OneCycle", "one_cycle", "SGDR", "sgdr", "Cyclical", "cyclical", "triangular", "triangular2", "exp_range",
+    "CYCLIC_MODES", "ONE_CYCLE", "SGDR_DEFAULTS", "CYCLICAL", "OneCycleDefaults", "SGDRDefaults", "CyclicalDefaults",
+    "SquareRoot", "Factor", "MultiFactor", "CosineDecay", "Warmup", "square_root", "factor", "multi_factor", "cosine",
+    "warmup",
+]

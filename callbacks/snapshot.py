@@ -1,0 +1,121 @@
+"""`TrainingSnapshot`: everything a sweep of training steps changes, saved and put back, so the LR finder leaves no
+trace (weights, buffers, gradients, optimizer state and hyperparameters, RNG states, loader shuffling states,
+callback states, loop counters)."""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+
+import torch
+
+from ..data.state import rng_state, set_rng_state
+
+# Above this many bytes of weights, buffers, gradients and optimizer state, the snapshot goes to a temporary file.
+SNAPSHOT_MEMORY_LIMIT = 1 << 30
+# The learner's loop attributes a sweep changes.
+_LOOP_STATE = ("training", "epoch", "n_epoch", "iter", "train_iter", "n_train_iters", "dl", "xb", "yb", "pred", "loss")
+
+
+def _tensor_bytes(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _clone_tensors(obj):
+    """A copy whose tensors share no memory with the original (so later in-place updates cannot reach it)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: _clone_tensors(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clone_tensors(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_clone_tensors(v) for v in obj)
+    return copy.deepcopy(obj)
+
+
+class TrainingSnapshot:
+    """Everything a sweep of training steps changes, saved now and put back by `restore()`, any number of times.
+
+    Saved: the model's parameters, buffers, gradients and train/eval flags; the optimizer (the object, its state
+    and every group's hyperparameters, or its absence); the RNG states (torch CPU and CUDA, numpy, python
+    `random`); the loaders' shuffling state (`dls.state_dict()`); the attached callbacks and their `state_dict()`;
+    the learner's loop counters. Tensors are copied in memory, or, when weights + gradients + optimizer state exceed
+    `memory_limit` bytes, written to a temporary file that `discard()` removes.
+    """
+
+    def __init__(self, learn, memory_limit: int = SNAPSHOT_MEMORY_LIMIT):
+        if isinstance(memory_limit, bool) or not isinstance(memory_limit, int) or memory_limit < 0:
+            raise ValueError(f"memory_limit must be an int >= 0 (bytes), got {memory_limit!r}")
+        self.model = learn.model
+        self.opt = learn.opt
+        self.params = list(self.model.parameters())
+        self.module_modes = [m.training for m in self.model.modules()]
+        tensors = {
+            "model": self.model.state_dict(),
+            "grads": [None if p.grad is None else p.grad.detach() for p in self.params],
+            "opt": None if self.opt is None else self.opt.state_dict(),
+        }
+        self.nbytes = _tensor_bytes(tensors)
+        self.path: str | None = None
+        if self.nbytes > memory_limit:
+            fd, self.path = tempfile.mkstemp(prefix="cyclr-lr-find-", suffix=".pt")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    torch.save(tensors, f)
+            except BaseException:
+                os.unlink(self.path)
+                raise
+            self._tensors = None
+        else:
+            self._tensors = _clone_tensors(tensors)
+
+        self.rng = rng_state()
+        self.dls_state = copy.deepcopy(learn.dls.state_dict()) if hasattr(learn.dls, "state_dict") else None
+        self.cbs = list(learn.cbs)
+        self.cb_states = [copy.deepcopy(cb.state_dict()) for cb in self.cbs]
+        self.loop_state = {name: getattr(learn, name) for name in _LOOP_STATE if hasattr(learn, name)}
+
+    def _load_tensors(self) -> dict:
+        if self._tensors is not None:
+            # Copies again: optimizer.load_state_dict keeps the tensors it is given, and the next sweep updates them
+            # in place.
+            return _clone_tensors(self._tensors)
+        return torch.load(self.path, weights_only=True)
+
+    def restore(self, learn) -> None:
+        tensors = self._load_tensors()
+        learn.model = self.model
+        with torch.no_grad():
+            self.model.load_state_dict(tensors["model"])
+        for p, g in zip(self.params, tensors["grads"], strict=True):
+            p.grad = g
+        for m, mode in zip(self.model.modules(), self.module_modes, strict=True):
+            m.training = mode
+        learn.opt = self.opt
+        if self.opt is not None:
+            self.opt.load_state_dict(tensors["opt"])
+        set_rng_state(self.rng)
+        if self.dls_state is not None:
+            learn.dls.load_state_dict(copy.deepcopy(self.dls_state))
+        for name, value in self.loop_state.items():
+            setattr(learn, name, value)
+        if learn.cbs != self.cbs:  # a callback added or removed callbacks during the sweep
+            learn.remove_cbs(list(learn.cbs))
+            learn.add_cbs(self.cbs)
+        for cb, state in zip(self.cbs, self.cb_states, strict=True):
+            cb.load_state_dict(copy.deepcopy(state))
+
+    def discard(self) -> None:
+        """Remove the temporary file, if any."""
+        if self.path is not None and os.path.exists(self.path):
+            os.unlink(self.path)
+        self.path = None
+

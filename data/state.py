@@ -1,0 +1,99 @@
+"""State that must survive: one atomic write for every file cyclr keeps, and one capture / restore of the random
+number generators (torch CPU and CUDA, NumPy, Python's `random`), in a form `torch.load(weights_only=True)` reads.
+
+Used by checkpoints, the LR finder's snapshot and the data caches. Lives in `cyclr.data`, the package that imports
+nothing else of cyclr, so every layer can use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+import torch
+
+__all__ = ["TEMP_SUFFIX", "atomic_write", "atomic_torch_save", "rng_state", "set_rng_state"]
+
+# Our temporary files are `.<final name>.<random>.cyclr-tmp`: recognisable, so a later write can clean up after a
+# process that was killed mid-write.
+TEMP_SUFFIX = ".cyclr-tmp"
+
+
+def atomic_write(path, write: Callable[[BinaryIO], None]) -> Path:
+    """Call `write(f)` on a temporary file beside `path`, then put it in place so that `path` holds either its old
+    content or the complete new one, whatever happens: flush and fsync the file, rename it over `path` (atomic on
+    POSIX and Windows), then fsync the directory so the rename itself survives a power cut."""
+    path = Path(path)
+    directory = path.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(directory)
+    return path
+
+
+def atomic_torch_save(obj, path) -> Path:
+    """`torch.save(obj)` to `path` through `atomic_write`."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # Windows cannot open a directory; its rename is durable without this
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def rng_state() -> dict:
+    """Every RNG's state, as tensors and plain values (NumPy's Mersenne Twister key as an int64 tensor)."""
+    state = {"torch": torch.get_rng_state(), "random": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    try:
+        import numpy as np
+    except ImportError:  # numpy is optional: nothing to save then
+        return state
+    _, key, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state["numpy"] = {"key": torch.from_numpy(key.astype("int64")), "pos": int(pos), "has_gauss": int(has_gauss),
+                      "cached_gaussian": float(cached_gaussian)}
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Put back what `rng_state` captured. CUDA states of another set of GPUs are skipped with a warning."""
+    torch.set_rng_state(state["torch"])
+    saved_random = state["random"]
+    # After torch.load the tuple's inner state is a list: random.setstate wants tuples.
+    random.setstate((saved_random[0], tuple(saved_random[1]), saved_random[2]))
+    if "cuda" in state:
+        if torch.cuda.is_available() and torch.cuda.device_count() == len(state["cuda"]):
+            torch.cuda.set_rng_state_all(state["cuda"])
+        else:
+            warnings.warn("the saved CUDA RNG states are for another set of GPUs: they are not restored", stacklevel=3)
+    if "numpy" in state:
+        import numpy as np
+
+        saved = state["numpy"]
+        np.random.set_state(("MT19937", saved["key"].numpy().astype(np.uint32), saved["pos"], saved["has_gauss"],
+                             saved["cached_gaussian"]))
