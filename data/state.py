@@ -18,7 +18,8 @@ from typing import BinaryIO
 
 import torch
 
-__all__ = ["TEMP_SUFFIX", "atomic_write", "atomic_torch_save", "rng_state", "set_rng_state"]
+__all__ = ["TEMP_SUFFIX", "atomic_write", "atomic_torch_save", "rng_state", "set_rng_state", "seeded_generator",
+           "check_loader_state"]
 
 # Our temporary files are `.<final name>.<random>.cyclr-tmp`: recognisable, so a later write can clean up after a
 # process that was killed mid-write.
@@ -97,3 +98,22 @@ def set_rng_state(state: dict) -> None:
         saved = state["numpy"]
         np.random.set_state(("MT19937", saved["key"].numpy().astype(np.uint32), saved["pos"], saved["has_gauss"],
                              saved["cached_gaussian"]))
+
+
+def seeded_generator(seed: int) -> torch.Generator:
+    generator = torch.Generator()  # CPU: its state is portable and identical on every rank and machine
+    generator.manual_seed(seed)
+    return generator
+
+
+def check_loader_state(state: dict, owner: str) -> None:
+    """A loader's state_dict as InMemoryLoader and TorchLoader write it: a generator state and an epoch counter."""
+    if not isinstance(state, dict) or not {"generator", "epoch"} <= state.keys():
+        got = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(
+            f"{owner}.load_state_dict expects the dict returned by {owner}.state_dict() "
+            f"(keys 'generator' and 'epoch'), got {got}"
+        )
+    generator_state = state["generator"]
+    if not (isinstance(generator_state, torch.Tensor) and generator_state.dtype == torch.uint8):
+        raise TypeError(f"state['generator'] must be a torch.uint8 tensor (a generator state), got {generator_state!r}")

@@ -1,6 +1,7 @@
 """The packages install as `cyclr.learner`, `cyclr.callbacks`, `cyclr.data`: a user's own `learner.py`,
 `callbacks.py` and `data.py` beside their script never shadow them, in the editable install and in a built wheel."""
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -55,9 +56,14 @@ def test_editable_install_beside_user_modules(tmp_path):
 
 
 def test_built_wheel_beside_user_modules(tmp_path):
-    wheels = tmp_path / "wheels"
+    wheels, source = tmp_path / "wheels", tmp_path / "source"
+    # Built from a copy, so the build leaves nothing (build/, *.egg-info) in the repository.
+    for folder in ("learner", "callbacks", "data"):
+        shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels),
-                    str(REPO)], check=True, capture_output=True, timeout=300)
+                    str(source)], check=True, capture_output=True, timeout=300)
     (wheel,) = wheels.glob("cyclr-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "cyclr/learner/learner.py" in names and "cyclr/data/core.py" in names
