@@ -7,9 +7,28 @@ atomically, so `fit(..., resume=path)` continues from it exactly.
 from __future__ import annotations
 
 import os
+import string
 
 from ..data.checks import int_at_least
 from .training import Monitor
+
+PATH_FIELDS = ("epoch", "train_iter")
+
+
+def _check_path_template(path: str) -> bool:
+    """Whether `path` has format fields; refuses fields other than PATH_FIELDS and bad format specs now, not at the
+    end of the first epoch."""
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(path) if name is not None}
+        unknown = sorted(fields - set(PATH_FIELDS))
+        if not unknown:
+            path.format(epoch=0, train_iter=0)
+    except (ValueError, IndexError) as e:
+        raise ValueError(f"path {path!r} is not a valid format string ({e}); double literal braces as {{{{ }}}}") from e
+    if unknown:
+        raise ValueError(f"path {path!r} has format field(s) {unknown}; the fields it may use are "
+                         f"{', '.join('{' + f + '}' for f in PATH_FIELDS)}")
+    return bool(fields)
 
 
 class SaveModelCallback(Monitor):
@@ -17,8 +36,9 @@ class SaveModelCallback(Monitor):
 
     - default: at the end of each epoch where `monitor` improved by more than `min_delta`: `path` then holds the
       best epoch so far (`best_epoch`), and `load_best_at_end=True` loads its weights when the fit ends.
-    - `every_epoch=True`: at the end of every epoch. A `{epoch}` in `path` (e.g. 'ckpt_{epoch}.pt') keeps one file
-      per epoch; without it the file is replaced each time (atomically: a crash never leaves a broken file).
+    - `every_epoch=True`: at the end of every epoch. A `{epoch}` field in `path` (e.g. 'ckpt_{epoch}.pt' or
+      'ckpt_{epoch:03d}.pt'; also `{train_iter}`, the optimizer steps the checkpoint holds) keeps one file per epoch; without it
+      the file is replaced each time (atomically: a crash never leaves a broken file).
     - `every_n_batches=n` (with `every_epoch=True`): also after every n-th optimizer step, so a fit resumes
       mid-epoch. A checkpoint is only taken after a real step (never between the micro-batches of
       GradientAccumulation).
@@ -34,6 +54,7 @@ class SaveModelCallback(Monitor):
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
         self._init_monitor(monitor, mode, min_delta)
+        self._templated = _check_path_template(os.fspath(path))
         self.path, self.every_epoch, self.load_best_at_end = os.fspath(path), bool(every_epoch), load_best_at_end
         self.every_n_batches = None if every_n_batches is None else int_at_least("every_n_batches",
                                                                                   every_n_batches, 1)
@@ -47,8 +68,8 @@ class SaveModelCallback(Monitor):
         self.best_epoch: int | None = None
         self.last_saved: str | None = None
 
-    def _file(self, learn) -> str:
-        return self.path.format(epoch=learn.epoch) if "{epoch}" in self.path else self.path
+    def _file(self, learn, steps_done: int) -> str:
+        return self.path.format(epoch=learn.epoch, train_iter=steps_done) if self._templated else self.path
 
     def before_fit(self, learn):
         if not self.every_epoch:
@@ -61,7 +82,7 @@ class SaveModelCallback(Monitor):
         n = self.every_n_batches
         # learn.stepped: this batch took an optimizer step; learn.train_iter counts it only after after_batch.
         if n is not None and learn.training and learn.stepped and (learn.train_iter + 1) % n == 0:
-            self.last_saved = str(learn.save(self._file(learn)))
+            self.last_saved = str(learn.save(self._file(learn, learn.train_iter + 1)))
 
     def after_epoch(self, learn):
         if not self.every_epoch:
@@ -69,7 +90,7 @@ class SaveModelCallback(Monitor):
             if not self._improved(value):
                 return
             self.best, self.best_epoch = value, learn.epoch
-        self.last_saved = str(learn.save(self._file(learn)))
+        self.last_saved = str(learn.save(self._file(learn, learn.train_iter)))
 
     def after_fit(self, learn):
         if self.load_best_at_end and self.best_epoch is not None:

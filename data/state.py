@@ -8,8 +8,10 @@ nothing else of cyclr, so every layer can use it.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import random
+import stat
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -18,27 +20,34 @@ from typing import BinaryIO
 
 import torch
 
-__all__ = ["TEMP_SUFFIX", "atomic_write", "atomic_torch_save", "rng_state", "set_rng_state", "seeded_generator",
-           "check_loader_state"]
+__all__ = ["TEMP_SUFFIX", "atomic_write", "remove_stale_temp_files", "atomic_torch_save", "rng_state",
+           "set_rng_state", "seeded_generator", "check_loader_state"]
 
-# Our temporary files are `.<final name>.<random>.cyclr-tmp`: recognisable, so a later write can clean up after a
-# process that was killed mid-write.
+# Our temporary files are `.<final name>.<pid>.<random>.cyclr-tmp` beside the final file: recognisable, so the next
+# write of that file removes what a process killed mid-write left behind (only files of processes no longer alive:
+# another live process may be writing the same file).
 TEMP_SUFFIX = ".cyclr-tmp"
 
 
 def atomic_write(path, write: Callable[[BinaryIO], None]) -> Path:
     """Call `write(f)` on a temporary file beside `path`, then put it in place so that `path` holds either its old
     content or the complete new one, whatever happens: flush and fsync the file, rename it over `path` (atomic on
-    POSIX and Windows), then fsync the directory so the rename itself survives a power cut."""
+    POSIX and Windows), then fsync the directory so the rename itself survives a power cut.
+
+    The file gets the mode a plain `open(path, 'w')` would give it: an existing file's mode is kept, a new file
+    honours the umask."""
     path = Path(path)
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=directory)
+    remove_stale_temp_files(path)
+    mode = _mode_for(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, mode)  # mkstemp creates 0600 whatever the umask
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -46,6 +55,40 @@ def atomic_write(path, write: Callable[[BinaryIO], None]) -> Path:
         raise
     _fsync_directory(directory)
     return path
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)  # the only way to read the umask is to set it: put it back at once
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def remove_stale_temp_files(path) -> list[Path]:
+    """Remove the temporary files of `path` that processes no longer running left behind; returns them."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*{TEMP_SUFFIX}"):
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own leftovers: an exception between write and rename was cleaned up already
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def atomic_torch_save(obj, path) -> Path:

@@ -1,0 +1,92 @@
+"""Faults a user's worst day brings, each with its attack: a killed process mid-save, file modes, checkpoint paths
+with format specs."""
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from cyclr.callbacks import SaveModelCallback
+from cyclr.data.state import TEMP_SUFFIX, atomic_torch_save
+from cyclr.data.synthetic import synthetic_classification
+from cyclr.learner import Learner
+
+
+def make_learner(**kwargs):
+    torch.manual_seed(0)
+    dls = synthetic_classification(n_train=64, n_valid=32, n_features=4, n_classes=3, bs=16, seed=0)
+    return Learner(nn.Linear(4, 3), dls, nn.CrossEntropyLoss(), opt_func=torch.optim.SGD, lr=0.1, progress=False,
+                   **kwargs)
+
+
+KILLED_MID_WRITE = """
+import os, signal, sys
+from cyclr.data.state import atomic_write
+
+def write(f):
+    f.write(b"x" * 1_000_000)
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)  # the machine's worst moment: between the write and the rename
+
+atomic_write(sys.argv[1], write)
+"""
+
+
+def test_a_save_killed_mid_write_leaves_a_recognisable_temp_file_that_the_next_save_removes(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    learn = make_learner()
+    learn.save(path)
+    before = path.read_bytes()
+    done = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, str(path)], capture_output=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL
+    stale = [p for p in tmp_path.iterdir() if p.name.endswith(TEMP_SUFFIX)]
+    assert len(stale) == 1 and stale[0].name.startswith(".ckpt.pt.") and stale[0].stat().st_size == 1_000_000
+    assert path.read_bytes() == before  # the old checkpoint is intact
+    learn.fit(1)
+    learn.save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
+
+
+def test_a_live_writers_temp_file_is_left_alone(tmp_path):
+    # A temp file named for this test's parent process (alive) belongs to a writer that may still be at work.
+    alive = tmp_path / f".ckpt.pt.{os.getppid()}.abc{TEMP_SUFFIX}"
+    alive.write_bytes(b"partial")
+    atomic_torch_save({"a": 1}, tmp_path / "ckpt.pt")
+    assert alive.exists()
+
+
+def test_checkpoints_honour_the_umask_and_keep_an_existing_files_mode(tmp_path):
+    old = os.umask(0o027)
+    try:
+        path = make_learner().save(tmp_path / "new.pt")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640  # 0o666 & ~0o027, as open() would give
+        os.chmod(path, 0o604)
+        make_learner().save(path)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o604
+    finally:
+        os.umask(old)
+
+
+def test_save_model_callback_formats_the_path_with_its_format_spec(tmp_path):
+    learn = make_learner()
+    learn.fit(3, cbs=[SaveModelCallback(tmp_path / "ckpt_{epoch:03d}.pt", every_epoch=True)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_000.pt", "ckpt_001.pt", "ckpt_002.pt"]
+    steps = make_learner()
+    steps.fit(1, cbs=[SaveModelCallback(tmp_path / "s" / "step{train_iter:05d}.pt", every_epoch=True,
+                                        every_n_batches=2)])
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["step00002.pt", "step00004.pt"]  # 4 steps: saved after 2 and 4
+
+
+@pytest.mark.parametrize(("path", "match"), [
+    ("ckpt_{step}.pt", r"format field\(s\) \['step'\]; the fields it may use are \{epoch\}, \{train_iter\}"),
+    ("ckpt_{epoch:q}.pt", "is not a valid format string"),
+    ("ckpt_{.pt", "is not a valid format string"),
+])
+def test_save_model_callback_refuses_a_bad_path_template_when_created(path, match):
+    with pytest.raises(ValueError, match=match):
+        SaveModelCallback(path, every_epoch=True)
