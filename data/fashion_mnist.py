@@ -12,14 +12,17 @@ under `~/.cache`), keyed on the source files' paths, sizes and modification time
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import struct
+import warnings
+import zlib
 from pathlib import Path
 
 import torch
 
 from .core import DataLoaders
-from .sources import guarded_download, locate_data, read_disk_cache, write_disk_cache
+from .sources import disk_cache_path, guarded_download, locate_data, read_disk_cache, write_disk_cache
 
 __all__ = ["FASHION_MNIST_CLASSES", "fashion_mnist", "load_fashion_mnist", "clear_memory_cache"]
 
@@ -37,6 +40,14 @@ _FILES = {
     "y_test": "t10k-labels-idx1-ubyte",
 }
 _SHAPES = {"x_train": (60000, 28, 28), "y_train": (60000,), "x_test": (10000, 28, 28), "y_test": (10000,)}
+# The published MD5 sums of the uncompressed files (zalandoresearch/fashion-mnist): whatever the source (Debian's
+# package, torchvision's download, an uncompressed copy), the content must be these bytes.
+_MD5 = {
+    "x_train": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+    "y_train": "9018921c3c673c538a1fc5bad174d6f9",
+    "x_test": "8181f5470baa50b63fa0f6fddb340f0a",
+    "y_test": "15d484375f8d13e6eb1aabb0c3f46965",
+}
 _IDX_UBYTE = 0x08  # IDX type code for unsigned bytes
 
 _memory_cache: dict[str, dict[str, torch.Tensor]] = {}
@@ -61,11 +72,20 @@ def _find_files(directory: Path) -> dict[str, Path] | None:
     return None
 
 
-def _read_idx(path: Path) -> torch.Tensor:
-    """Decode an IDX file of unsigned bytes (the MNIST format: 2 zero bytes, type code, ndim, big-endian dims)."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+def _read_bytes(path: Path) -> bytes:
+    """The file's content, gunzipped when it ends in .gz; a corrupt archive is reported with its path."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError, zlib.error) as e:
+        raise ValueError(f"{path} cannot be read ({type(e).__name__}: {e}): the file is damaged; delete it and "
+                         "install or download it again") from e
+
+
+def _parse_idx(data: bytes, path: Path) -> torch.Tensor:
+    """Decode IDX bytes of unsigned bytes (the MNIST format: 2 zero bytes, type code, ndim, big-endian dims)."""
     if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != _IDX_UBYTE:
         raise ValueError(f"{path} is not an IDX file of unsigned bytes (bad magic number {data[:4].hex()})")
     ndim = data[3]
@@ -80,17 +100,41 @@ def _read_idx(path: Path) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=header, count=count).reshape(shape)
 
 
+def _read_idx(path: Path) -> torch.Tensor:
+    return _parse_idx(_read_bytes(path), path)
+
+
 def _decode(paths: dict[str, Path]) -> dict[str, torch.Tensor]:
     tensors = {}
     for key, path in paths.items():
-        tensor = _read_idx(path)
+        data = _read_bytes(path)
+        digest = hashlib.md5(data).hexdigest()
+        if digest != _MD5[key]:
+            raise ValueError(
+                f"{path}: its content's MD5 is {digest}, but Fashion-MNIST's {_FILES[key]} has {_MD5[key]}: the "
+                "file is damaged or holds other data; delete it and install (apt-get install --reinstall "
+                "dataset-fashion-mnist) or download it again"
+            )
+        tensors[key] = _parse_idx(data, path)
+    return _checked(tensors, where=lambda key: str(paths[key]))
+
+
+def _checked(tensors: dict[str, torch.Tensor], where) -> dict[str, torch.Tensor]:
+    """Shapes, dtypes and label range of the four tensors, whether fresh from the files or from the disk cache."""
+    if set(tensors) != set(_SHAPES):
+        raise ValueError(f"{where(None)}: expected the tensors {sorted(_SHAPES)}, got {sorted(tensors)}")
+    for key, tensor in tensors.items():
         if tuple(tensor.shape) != _SHAPES[key]:
-            raise ValueError(f"{path}: expected shape {_SHAPES[key]} for Fashion-MNIST, got {tuple(tensor.shape)}")
+            raise ValueError(f"{where(key)}: expected shape {_SHAPES[key]} for Fashion-MNIST, got "
+                             f"{tuple(tensor.shape)}")
         if key.startswith("y"):
-            if int(tensor.max()) > 9:
-                raise ValueError(f"{path}: labels must be in 0..9, found {int(tensor.max())}")
-            tensor = tensor.long()
-        tensors[key] = tensor
+            if tensor.dtype == torch.uint8:
+                tensor = tensors[key] = tensor.long()
+            if tensor.dtype != torch.int64 or int(tensor.min()) < 0 or int(tensor.max()) > 9:
+                raise ValueError(f"{where(key)}: labels must be int64 in 0..9, found {tensor.dtype} in "
+                                 f"[{int(tensor.min())}, {int(tensor.max())}]")
+        elif tensor.dtype != torch.uint8:
+            raise ValueError(f"{where(key)}: images must be uint8, got {tensor.dtype}")
     return tensors
 
 
@@ -129,6 +173,12 @@ def _load(root=None, download: bool = True) -> dict[str, torch.Tensor]:
     tensors = _memory_cache.get(key)
     if tensors is None:
         tensors = read_disk_cache(key, "fashion_mnist")
+        if tensors is not None:
+            try:  # checked as a fresh decode is: a cache written by another version or edited by hand
+                tensors = _checked(tensors, where=lambda _: f"the cache {disk_cache_path('fashion_mnist')}")
+            except ValueError as e:
+                warnings.warn(f"{e}: decoding the source files again", stacklevel=3)
+                tensors = None
         if tensors is None:
             tensors = _decode(paths)
             write_disk_cache(key, tensors, "fashion_mnist")

@@ -4,9 +4,11 @@ and one on-disk cache of decoded tensors (`$XDG_CACHE_HOME/cyclr/<name>.pt`), wr
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import threading
+import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -14,7 +16,8 @@ import torch
 
 from .state import atomic_torch_save
 
-__all__ = ["DOWNLOAD_TIMEOUT_S", "cache_dir", "disk_cache_path", "read_disk_cache", "write_disk_cache",
+__all__ = ["DOWNLOAD_TIMEOUT_S", "cache_dir", "disk_cache_path", "tensors_digest", "read_disk_cache",
+           "write_disk_cache",
            "check_reachable", "guarded_download", "locate_data"]
 
 DOWNLOAD_TIMEOUT_S = 15.0  # per socket operation; DNS lookups get their own bound in check_reachable
@@ -29,8 +32,19 @@ def disk_cache_path(name: str) -> Path:
     return cache_dir() / f"{name}.pt"
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of `tensors`: what a cache stores to recognise damage."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def read_disk_cache(key: str, name: str) -> dict[str, torch.Tensor] | None:
-    """The tensors saved under `name` if they were saved with the same `key` (else None: decode again)."""
+    """The tensors saved under `name` if they were saved with the same `key` and are intact (else None: decode
+    again). A file whose tensors do not match the checksum stored with them is reported and ignored."""
     path = disk_cache_path(name)
     if not path.is_file():
         return None
@@ -40,13 +54,19 @@ def read_disk_cache(key: str, name: str) -> dict[str, torch.Tensor] | None:
         return None
     if not isinstance(saved, dict) or saved.get("key") != key:
         return None
-    return {field: value for field, value in saved.items() if field != "key"}
+    tensors = {field: value for field, value in saved.items() if field not in ("key", "sha256")}
+    if not all(isinstance(t, torch.Tensor) for t in tensors.values()) or saved.get("sha256") != tensors_digest(tensors):
+        warnings.warn(f"the cache {path} is damaged (its tensors do not match their checksum): decoding the source "
+                      "files again", stacklevel=3)
+        return None
+    return tensors
 
 
 def write_disk_cache(key: str, tensors: dict[str, torch.Tensor], name: str) -> None:
     path = disk_cache_path(name)
     try:
-        atomic_torch_save({"key": key, **tensors}, path)  # a reader never sees half a file
+        # Written atomically: a reader never sees half a file.
+        atomic_torch_save({"key": key, "sha256": tensors_digest(tensors), **tensors}, path)
     except OSError:
         pass  # a read-only home is no reason to fail: the data were decoded, only the next load is slower
 

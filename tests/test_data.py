@@ -408,13 +408,45 @@ def test_fashion_mnist_torchvision_layout_and_stale_cache(isolated_cache):
     x_train, y_train, x_test, y_test = load_fashion_mnist(root=isolated_cache / "data")
     assert x_train.shape == (60000, 28, 28) and torch.equal(torch.bincount(y_test), torch.full((10,), 1000))
 
-    # Changing a source file changes the cache key: the stale cache is not used.
+    # Changing a source file changes the cache key, so the stale cache is not used; and the changed file no longer
+    # has Fashion-MNIST's published MD5: refused, naming the file.
     uncompressed = raw / "t10k-labels-idx1-ubyte"
     content = bytearray(uncompressed.read_bytes())
     content[8] = (content[8] + 1) % 10  # relabel the first test image
     uncompressed.write_bytes(bytes(content))
     os.utime(uncompressed, ns=(time.time_ns(), time.time_ns() + 10**9))
-    assert load_fashion_mnist(root=isolated_cache / "data")[3][0] == (y_test[0] + 1) % 10
+    fm.clear_memory_cache()
+    expected = r"t10k-labels-idx1-ubyte: its content's MD5 is [0-9a-f]{32}, but Fashion-MNIST's t10k-labels-idx1-ubyte "
+    with pytest.raises(ValueError, match=expected + "has 15d484375f8d13e6eb1aabb0c3f46965"):
+        load_fashion_mnist(root=isolated_cache / "data")
+
+
+def test_a_damaged_disk_cache_is_detected_and_decoded_again(isolated_cache):
+    require_fashion_mnist()
+    fm.clear_memory_cache()
+    reference = load_fashion_mnist()  # decodes and writes the (isolated) disk cache
+    cache = isolated_cache / "cache" / "cyclr" / "fashion_mnist.pt"
+    saved = torch.load(cache, weights_only=True)
+    for damage in ("flip a label", "drop training images"):
+        bad = dict(saved)
+        if damage == "flip a label":
+            bad["y_test"] = saved["y_test"].clone()
+            bad["y_test"][0] = (bad["y_test"][0] + 1) % 10
+        else:
+            bad["x_train"], bad["y_train"] = saved["x_train"][:100].clone(), saved["y_train"][:100].clone()
+            bad["sha256"] = sources.tensors_digest({k: v for k, v in bad.items() if k not in ("key", "sha256")})
+        torch.save(bad, cache)
+        fm.clear_memory_cache()
+        with pytest.warns(UserWarning, match="damaged|expected shape"):
+            again = load_fashion_mnist()
+        assert all(torch.equal(a, b) for a, b in zip(again, reference, strict=True)), damage
+
+
+def test_a_corrupt_gzip_source_is_reported_with_its_path(tmp_path):
+    broken = tmp_path / "train-images-idx3-ubyte.gz"
+    broken.write_bytes(gzip.compress(b"\x00\x00\x08\x03" + bytes(100))[:-12])  # truncated archive
+    with pytest.raises(ValueError, match=f"{broken} cannot be read .*damaged"):
+        fm._read_idx(broken)
 
 
 def write_idx(path, magic_type, dims, payload):
