@@ -1,8 +1,15 @@
-"""Progress bars (fastprogress) and the epoch table: HTML in notebooks, plain lines in terminals."""
+"""Progress bars (fastprogress) and the epoch table: HTML in notebooks, plain lines in terminals; in notebooks a live
+graph of the losses and the learning rate under the bar.
+
+In a notebook each fit leaves exactly one output of its own: the table (its bars removed at the end), and with the
+graph one figure. The master bar's display is opened by its first `update`, never beforehand, so no empty bar is
+left behind."""
 
 from __future__ import annotations
 
+import functools
 import math
+import shutil
 import sys
 
 from .core import Callback
@@ -25,15 +32,19 @@ class ProgressCallback(Callback):
     """A master bar over epochs, a child bar over the batches of each phase, and the epoch table underneath.
 
     `show_table=False` keeps the bars without the table; `learn.no_bar()` removes the whole callback for a block.
+    `show_graph` (notebooks only; never in terminals, nor for an LR-finder sweep) redraws train and valid loss, and
+    the lr on a second axis, under the bar after each epoch: one figure per fit.
     """
 
     order = 60
 
-    def __init__(self, show_table: bool = True, show_bars: bool | None = None):
+    def __init__(self, show_table: bool = True, show_bars: bool | None = None, show_graph: bool = True):
         self.show_table = show_table
         self.show_bars = show_bars
+        self.show_graph = show_graph
         self.master = None
         self.child = None
+        self._graph = False
 
     def _bars_wanted(self) -> bool:
         # In a log file (CI, `> out.txt`) a redrawn bar becomes one endless line: keep only the table there.
@@ -45,14 +56,20 @@ class ProgressCallback(Callback):
 
     def before_fit(self, learn):
         # Imported here so `import learner` stays fast for users who never show a bar.
-        from fastprogress.fastprogress import master_bar
+        from fastprogress.fastprogress import IN_NOTEBOOK
+
+        from .lr_finder import LRFinderCallback
 
         self._header_written = False
         self.bars = self._bars_wanted()
         if not self.bars:
             return
-        self.master = master_bar(range(learn.n_epoch))
-        self.master.on_iter_begin()
+        # Not started here: the first update() opens the bar's display (starting it here too left an empty one).
+        self.master = _master_bar(range(learn.n_epoch))
+        sweep = any(isinstance(cb, LRFinderCallback) for cb in learn.cbs)
+        self._graph = self.show_graph and IN_NOTEBOOK and not sweep
+        if self._graph:
+            self.master.names = ["train_loss", "valid_loss"]
 
     def before_epoch(self, learn):
         if self.master is not None:
@@ -75,6 +92,8 @@ class ProgressCallback(Callback):
         self._end_child()
 
     def after_epoch(self, learn):
+        if self._graph and self.master is not None:
+            self._draw_graph(learn)  # after the Recorder (50), which has turned the epoch's losses into rows
         if not self.show_table:
             return
         row = learn.recorder.epoch_rows[-1]
@@ -98,17 +117,36 @@ class ProgressCallback(Callback):
         # Also reached after an exception or KeyboardInterrupt: leave no half-drawn bar behind.
         self._close()
 
-    def _start_child(self, learn):
-        from fastprogress.fastprogress import progress_bar
+    def _draw_graph(self, learn):
+        recorder = learn.recorder
+        rows = [r for r in recorder.batch_rows if r["fit"] == recorder.fit_index]
+        epochs = [r for r in recorder.epoch_rows if r["fit"] == recorder.fit_index]
+        if not rows:
+            return
+        steps = [r["train_iter"] for r in rows]
+        per_epoch = learn.n_train_iters / max(learn.n_epoch, 1)
+        valid = [((r["epoch"] + 1) * per_epoch - 1, r["valid_loss"]) for r in epochs if not math.isnan(r["valid_loss"])]
+        graphs = [(steps, [r["loss"] for r in rows]), ([v[0] for v in valid], [v[1] for v in valid])]
+        self.master.update_graph(graphs, x_bounds=(0, max(learn.n_train_iters - 1, 1)))
+        ax = self.master.graph_ax
+        if not hasattr(self, "_lr_ax") or self._lr_ax.figure is not ax.figure:
+            self._lr_ax = ax.twinx()
+        self._lr_ax.clear()
+        self._lr_ax.plot(steps, [r["lr"] for r in rows], color="tab:green", alpha=0.6, label="lr")
+        self._lr_ax.set_ylabel("lr")
+        self._lr_ax.legend(loc="upper center")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("loss")
+        self.master.graph_out.update(ax.figure)  # once more, now with the lr
 
+    def _start_child(self, learn):
         if not getattr(self, "bars", self._bars_wanted()):
             return
         if self.master is None:  # validate() outside fit: a bar of its own
-            self.child = progress_bar(range(len(learn.dl)), leave=False)
+            self.child = _progress_bar(range(len(learn.dl)), leave=False)
         else:
-            self.child = progress_bar(range(len(learn.dl)), parent=self.master, leave=False)
-        self.child.on_iter_begin()
-        self.child.update(0)
+            self.child = self.master.pcls(range(len(learn.dl)), parent=self.master, leave=False)
+        self.child.update(0)  # opens its display: starting it before as well left a second, empty bar
 
     def _end_child(self):
         if self.child is not None:
@@ -118,5 +156,66 @@ class ProgressCallback(Callback):
     def _close(self):
         self._end_child()
         if self.master is not None:
-            self.master.on_iter_end()
-            self.master = None
+            master, self.master = self.master, None
+            master.on_iter_end()  # in a notebook: the bars give way to the table
+            figure = getattr(master, "graph_fig", None)
+            if figure is not None:
+                import matplotlib.pyplot as plt
+
+                plt.close(figure)  # its last state is in the output already; closed, the cell shows it only once
+
+
+def _master_bar(gen):
+    from fastprogress.fastprogress import IN_NOTEBOOK, NBMasterBar
+
+    return NBMasterBar(gen) if IN_NOTEBOOK else _console_master_bar(gen)
+
+
+def _progress_bar(gen, **kwargs):
+    from fastprogress.fastprogress import IN_NOTEBOOK, NBProgressBar
+
+    return NBProgressBar(gen, **kwargs) if IN_NOTEBOOK else _console_bar_class()(gen, **kwargs)
+
+
+@functools.cache
+def _console_bar_class():
+    """fastprogress's terminal bar, without the fill character its constructor prints to probe the terminal's
+    encoding (that character stayed on screen, before the first bar); the encoding is asked instead."""
+    from fastprogress.fastprogress import MAX_COLS, ConsoleProgressBar, ProgressBar
+
+    class ConsoleBar(ConsoleProgressBar):
+        def __init__(self, gen, total=None, display=True, leave=True, parent=None, master=None, txt_len=60):
+            self.cols = min(shutil.get_terminal_size((100, 40)).columns, MAX_COLS)
+            self.length, self.max_len, self.prefix = self.cols - txt_len, 0, ""
+            self.fill = self.fill if _encodes(self.fill) else "X"
+            ProgressBar.__init__(self, gen, total, display, leave, parent, master)
+
+    return ConsoleBar
+
+
+def _console_master_bar(gen):
+    return _console_master_class()(gen)
+
+
+@functools.cache
+def _console_master_class():
+    from fastprogress.fastprogress import ConsoleMasterBar, MasterBar
+
+    bar_class = _console_bar_class()
+
+    class ConsoleMaster(ConsoleMasterBar):
+        pcls = bar_class
+
+        def __init__(self, gen):
+            MasterBar.__init__(self, gen, bar_class)  # its main bar a ConsoleBar too: no probe character
+            self.total_time = False
+
+    return ConsoleMaster
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode(getattr(sys.stdout, "encoding", None) or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True

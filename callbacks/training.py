@@ -19,6 +19,7 @@ Every callback here keeps its state in `state_dict()` (plain values), so a resum
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 import warnings
@@ -107,8 +108,9 @@ class EarlyStoppingCallback(Monitor):
         self.wait += 1
         if self.wait >= self.patience:
             self.stopped_epoch = learn.epoch
-            print(f"EarlyStoppingCallback: no improvement of {self.monitor} for {self.wait} epochs "
-                  f"(best {self.best:.6g} at epoch {self.best_epoch}); stopping after epoch {learn.epoch}")
+            logging.getLogger("cyclr").info(
+                "EarlyStoppingCallback: no improvement of %s for %d epochs (best %.6g at epoch %s); stopping after "
+                "epoch %d", self.monitor, self.wait, self.best, self.best_epoch, learn.epoch)
 
     def state_dict(self) -> dict:
         return {"best": self.best, "wait": self.wait, "best_epoch": self.best_epoch,
@@ -176,8 +178,9 @@ class ReduceLROnPlateau(Monitor):
         if self.wait >= self.patience:
             self.scale *= self.factor
             self.wait = 0
-            print(f"ReduceLROnPlateau: {self.monitor} has not improved for {self.patience} epochs "
-                  f"(best {self.best:.6g}); learning rates now x{self.scale:.3g} of the schedule")
+            logging.getLogger("cyclr").info(
+                f"ReduceLROnPlateau: {self.monitor} has not improved for {self.patience} epochs (best "
+                f"{self.best:.6g}); learning rates now x{self.scale:.3g} of the schedule")
 
     def state_dict(self) -> dict:
         return {"best": self.best, "wait": self.wait, "scale": self.scale}

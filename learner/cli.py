@@ -1,4 +1,9 @@
-"""The `cyclr` command line: `cyclr demo` (and the reproductions)."""
+"""The `cyclr` command line: `cyclr demo` (and the reproductions). `cyclr --help` and `cyclr <command> --help` show
+every option with its default; `cyclr --version`.
+
+Exit status: 0 done; 1 an error the message explains (missing data set, a bad value found once running, a missing
+optional package); 2 a bad command line (argparse: unknown option, a value out of range, no CUDA for --device
+cuda), before anything runs; 130 interrupted with Ctrl-C."""
 
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ def demo(args) -> int:
     import torch
 
     from ..data.fashion_mnist import fashion_mnist
-    from . import Learner, accuracy, lenet
+    from . import Learner, accuracy, lenet, sgd
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)  # on a busy 2-core machine, 1 thread trains LeNet several times faster
@@ -31,7 +36,7 @@ def demo(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dls = fashion_mnist(bs=args.bs, seed=args.seed, n_train=args.n_train, n_valid=args.n_valid)
-    learn = Learner(lenet(), dls, torch.nn.CrossEntropyLoss(), metrics=[accuracy])
+    learn = Learner(lenet(), dls, torch.nn.CrossEntropyLoss(), opt_func=sgd, metrics=[accuracy], device=args.device)
 
     finder = learn.lr_find(num_it=args.num_it)  # leaves the model, optimizer and RNGs as they were
     if args.max_lr is not None:
@@ -105,57 +110,143 @@ def reproduce(args) -> int:
         if args.epoch_scale is not None or args.setup != "auto" or args.model != "lenet_bn":
             raise SystemExit("--epoch-scale, --setup and --model are options of `cyclr reproduce blog`")
         epochs = args.epochs if args.epochs is not None else rep.D2L_EPOCHS
-        result = rep.run_d2l(out, seeds=args.seeds, epochs=epochs, quick=args.quick, command=command)
+        result = rep.run_d2l(out, seeds=args.seeds, epochs=epochs, quick=args.quick, device=args.device,
+                             command=command)
     else:
         if args.epochs is not None:
             raise SystemExit("--epochs is an option of `cyclr reproduce d2l`; the blog's runs scale their cyc_len "
                              "with --epoch-scale")
         result = rep.run_blog(out, seeds=args.seeds, epoch_scale=args.epoch_scale, quick=args.quick,
-                              setup=args.setup, cpu_model=args.model, command=command)
+                              setup=args.setup, cpu_model=args.model, device=args.device, command=command)
     table = out / f"{args.experiment}_table.md"
     print(table.read_text())
     print(f"CSV results, PNG plots and {table.name} written to {result['out'].resolve()}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cyclr", description="See and control your learning rate.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
-    p = sub.add_parser("demo", help="LeNet on the real Fashion-MNIST: lr_find, then fit_one_cycle at the valley "
-                                    "suggestion, with plots and histories written out")
-    p.add_argument("--epochs", type=int, default=3, help="length of the one cycle, in epochs")
-    p.add_argument("--max-lr", type=float, default=None,
-                   help="peak learning rate of the cycle (default: the LR finder's valley suggestion)")
-    p.add_argument("--num-it", type=int, default=100, help="iterations of the LR finder's sweep")
-    p.add_argument("--bs", type=int, default=128, help="batch size per process (under torchrun: x the processes)")
-    p.add_argument("--n-train", type=int, default=None, help="use only the first N training images (quick runs)")
-    p.add_argument("--n-valid", type=int, default=None, help="use only the first N test images (quick runs)")
-    p.add_argument("--seed", type=int, default=0)
+    try:
+        return version("cyclr")
+    except PackageNotFoundError:  # run from a clone that was never installed
+        return "unknown (not installed)"
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
+def _device(text: str) -> str:
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, TypeError):
+        raise argparse.ArgumentTypeError(f"expected a device like cpu, cuda, cuda:1 or mps, got {text!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: torch sees no CUDA device on this machine; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                                         f"numbered from 0")
+    return text
+
+
+def _add_device(p) -> None:
+    p.add_argument("--device", type=_device, default=None,
+                   help="where to train: cpu, cuda, cuda:1, mps; None: the GPU when there is one, else the CPU")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Every --help shows every option's default (ArgumentDefaultsHelpFormatter).
+    formatter = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="cyclr", description="See and control your learning rate.",
+                                     formatter_class=formatter,
+                                     epilog="exit status: 0 done, 1 an error (the message says what to change), "
+                                            "2 a bad command line, 130 interrupted (Ctrl-C)")
+    parser.add_argument("--version", action="version", version=f"cyclr {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,reproduce}")
+
+    p = sub.add_parser("demo", formatter_class=formatter,
+                       help="LeNet on the real Fashion-MNIST: lr_find, then fit_one_cycle at the valley "
+                            "suggestion, with plots and histories written out",
+                       description="LeNet on the real Fashion-MNIST: lr_find, then fit_one_cycle at the valley "
+                                   "suggestion (or --max-lr), with plots and histories written to --out")
+    p.add_argument("--epochs", type=_int_at_least(1), default=3, help="length of the one cycle, in epochs")
+    p.add_argument("--max-lr", type=_positive_float, default=None,
+                   help="peak learning rate of the cycle; None: the LR finder's valley suggestion")
+    p.add_argument("--num-it", type=_int_at_least(2), default=100, help="iterations of the LR finder's sweep")
+    p.add_argument("--bs", type=_int_at_least(1), default=128,
+                   help="batch size per process (under torchrun: x the processes)")
+    p.add_argument("--n-train", type=_int_at_least(1), default=None,
+                   help="use only the first N training images (quick runs); None: all 60000")
+    p.add_argument("--n-valid", type=_int_at_least(1), default=None,
+                   help="use only the first N test images (quick runs); None: all 10000")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the shuffling")
     p.add_argument("--out", default="runs/demo", help="output folder (created)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--threads", type=_int_at_least(1), default=None,
+                   help="torch.set_num_threads; None: torch's choice")
+    _add_device(p)
     p.set_defaults(func=demo)
 
-    p = sub.add_parser("reproduce", help="re-run the d2l chapter's schedules or the blog's one-cycle experiments")
-    p.add_argument("experiment", choices=["d2l", "blog"])
+    p = sub.add_parser("reproduce", formatter_class=formatter,
+                       help="re-run the d2l chapter's schedules or the blog's one-cycle experiments",
+                       description="re-run the d2l chapter's schedules or the blog's one-cycle experiments; CSV "
+                                   "results, plots and a markdown table go to --out")
+    p.add_argument("experiment", choices=["d2l", "blog"], help="which experiments")
     p.add_argument("--quick", action="store_true", help="a small data subset and a few epochs: a smoke test")
-    p.add_argument("--out", default=None, help="output folder (created; default runs/<experiment>[_quick])")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--epochs", type=int, default=None, help="d2l: epochs per run (default 30, the book's)")
-    p.add_argument("--epoch-scale", type=float, default=None,
-                   help="blog: epochs = cyc_len x this (default 0.2 on the CPU, 1 with --setup gpu)")
+    p.add_argument("--out", default=None, help="output folder (created); None: runs/<experiment>[_quick]")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="one run per seed")
+    p.add_argument("--epochs", type=_int_at_least(1), default=None,
+                   help="d2l: epochs per run; None: 30, the book's")
+    p.add_argument("--epoch-scale", type=_positive_float, default=None,
+                   help="blog: epochs = cyc_len x this; None: 0.2 on the CPU, 1 with --setup gpu")
     p.add_argument("--setup", choices=["auto", "cpu", "gpu"], default="auto",
                    help="blog: gpu = ResNet-56 on CIFAR-10, cpu = LeNet on Fashion-MNIST; auto picks gpu with CUDA")
     p.add_argument("--model", choices=["lenet_bn", "lenet"], default="lenet_bn",
-                   help="blog, cpu setup: LeNet with batch norm (default) or plain LeNet")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+                   help="blog, cpu setup: LeNet with batch norm or plain LeNet")
+    p.add_argument("--threads", type=_int_at_least(1), default=None,
+                   help="torch.set_num_threads; None: torch's choice")
+    _add_device(p)
     p.set_defaults(func=reproduce)
     return parser
 
 
+# Errors a user can act on: their message says what to change. Anything else is a bug, shown with its traceback.
+_USER_ERRORS = (ValueError, TypeError, FileNotFoundError, PermissionError, ImportError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; return its exit status (0 done, 1 an error whose message says what to change, 2 a bad command
+    line, from argparse, 130 interrupted)."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"cyclr {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except _USER_ERRORS as e:
+        print(f"cyclr {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ SaveModelCallback, MixedPrecision; and a KeyboardInterrupt during fit or lr_find
 
 import copy
 import csv
+import logging
 import math
 
 import pytest
@@ -26,7 +27,7 @@ from cyclr.callbacks.training import (
 )
 from cyclr.data import DataLoaders
 from cyclr.data.synthetic import synthetic_classification
-from cyclr.learner import Learner, accuracy
+from cyclr.learner import Learner, accuracy, sgd
 from cyclr.learner.checkpoint import read_checkpoint
 
 BATCHES = 6  # training batches per epoch of make_learner's data
@@ -37,6 +38,7 @@ def make_learner(cbs=(), bs=8, **kwargs):
     dls = synthetic_classification(n_train=48, n_valid=16, bs=bs, seed=0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
     kwargs.setdefault("progress", False)
+    kwargs.setdefault("opt_func", sgd)
     return Learner(model, dls, nn.CrossEntropyLoss(), lr=0.1, metrics=[accuracy], cbs=list(cbs), device="cpu",
                    **kwargs)
 
@@ -98,16 +100,17 @@ def same(a, b):
     # never two epochs in a row without improvement: runs to the end
     ([1.0, 1.1, 0.9, 1.0, 0.8, 0.85], {"patience": 2}, 6, 4),
 ])
-def test_early_stopping(values, kwargs, epochs_run, best_epoch, capsys):
+def test_early_stopping(values, kwargs, epochs_run, best_epoch, caplog):
     stop = EarlyStoppingCallback(**kwargs)
     learn = make_learner()
-    learn.fit(6, cbs=[Script(values, kwargs.get("monitor", "valid_loss")), stop])
+    with caplog.at_level(logging.INFO, logger="cyclr"):
+        learn.fit(6, cbs=[Script(values, kwargs.get("monitor", "valid_loss")), stop])
     assert len(learn.recorder.epoch_rows) == epochs_run
     assert learn.train_iter == epochs_run * BATCHES
     assert stop.best_epoch == best_epoch
     assert stop.stopped_epoch == (epochs_run - 1 if epochs_run < 6 else None)
     if epochs_run < 6:
-        assert f"stopping after epoch {epochs_run - 1}" in capsys.readouterr().out
+        assert f"stopping after epoch {epochs_run - 1}" in caplog.text
 
 
 def test_a_monitor_that_is_not_recorded_is_refused_before_any_step():
@@ -221,7 +224,7 @@ def test_gradient_clip_by_hand(max_norm, expected):
     nn.init.zeros_(model.weight)
     dls = DataLoaders.from_tensors(torch.tensor([[3.0, 4.0]]), torch.tensor([[1.0]]), bs=1)
     clip = GradientClip(max_norm)
-    learn = Learner(model, dls, nn.MSELoss(), lr=1.0, device="cpu", progress=False, cbs=[clip])
+    learn = Learner(model, dls, nn.MSELoss(), opt_func=sgd, lr=1.0, device="cpu", progress=False, cbs=[clip])
     learn.fit(1)
     assert clip.last_norm.item() == 10.0
     assert model.weight.detach().flatten().tolist() == pytest.approx(expected, rel=1e-6)  # torch adds 1e-6 to norm
@@ -237,7 +240,7 @@ def accumulation_pair(n_batches, big_bs):
         torch.manual_seed(1)
         model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
         learners.append(Learner(model, DataLoaders.from_tensors(x, y, bs=bs, shuffle=False), nn.CrossEntropyLoss(),
-                                lr=0.1, cbs=cbs, device="cpu", progress=False))
+                                opt_func=sgd, lr=0.1, cbs=cbs, device="cpu", progress=False))
     return learners
 
 
