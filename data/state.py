@@ -8,9 +8,11 @@ nothing else of cyclr, so every layer can use it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import os
 import random
+import shutil
 import stat
 import tempfile
 import warnings
@@ -49,12 +51,24 @@ def atomic_write(path, write: Callable[[BinaryIO], None]) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, mode)  # mkstemp creates 0600 whatever the umask
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if _out_of_space(e):
+            free = shutil.disk_usage(directory).free
+            raise OSError(errno.ENOSPC, f"no space left at {directory} to write {path.name} ({free:,} bytes free); "
+                                        f"the previous {path.name}, if any, is intact: free some space and save "
+                                        "again") from e
         raise
     _fsync_directory(directory)
     return path
+
+
+def _out_of_space(error: BaseException) -> bool:
+    # torch.save reports a failed write to a file object as "unexpected pos", losing the OSError behind it.
+    if isinstance(error, OSError):
+        return error.errno == errno.ENOSPC
+    return isinstance(error, RuntimeError) and "unexpected pos" in str(error)
 
 
 def _mode_for(path: Path) -> int:

@@ -1,11 +1,13 @@
 """Faults a user's worst day brings, each with its attack: a killed process mid-save, file modes, checkpoint paths
 with format specs."""
 
+import errno
 import os
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -90,3 +92,18 @@ def test_save_model_callback_formats_the_path_with_its_format_spec(tmp_path):
 def test_save_model_callback_refuses_a_bad_path_template_when_created(path, match):
     with pytest.raises(ValueError, match=match):
         SaveModelCallback(path, every_epoch=True)
+
+
+def test_a_full_disk_says_no_space_left_and_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    path = make_learner().save(tmp_path / "ckpt.pt")
+    before = path.read_bytes()
+
+    def temp_file_on_a_full_disk(**kwargs):  # writes fail with ENOSPC, as they do on a full disk
+        return os.open("/dev/full", os.O_WRONLY), str(tmp_path / f".ckpt.pt.{os.getpid()}.x{TEMP_SUFFIX}")
+
+    monkeypatch.setattr(tempfile, "mkstemp", temp_file_on_a_full_disk)
+    with pytest.raises(OSError, match=f"no space left at {tmp_path} to write ckpt.pt .*the previous ckpt.pt, if any, "
+                                      "is intact") as caught:
+        make_learner().save(path)
+    assert caught.value.errno == errno.ENOSPC
+    assert path.read_bytes() == before
