@@ -6,6 +6,7 @@ atomically, so `fit(..., resume=path)` continues from it exactly.
 
 from __future__ import annotations
 
+import math
 import os
 import string
 
@@ -37,8 +38,9 @@ class SaveModelCallback(Monitor):
     - default: at the end of each epoch where `monitor` improved by more than `min_delta`: `path` then holds the
       best epoch so far (`best_epoch`), and `load_best_at_end=True` loads its weights when the fit ends.
     - `every_epoch=True`: at the end of every epoch. A `{epoch}` field in `path` (e.g. 'ckpt_{epoch}.pt' or
-      'ckpt_{epoch:03d}.pt'; also `{train_iter}`, the optimizer steps the checkpoint holds) keeps one file per epoch; without it
-      the file is replaced each time (atomically: a crash never leaves a broken file).
+      'ckpt_{epoch:03d}.pt'; also `{train_iter}`, the optimizer steps the checkpoint holds) keeps one file per
+      epoch; without it the file is replaced each time (atomically: a crash never leaves a broken file).
+    - a `monitor` value that is NaN or infinite is warned about, naming the epoch, and never counts as the best.
     - `every_n_batches=n` (with `every_epoch=True`): also after every n-th optimizer step, so a fit resumes
       mid-epoch. A checkpoint is only taken after a real step (never between the micro-batches of
       GradientAccumulation).
@@ -87,6 +89,9 @@ class SaveModelCallback(Monitor):
     def after_epoch(self, learn):
         if not self.every_epoch:
             value = self._current(learn)
+            if not math.isfinite(value):
+                self._warn_not_finite(learn, value, f"no checkpoint is written for it (the best stays epoch "
+                                                    f"{self.best_epoch}); EarlyStoppingCallback stops such a fit")
             if not self._improved(value):
                 return
             self.best, self.best_epoch = value, learn.epoch

@@ -29,6 +29,7 @@ import torch
 from ..data.checks import int_at_least, non_negative, positive, real
 from .core import Callback, CancelBatchException, CancelFitException
 from .hypers import set_group_hyper
+from .mixed_precision import MixedPrecision
 from .recorder import metric_name
 
 MODES = ("auto", "min", "max")
@@ -65,6 +66,10 @@ class Monitor(Callback):
     def _current(self, learn) -> float:
         return learn.recorder.epoch_rows[-1][self.monitor]
 
+    def _warn_not_finite(self, learn, value: float, consequence: str) -> None:
+        warnings.warn(f"{self.name}: {self.monitor} is {value} at epoch {learn.epoch}; {consequence}",
+                      RuntimeWarning, stacklevel=3)
+
     def _improved(self, value: float) -> bool:
         # A NaN never improves (both comparisons are False).
         if self.mode == "min":
@@ -76,7 +81,9 @@ class Monitor(Callback):
 
 
 class EarlyStoppingCallback(Monitor):
-    """Stop the fit when `monitor` has not improved by more than `min_delta` for `patience` epochs in a row.
+    """Stop the fit when `monitor` has not improved by more than `min_delta` for `patience` epochs in a row, or
+    (with `check_finite=True`, the default, as Lightning's) as soon as it is NaN or infinite, with a warning naming
+    the epoch.
 
     The decision is taken in after_epoch and carried out at the start of the next epoch, so the epoch that decided
     is complete (recorded, logged, checkpointed with the decision in it) and a resumed fit stops where the
@@ -85,9 +92,11 @@ class EarlyStoppingCallback(Monitor):
 
     order = 55
 
-    def __init__(self, monitor: str = "valid_loss", min_delta: float = 0.0, patience: int = 1, mode: str = "auto"):
+    def __init__(self, monitor: str = "valid_loss", min_delta: float = 0.0, patience: int = 1, mode: str = "auto",
+                 check_finite: bool = True):
         self._init_monitor(monitor, mode, min_delta)
         self.patience = int_at_least("patience", patience, 1)
+        self.check_finite = bool(check_finite)
         self.wait, self.best_epoch, self.stopped_epoch = 0, None, None
 
     def before_fit(self, learn):
@@ -102,6 +111,13 @@ class EarlyStoppingCallback(Monitor):
 
     def after_epoch(self, learn):
         value = self._current(learn)
+        if not math.isfinite(value):
+            if self.check_finite:
+                self.stopped_epoch = learn.epoch
+                self._warn_not_finite(learn, value, f"stopping after this epoch (best {self.best:.6g} at epoch "
+                                                    f"{self.best_epoch}); pass check_finite=False to go on")
+                return
+            self._warn_not_finite(learn, value, "it counts as no improvement (check_finite=False)")
         if self._improved(value):
             self.best, self.best_epoch, self.wait = value, learn.epoch, 0
             return
@@ -190,8 +206,13 @@ class ReduceLROnPlateau(Monitor):
 
 
 class TerminateOnNaNCallback(Callback):
-    """Stop the fit at the first training batch whose loss is NaN or infinite, before its step, so the weights stay
-    those of the last good step. A learner has one by default.
+    """Stop the fit at the first training batch whose loss or gradients are NaN or infinite, before its step, so the
+    weights stay those of the last good step. A learner has one by default.
+
+    Gradients are tested with one fused pass (the largest absolute gradient) in before_step, combined on the device
+    with the loss's test, so there is still a single host read per batch; `check_grads=False` tests the loss only
+    (on CUDA the read then waits for the forward pass alone). Under float16 MixedPrecision the gradients are left to
+    its GradScaler, which skips the steps whose scaled gradients overflow.
 
     The loss is tested on the device in after_loss and the answer read on the host in before_step. On the CPU that
     costs nothing. On CUDA the answer is copied to pinned host memory without blocking and the host waits, in
@@ -206,19 +227,26 @@ class TerminateOnNaNCallback(Callback):
     # after_loss only computes the test: the LR finder (20) still stops its sweep at a non-finite loss itself.
     order = 2
 
-    def __init__(self):
+    def __init__(self, check_grads: bool = True):
+        self.check_grads = bool(check_grads)
         self.stopped_at: tuple[int, int, int] | None = None
         self._finite = self._copied = None
         self._pinned: torch.Tensor | None = None
+        self._grads_checked = self.check_grads
 
     def before_fit(self, learn):
         self.stopped_at = None
+        # float16 loss scaling expects overflowing gradients now and then: its GradScaler skips those steps itself.
+        scaled = any(isinstance(cb, MixedPrecision) and cb.dtype is torch.float16 for cb in learn.cbs)
+        self._grads_checked = self.check_grads and not scaled
 
     def after_loss(self, learn):
         if not learn.training:
             return
         finite = torch.isfinite(learn.loss.detach()).all()
-        if finite.device.type == "cuda":
+        if self._grads_checked:
+            self._finite, self._copied = finite, None  # read with the gradients' test in before_step, in one go
+        elif finite.device.type == "cuda":
             if self._pinned is None:
                 self._pinned = torch.empty((), dtype=torch.bool, pin_memory=True)
             self._pinned.copy_(finite, non_blocking=True)
@@ -231,7 +259,14 @@ class TerminateOnNaNCallback(Callback):
     def before_step(self, learn):
         if self._copied is not None:
             self._copied.synchronize()  # waits for the forward pass and the copy, not for the backward pass
-        finite = bool(self._finite)
+        finite_loss = self._finite
+        if self._grads_checked:
+            grads = [p.grad for g in learn.opt.param_groups for p in g["params"] if p.grad is not None]
+            if grads:
+                # One fused pass: the largest |gradient| is NaN or infinite exactly when some gradient is.
+                largest = torch.nn.utils.get_total_norm(grads, norm_type=math.inf)
+                finite_loss = finite_loss & torch.isfinite(largest)
+        finite = bool(finite_loss)  # the one host read per batch
         if getattr(learn, "is_distributed", False):
             # Every process must stop at the same batch, or the others wait forever in the next collective.
             bad = learn.all_reduce_sum(torch.tensor(0.0 if finite else 1.0, device=learn.device))
@@ -239,11 +274,13 @@ class TerminateOnNaNCallback(Callback):
         if finite:
             return
         self.stopped_at = (learn.epoch, learn.iter, learn.train_iter)
+        loss = learn.loss.detach().float().flatten()[0].item()
+        what = (f"the training loss is {loss}" if not math.isfinite(loss) else
+                f"the training loss is finite ({loss:.6g}) but a gradient is NaN or infinite")
         warnings.warn(
-            f"the training loss is {learn.loss.detach().float().flatten()[0].item()} at epoch {learn.epoch}, batch "
-            f"{learn.iter} (optimizer step {learn.train_iter}): the fit stopped before this batch's step, so the "
-            "weights are those of the last step with a finite loss. Try a lower learning rate, gradient clipping "
-            "(GradientClip) or check the data of this batch.",
+            f"{what} at epoch {learn.epoch}, batch {learn.iter} (optimizer step {learn.train_iter}): the fit stopped "
+            "before this batch's step, so the weights are those of the last step with finite loss and gradients. "
+            "Try a lower learning rate, gradient clipping (GradientClip) or check the data of this batch.",
             RuntimeWarning,
             stacklevel=2,
         )

@@ -2,6 +2,7 @@
 with format specs."""
 
 import errno
+import math
 import os
 import signal
 import stat
@@ -13,7 +14,13 @@ import pytest
 import torch
 from torch import nn
 
-from cyclr.callbacks import SaveModelCallback
+from cyclr.callbacks import (
+    Callback,
+    CancelFitException,
+    EarlyStoppingCallback,
+    SaveModelCallback,
+    TerminateOnNaNCallback,
+)
 from cyclr.data.state import TEMP_SUFFIX, atomic_torch_save
 from cyclr.data.synthetic import synthetic_classification
 from cyclr.learner import Learner
@@ -107,3 +114,71 @@ def test_a_full_disk_says_no_space_left_and_keeps_the_old_checkpoint(tmp_path, m
         make_learner().save(path)
     assert caught.value.errno == errno.ENOSPC
     assert path.read_bytes() == before
+
+
+class NaNGradientAt(Callback):
+    """A finite loss whose gradient is NaN: the backward pass of a NaN-producing op the loss does not see."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def before_step(self, learn):
+        if learn.train_iter == self.step:
+            next(learn.model.parameters()).grad[0, 0] = math.nan
+
+    order = 1  # before TerminateOnNaN (2) reads the gradients
+
+
+def test_a_nan_gradient_with_a_finite_loss_stops_before_the_step_keeping_the_last_good_weights():
+    learn = make_learner()
+    learn.fit(1, cbs=[StopAt(2)])  # reference: the weights after steps 0 and 1
+    good = [p.detach().clone() for p in learn.model.parameters()]
+    learn = make_learner()
+    with pytest.warns(RuntimeWarning, match=r"the training loss is finite \(.*\) but a gradient is NaN or infinite "
+                                            r"at epoch 0, batch 2 \(optimizer step 2\).*last step with finite loss "
+                                            "and gradients"):
+        learn.fit(1, cbs=[NaNGradientAt(2)])
+    (guard,) = [cb for cb in learn.cbs if isinstance(cb, TerminateOnNaNCallback)]
+    assert guard.stopped_at == (0, 2, 2)
+    assert all(torch.equal(a, b) for a, b in zip(learn.model.parameters(), good, strict=True))
+
+
+class StopAt(Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def before_batch(self, learn):
+        if learn.training and learn.train_iter == self.step:
+            raise CancelFitException()
+
+
+class ValidLossNaNFrom(Callback):
+    order = 52  # after the Recorder's row, before the monitors read it
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def after_epoch(self, learn):
+        if learn.epoch >= self.epoch:
+            learn.recorder.epoch_rows[-1]["valid_loss"] = math.nan
+
+
+def test_a_nan_validation_loss_is_warned_about_and_early_stopping_stops(tmp_path):
+    learn = make_learner()
+    stop, save = EarlyStoppingCallback(patience=3), SaveModelCallback(tmp_path / "best.pt")
+    with pytest.warns(RuntimeWarning) as caught:
+        learn.fit(5, cbs=[ValidLossNaNFrom(1), stop, save])
+    messages = [str(w.message) for w in caught]
+    assert any("SaveModelCallback: valid_loss is nan at epoch 1; no checkpoint is written for it (the best stays "
+               "epoch 0)" in m for m in messages)
+    assert any("EarlyStoppingCallback: valid_loss is nan at epoch 1; stopping after this epoch (best" in m and
+               "at epoch 0)" in m for m in messages)
+    assert stop.stopped_epoch == 1 and len(learn.recorder.epoch_rows) == 2 and save.best_epoch == 0
+
+
+def test_check_finite_false_lets_the_fit_go_on_through_nan_epochs():
+    learn = make_learner()
+    stop = EarlyStoppingCallback(patience=2, check_finite=False)
+    with pytest.warns(RuntimeWarning, match="counts as no improvement"):
+        learn.fit(5, cbs=[ValidLossNaNFrom(1), stop])
+    assert stop.stopped_epoch == 2 and stop.best_epoch == 0  # patience ran out after two NaN epochs
