@@ -15,6 +15,7 @@ tensor operations that run wherever the data lives, GPU included.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tarfile
 import warnings
@@ -39,6 +40,8 @@ __all__ = [
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SHARED_TARBALL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpg.tar.gz"
 TARBALL_NAME = "cifar10-jpg.tar.gz"
+# SHA-256 of the JPEG edition in ../shared/data (recorded 2026-12-01): a damaged or replaced copy is refused.
+TARBALL_SHA256 = "58c58e3af3ec7ed2054f439f35ad3c83dc1ab019f4af6037f60612ea098c8fa1"
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 _memory_cache: dict[str, dict[str, torch.Tensor]] = {}
@@ -149,6 +152,8 @@ def load_image_folder(source) -> dict[str, torch.Tensor]:
             if where is not None and path.is_file():
                 items.append((*where, path.read_bytes()))
     else:
+        if source.name == TARBALL_NAME:
+            _check_tarball(source)
         with tarfile.open(source) as archive:
             for member in archive:  # streamed in archive order: one pass over the compressed file
                 where = _split_image_path(member.name)
@@ -157,6 +162,17 @@ def load_image_folder(source) -> dict[str, torch.Tensor]:
     x_train, y_train = _decode_images(items, "train")
     x_test, y_test = _decode_images(items, "test")
     return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+
+
+def _check_tarball(path: Path) -> None:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != TARBALL_SHA256:
+        raise ValueError(f"{path}: its SHA-256 is {digest.hexdigest()}, but the CIFAR-10 JPEG edition has "
+                         f"{TARBALL_SHA256}: the file is damaged or another archive; copy it again, or rename an "
+                         "archive of your own")
 
 
 def _load_torchvision_batches(directory: Path) -> dict[str, torch.Tensor]:

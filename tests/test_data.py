@@ -546,12 +546,24 @@ def test_cifar_image_folder_and_its_tarball_decode_exactly(isolated_cifar_cache)
     assert torch.equal(y_train, torch.tensor([label for _, label in originals["train"]]))
     assert torch.equal(y_test, torch.arange(10))
 
-    tarball = isolated_cifar_cache / "cifar10-jpg.tar.gz"
+    tarball = isolated_cifar_cache / "mini-cifar.tar.gz"  # an archive of one's own: no known checksum
     with tarfile.open(tarball, "w:gz") as archive:
         archive.add(folder / "train", arcname="train")
         archive.add(folder / "test", arcname="test")
     from_tar = cifar.load_cifar10(root=tarball, download=False)
     assert all(torch.equal(a, b) for a, b in zip(from_tar, (x_train, y_train, x_test, y_test), strict=True))
+
+
+def test_a_damaged_copy_of_the_cifar_jpeg_edition_is_refused(isolated_cifar_cache):
+    if not cifar.SHARED_TARBALL.is_file():
+        pytest.fail(f"the CIFAR-10 JPEG edition is missing at {cifar.SHARED_TARBALL} (../shared/data)")
+    copy = isolated_cifar_cache / cifar.TARBALL_NAME
+    content = bytearray(cifar.SHARED_TARBALL.read_bytes())
+    content[len(content) // 2] ^= 0x01  # one flipped bit
+    copy.write_bytes(bytes(content))
+    with pytest.raises(ValueError, match=f"{copy}: its SHA-256 is [0-9a-f]{{64}}, but the CIFAR-10 JPEG edition has "
+                                         f"{cifar.TARBALL_SHA256}: the file is damaged"):
+        cifar.load_cifar10(root=copy, download=False)
 
 
 def test_jpeg_batch_decoder_matches_pil():
