@@ -1,6 +1,7 @@
 """cyclr's callbacks: events, cancellation, the Recorder, progress bars, schedules and the LR finder."""
 
 from .checkpoint import SaveModelCallback
+from .compare import compare_runs, stack_runs
 from .core import (
     EVENTS,
     Callback,
@@ -10,10 +11,11 @@ from .core import (
     CancelTrainException,
     CancelValidException,
 )
+from .loggers import MLflowCallback, TensorBoardCallback
 from .mixed_precision import MixedPrecision
 from .progress import ProgressCallback
 from .recorder import Recorder
-from .scheduler import CyclicLRCallback, OneCycleCallback, ParamScheduler, SGDRCallback
+from .scheduler import CyclicLRCallback, FlatCosCallback, OneCycleCallback, ParamScheduler, SGDRCallback
 from .training import (
     CSVLogger,
     EarlyStoppingCallback,
@@ -26,7 +28,8 @@ from .training import (
 __all__ = [
     "EVENTS", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException",
     "CancelTrainException", "CancelValidException", "ProgressCallback", "Recorder",
-    "ParamScheduler", "OneCycleCallback", "SGDRCallback", "CyclicLRCallback",
+    "ParamScheduler", "OneCycleCallback", "SGDRCallback", "CyclicLRCallback", "FlatCosCallback", "compare_runs",
+    "stack_runs",
     "SaveModelCallback", "EarlyStoppingCallback", "ReduceLROnPlateau", "TerminateOnNaNCallback", "GradientClip",
-    "GradientAccumulation", "CSVLogger", "MixedPrecision",
+    "GradientAccumulation", "CSVLogger", "MixedPrecision", "TensorBoardCallback", "MLflowCallback",
 ]

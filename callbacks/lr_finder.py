@@ -22,7 +22,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..data.checks import positive
+from ..data.checks import in_unit_interval, positive
 from .core import Callback, CancelFitException, CancelValidException
 from .hypers import set_group_hyper
 from .lr_result import LRFinderPlots, LRFinderResult, LRFinderSweep
@@ -87,9 +87,11 @@ class LRFinderCallback(Callback):
     """Sweeps the learning rate from `start_lr` to `end_lr` over `num_it` training batches and records the loss of
     each; see the module docstring. Attach it to a fit with enough epochs for `num_it` batches (`run_lr_find` does).
 
-    Every parameter group's rate is its rate at the start of the fit times a common factor, so discriminative
-    ratios survive; `lrs` are the rates of the group with the largest rate. The fit stops at a non-finite loss
-    (always) and, with `stop_div`, when the smoothed loss exceeds `div_factor` times its minimum.
+    Every trainable parameter group's rate is its rate at the start of the fit times a common factor, so
+    discriminative ratios survive; `lrs` are the rates of the trainable group with the largest rate. Frozen groups
+    (the first `learn.frozen_idx`, and any whose parameters all have requires_grad False) keep their rate. The fit
+    stops at a non-finite loss (always) and, with `stop_div`, when the smoothed loss exceeds `div_factor` times its
+    minimum.
     """
 
     # After the schedulers (ParamScheduler: 10), so the sweep's rate is the one used; before the Recorder (50),
@@ -113,7 +115,7 @@ class LRFinderCallback(Callback):
         self.losses: list[float] = []
         self.smooth_losses: list[float] = []
         self.stop_reason = "not run"
-        self.reference_group, self.group_ratios = 0, [1.0]
+        self.reference_group, self.group_ratios, self.swept_groups = 0, [1.0], [0]
         self._smoother = SmoothedValue(self.beta)
         self._best = math.inf
 
@@ -123,10 +125,14 @@ class LRFinderCallback(Callback):
 
     def before_fit(self, learn) -> None:
         self._reset()
-        base = [g["lr"] for g in learn.opt.param_groups]
-        # The largest rate is the reference (the last of equal ones, as the Recorder's `lr` column is the last
+        groups = learn.opt.param_groups
+        base = [g["lr"] for g in groups]
+        frozen_idx = getattr(learn, "frozen_idx", 0)  # set by Learner.freeze_to; absent on other learners
+        self.swept_groups = [i for i, g in enumerate(groups)
+                             if i >= frozen_idx and any(p.requires_grad for p in g["params"])] or list(range(len(base)))
+        # The largest swept rate is the reference (the last of equal ones, as the Recorder's `lr` column is the last
         # group's); a group at rate 0 stays at 0.
-        self.reference_group = max(range(len(base)), key=lambda i: (base[i], i))
+        self.reference_group = max(self.swept_groups, key=lambda i: (base[i], i))
         top = base[self.reference_group]
         self.group_ratios = [b / top for b in base] if top > 0 else [1.0] * len(base)
         self.stop_reason = f"fit ended after fewer than num_it={self.num_it} batches"
@@ -135,8 +141,9 @@ class LRFinderCallback(Callback):
         if not learn.training:
             return
         lr = self.lr_at(min(learn.train_iter, self.num_it - 1))
-        for group, ratio in zip(learn.opt.param_groups, self.group_ratios, strict=True):
-            set_group_hyper(group, "lr", lr * ratio)
+        groups = learn.opt.param_groups
+        for i in self.swept_groups:
+            set_group_hyper(groups[i], "lr", lr * self.group_ratios[i])
 
     def after_loss(self, learn) -> None:
         # Non-finite losses are caught here, per batch (micro-batch under gradient accumulation), before any
@@ -182,7 +189,7 @@ class LRFinderCallback(Callback):
     def before_validate(self, learn) -> None:
         raise CancelValidException()
 
-    def result(self, suggest_funcs: Iterable[str] = LR_FIND.suggest_funcs, wd=None) -> LRFinderResult:
+    def result(self, suggest_funcs: Iterable[str] = LR_FIND.suggest_funcs, wd=None, mom=None) -> LRFinderResult:
         if not self.lrs:
             hint = ("; the loss of the first batch, before any step, is already not finite: check the data, the model "
                     "and the loss function" if "non-finite" in self.stop_reason else "")
@@ -190,7 +197,7 @@ class LRFinderCallback(Callback):
         suggestions = suggest(self.lrs, self.losses, suggest_funcs, self.group_ratios)
         return LRFinderResult(self.lrs, self.losses, self.smooth_losses, suggestions, self.stop_reason,
                               self.reference_group, self.group_ratios, wd, self.start_lr, self.end_lr, self.num_it,
-                              self.step_mode)
+                              self.step_mode, mom=mom, swept_groups=self.swept_groups)
 
     def state_dict(self) -> dict:
         return {"start_lr": self.start_lr, "end_lr": self.end_lr, "num_it": self.num_it, "step_mode": self.step_mode,
@@ -215,15 +222,42 @@ def _check_wds(wds) -> list[float] | None:
     return wds
 
 
+def _check_moms(moms) -> list[float] | None:
+    if moms is None:
+        return None
+    if isinstance(moms, (int, float)) and not isinstance(moms, bool):
+        raise TypeError(f"moms must be a list of momentums like [0.95, 0.9, 0.85], got the number {moms!r}")
+    moms = list(moms)
+    if not moms:
+        raise ValueError("moms is empty; give at least one momentum, e.g. moms=[0.95, 0.9, 0.85]")
+    for i, mom in enumerate(moms):
+        in_unit_interval(f"moms[{i}]", mom)
+    if len(set(moms)) != len(moms):
+        raise ValueError(f"moms has repeated values {moms}; give each momentum once")
+    return moms
+
+
+def _sweep_settings(wds, moms) -> tuple[tuple[str, ...], list[tuple]]:
+    """The names swept and, per curve, (key, wd, mom): the key is the one value swept, or the (wd, mom) pair."""
+    if wds is not None and moms is not None:
+        return ("wd", "mom"), [((wd, mom), wd, mom) for wd in wds for mom in moms]
+    if moms is not None:
+        return ("mom",), [(mom, None, mom) for mom in moms]
+    if wds is not None:
+        return ("wd",), [(wd, wd, None) for wd in wds]
+    return (), [(None, None, None)]
+
+
 def run_lr_find(learn, start_lr: float = LR_FIND.start_lr, end_lr: float = LR_FIND.end_lr,
                 num_it: int = LR_FIND.num_it, step_mode: str = LR_FIND.step_mode, stop_div: bool = LR_FIND.stop_div,
                 wds=None, suggest_funcs=LR_FIND.suggest_funcs,
-                snapshot_memory_limit: int = LR_FIND.snapshot_memory_limit, show_plot: bool = False):
+                snapshot_memory_limit: int = LR_FIND.snapshot_memory_limit, show_plot: bool = False, moms=None):
     """Run the LR finder on `learn` (see `Learner.lr_find`); return an `LRFinderResult`, or an `LRFinderSweep`
-    when `wds` is given. Whatever happens, the learner is left as it was found."""
+    when `wds` and/or `moms` are given (one curve per value, or per (wd, mom) pair, each from the same starting
+    state). Whatever happens, the learner is left as it was found."""
     check_sweep(start_lr, end_lr, num_it, step_mode, stop_div)
     names = check_suggestion_names(suggest_funcs)
-    wds = _check_wds(wds)
+    swept, settings = _sweep_settings(_check_wds(wds), _check_moms(moms))
     n_batches = len(learn.dls.train)
     if n_batches == 0:
         raise ValueError("the training loader is empty: the LR finder needs training batches")
@@ -238,12 +272,15 @@ def run_lr_find(learn, start_lr: float = LR_FIND.start_lr, end_lr: float = LR_FI
     try:
         if progress is not None:
             progress.show_table = False  # an epoch table of a sweep, without validation, says nothing
-        for k, wd in enumerate(wds if wds is not None else [None]):
+        for k, (key, wd, mom) in enumerate(settings):
             if k:
                 snapshot.restore(learn)  # every curve starts from the same state
+            if mom is not None:
+                # An optimizer without momentum raises here, before the first step (the snapshot puts all back).
+                learn.set_hyper("mom", mom)
             finder = LRFinderCallback(start_lr, end_lr, num_it, step_mode, stop_div)
             learn.fit(n_epoch, wd=wd, cbs=[finder])
-            curves[wd] = finder.result(names, wd=wd)
+            curves[key] = finder.result(names, wd=wd, mom=mom)
     finally:
         try:
             snapshot.restore(learn)
@@ -251,7 +288,7 @@ def run_lr_find(learn, start_lr: float = LR_FIND.start_lr, end_lr: float = LR_FI
                 progress.show_table = show_table
         finally:
             snapshot.discard()
-    result = curves[None] if wds is None else LRFinderSweep(curves)
+    result = LRFinderSweep(curves, swept) if swept else curves[None]
     if show_plot:
         _show(result.plot())
     return result

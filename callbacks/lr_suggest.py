@@ -46,21 +46,23 @@ class Suggestion:
         return f"{self.name}: {self.lr:.3g} ({self.reason})"
 
 
-def centred_smooth(losses: Sequence[float], half_width: int | None = None) -> list[float]:
+def centred_smooth(losses: Sequence[float], half_width: int | None = None, cap: bool = True) -> list[float]:
     """A smoothing without lag: the running median over +-`half_width` points (default: a 50th of the curve), with
-    the blow-up at the end capped at the highest level before the minimum, then the running mean over the same
-    window. The EMA of `smooth_losses` lags by up to 1/(1 - beta) = 50 iterations, which on a 100-iteration sweep
-    moves its minimum a decade or more to the right of where the loss really bottoms out; suggestions read off
-    this curve instead."""
+    the blow-up at the end capped at the highest level before the minimum (`cap=False` keeps it: what the plots
+    draw), then the running mean over the same window. The EMA of `smooth_losses` lags by up to 1/(1 - beta) = 50
+    iterations, which on a 100-iteration sweep moves its minimum a decade or more to the right of where the loss
+    really bottoms out; suggestions read off this curve instead."""
     losses = [float(v) for v in losses]
     n = len(losses)
     if n == 0:
         return []
     h = max(1, n // 50) if half_width is None else half_width
     medians = [statistics.median(losses[max(0, i - h):i + h + 1]) for i in range(n)]
-    cap = max(medians[:medians.index(min(medians)) + 1])
-    capped = [min(v, cap) for v in medians]
-    return [statistics.fmean(capped[max(0, i - h):i + h + 1]) for i in range(n)]
+    if cap:
+        # Capped so that a huge blow-up cannot drag the mean window around the minimum up.
+        top = max(medians[:medians.index(min(medians)) + 1])
+        medians = [min(v, top) for v in medians]
+    return [statistics.fmean(medians[max(0, i - h):i + h + 1]) for i in range(n)]
 
 
 class _Curve:

@@ -1,17 +1,31 @@
 """The Recorder's plots, as plain functions of a `Recorder` (its methods `plot_loss`, `plot_metrics`, `plot_sched`
-and `plot_lr_find` call these): each reads only the recorded history and returns the matplotlib Figure."""
+and `plot_lr_find` call these): each reads only the recorded history, draws on the `ax` (one panel) or `axs` (several)
+it is given, or on a new figure, and returns the matplotlib Figure, so several plots compose on one figure."""
 
 from __future__ import annotations
 
 import math
 
 
-def plot_loss(recorder, skip_start: int = 0, with_valid: bool = True):
+def panel_axes(axs, n: int, figsize):
+    """`n` axes: those given (any sequence or array of at least n), or a new row of them."""
+    import matplotlib.pyplot as plt
+
+    if axs is None:
+        fig, grid = plt.subplots(1, n, figsize=figsize, squeeze=False)
+        return fig, list(grid[0])
+    flat = list(getattr(axs, "flat", axs))
+    if len(flat) < n:
+        raise ValueError(f"axs must hold at least {n} axes (one per panel), got {len(flat)}")
+    return flat[0].figure, flat[:n]
+
+
+def plot_loss(recorder, skip_start: int = 0, with_valid: bool = True, ax=None):
     """Training loss per batch (raw and smoothed) of the last fit, with the validation loss at each epoch end."""
     import matplotlib.pyplot as plt
 
     rows = recorder.last_fit_rows()[skip_start:]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 4))
     its = [r["train_iter"] for r in rows]
     ax.plot(its, [r["loss"] for r in rows], alpha=0.3, label="train (batch)")
     ax.plot(its, [r["smooth_loss"] for r in rows], label="train (smoothed)")
@@ -26,15 +40,13 @@ def plot_loss(recorder, skip_start: int = 0, with_valid: bool = True):
     return fig
 
 
-def plot_metrics(recorder):
-    """Train/valid loss and every metric per epoch, across all fits (one panel each)."""
-    import matplotlib.pyplot as plt
-
+def plot_metrics(recorder, axs=None):
+    """Train/valid loss and every metric per epoch, across all fits (one panel each: `axs` needs one per panel)."""
     df = recorder.to_df("epochs")
     names = ["loss"] + [c for c in df.columns if c not in ("fit", "epoch", "time", "train_loss", "valid_loss")]
-    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.5), squeeze=False)
+    fig, axes = panel_axes(axs, len(names), (4.5 * len(names), 3.5))
     x = range(1, len(df) + 1)
-    for ax, name in zip(axes[0], names, strict=True):
+    for ax, name in zip(axes, names, strict=True):
         if name == "loss":
             ax.plot(x, df["train_loss"], "o-", label="train_loss")
             ax.plot(x, df["valid_loss"], "o-", label="valid_loss")
@@ -43,15 +55,15 @@ def plot_metrics(recorder):
             ax.plot(x, df[name], "o-")
         ax.set_title(name)
         ax.set_xlabel("epoch")
-    fig.tight_layout()
+    if axs is None:
+        fig.tight_layout()
     return fig
 
 
-def plot_sched(recorder):
-    """Learning rate and momentum of every parameter group against iteration, as recorded in the last fit."""
-    import matplotlib.pyplot as plt
-
-    fig, (ax_lr, ax_mom) = plt.subplots(1, 2, figsize=(10, 3.5))
+def plot_sched(recorder, axs=None):
+    """Learning rate and momentum of every parameter group against iteration, as recorded in the last fit (`axs`:
+    a pair of axes)."""
+    fig, (ax_lr, ax_mom) = panel_axes(axs, 2, (10, 3.5))
     for name, ax in (("lr", ax_lr), ("mom", ax_mom)):
         series = recorder.group_values(name)
         for i, values in enumerate(series):
@@ -60,13 +72,15 @@ def plot_sched(recorder):
         ax.set_xlabel("iteration")
         if len(series) > 1:
             ax.legend()
-    fig.tight_layout()
+    if axs is None:
+        fig.tight_layout()
     return fig
 
 
-def plot_lr_find(recorder, **kwargs):
-    """The last `learn.lr_find()` curve: loss against lr on a log axis, suggestions marked (one curve per weight
-    decay after `lr_find(wds=...)`). Keyword arguments go to the result's `plot`."""
+def plot_lr_find(recorder, ax=None, **kwargs):
+    """The last `learn.lr_find()` curve: loss against lr on a log axis, suggestions marked (one curve per setting
+    after `lr_find(wds=..., moms=...)`). `ax` and the other keyword arguments (`skip_start`, `skip_end`, ...) go to
+    the result's `plot`."""
     if recorder.lr_find_result is None:
         raise RuntimeError("no LR-finder result to plot: run learn.lr_find() first")
-    return recorder.lr_find_result.plot(**kwargs)
+    return recorder.lr_find_result.plot(ax=ax, **kwargs)

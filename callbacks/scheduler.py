@@ -10,7 +10,8 @@ to run and writes the value into the optimizer through `learn.set_hyper`:
 
 A value may be one callable for every parameter group, or a list with one callable per group (discriminative
 learning rates). Any callable works; the schedule objects of `callbacks.schedules` also save and plot themselves.
-`OneCycleCallback`, `SGDRCallback` and `CyclicLRCallback` are ParamSchedulers with their schedules built for you.
+`OneCycleCallback`, `FlatCosCallback`, `SGDRCallback` and `CyclicLRCallback` are ParamSchedulers with their
+schedules built for you.
 """
 
 from __future__ import annotations
@@ -23,7 +24,18 @@ from collections.abc import Callable, Sequence
 from ..data.checks import in_unit_interval, int_at_least, non_negative, positive
 from .core import Callback
 from .hypers import has_hyper
-from .schedules import CYCLICAL, ONE_CYCLE, SGDR_DEFAULTS, OneCycle, Schedule, cyclical, schedule_from_state, sgdr
+from .schedules import (
+    CYCLICAL,
+    FLAT_COS,
+    ONE_CYCLE,
+    SGDR_DEFAULTS,
+    OneCycle,
+    Schedule,
+    cyclical,
+    flat_cos,
+    schedule_from_state,
+    sgdr,
+)
 
 UNITS = ("pct", "batch", "epoch")
 
@@ -254,26 +266,24 @@ class OneCycleCallback(_PerGroupScheduler):
     """Smith's one-cycle policy (fastai v1's fit_one_cycle, on fastai v2's clock): see `callbacks.schedules.OneCycle`.
 
     `max_lr` may be a number, a list (one per parameter group) or `slice(lo, hi)`. `moms=None`, or an optimizer
-    without momentum, schedules no momentum.
+    without momentum, schedules no momentum. `anneal_strategy` ('cos' or 'linear') and `three_phase` have torch
+    OneCycleLR's meaning.
     """
 
-    def __init__(
-        self,
-        max_lr,
-        div_factor: float = ONE_CYCLE.div_factor,
-        pct_start: float = ONE_CYCLE.pct_start,
-        final_div: float | None = ONE_CYCLE.final_div,
-        moms: Sequence[float] | None = ONE_CYCLE.moms,
-    ):
+    def __init__(self, max_lr, div_factor: float = ONE_CYCLE.div_factor, pct_start: float = ONE_CYCLE.pct_start,
+                 final_div: float | None = ONE_CYCLE.final_div, moms: Sequence[float] | None = ONE_CYCLE.moms,
+                 anneal_strategy: str = ONE_CYCLE.anneal_strategy, three_phase: bool = ONE_CYCLE.three_phase):
         _check_lr_spec("max_lr", max_lr)
         self.max_lr, self.div_factor, self.pct_start, self.final_div, self.moms = (
             max_lr, div_factor, pct_start, final_div, moms)
+        self.anneal_strategy, self.three_phase = anneal_strategy, three_phase
         # The schedule of the last (or only) group: validates every other argument now, and is what `plot` shows.
         self.one_cycle = self._cycle(self._lrs(max_lr, None))
         super().__init__(self._make_scheds(None), unit="pct")
 
     def _cycle(self, lr: float) -> OneCycle:
-        return OneCycle(lr, self.div_factor, self.pct_start, self.final_div, self.moms)
+        return OneCycle(lr, self.div_factor, self.pct_start, self.final_div, self.moms, self.anneal_strategy,
+                        self.three_phase)
 
     def _make_scheds(self, n_groups):
         lrs = self._lrs(self.max_lr, n_groups)
@@ -282,9 +292,28 @@ class OneCycleCallback(_PerGroupScheduler):
             scheds["mom"] = self.one_cycle.mom
         return scheds
 
-    def plot(self, n: int = 100):
-        """The last group's lr and momentum, at pct i/n."""
-        return self.one_cycle.plot(n)
+    def plot(self, n: int = 100, ax=None):
+        """The last group's lr and momentum, at pct i/n; `ax` may be a pair of axes. Returns the Figure."""
+        return self.one_cycle.plot(n, ax=ax)
+
+
+class FlatCosCallback(_PerGroupScheduler):
+    """fastai's `fit_flat_cos`: each group's rate flat for `pct_start` of training, then half a cosine down to
+    `lr / div_final` (see `callbacks.schedules.flat_cos`). `lr` may be a number, a list or `slice(lo, hi)`."""
+
+    def __init__(self, lr, pct_start: float = FLAT_COS.pct_start, div_final: float = FLAT_COS.div_final):
+        _check_lr_spec("lr", lr)
+        self.lr, self.pct_start, self.div_final = lr, pct_start, div_final
+        self.flat_cos = flat_cos(self._lrs(lr, None, "lr"), pct_start, div_final)  # validates the rest now
+        super().__init__(self._make_scheds(None), unit="pct")
+
+    def _make_scheds(self, n_groups):
+        lrs = self._lrs(self.lr, n_groups, "lr")
+        make = lambda lr: flat_cos(lr, self.pct_start, self.div_final)  # noqa: E731
+        return {"lr": [make(lr) for lr in lrs] if isinstance(lrs, list) else make(lrs)}
+
+    def plot(self, n: int = 100, ax=None):
+        return self.flat_cos.plot(n, ax=ax)
 
 
 class SGDRCallback(_PerGroupScheduler):
@@ -316,51 +345,47 @@ class SGDRCallback(_PerGroupScheduler):
             )
         super().before_fit(learn)
 
-    def plot(self, n: int = 100):
-        return self.sgdr.plot(n)
+    def plot(self, n: int = 100, ax=None):
+        return self.sgdr.plot(n, ax=ax)
 
 
 class CyclicLRCallback(_PerGroupScheduler):
     """Smith's cyclical learning rates per batch ('triangular', 'triangular2', 'exp_range'), as torch's CyclicLR.
 
     With `cycle_momentum`, momentum cycles inversely between max_momentum and base_momentum; an optimizer without
-    momentum then gets a warning and no momentum schedule. `base_lr` and `max_lr` may be per group.
+    momentum then gets a warning and no momentum schedule. `base_lr`, `max_lr`, `base_momentum` and `max_momentum`
+    may be lists, one per group (or `slice` for the rates). `step_size_down` (default: `step_size`, torch's
+    `step_size_up`) makes the cycles asymmetric.
     """
 
-    def __init__(
-        self,
-        base_lr,
-        max_lr,
-        step_size: int,
-        mode: str = CYCLICAL.mode,
-        gamma: float = CYCLICAL.gamma,
-        cycle_momentum: bool = True,
-        base_momentum: float = CYCLICAL.base_momentum,
-        max_momentum: float = CYCLICAL.max_momentum,
-    ):
+    def __init__(self, base_lr, max_lr, step_size: int, mode: str = CYCLICAL.mode, gamma: float = CYCLICAL.gamma,
+                 cycle_momentum: bool = True, base_momentum=CYCLICAL.base_momentum,
+                 max_momentum=CYCLICAL.max_momentum, step_size_down: int | None = None):
         _check_lr_spec("base_lr", base_lr, check=non_negative)
         _check_lr_spec("max_lr", max_lr)
         int_at_least("step_size", step_size, 1)
+        if step_size_down is not None:
+            int_at_least("step_size_down", step_size_down, 1)
         if cycle_momentum:
-            in_unit_interval("base_momentum", base_momentum)
-            in_unit_interval("max_momentum", max_momentum)
+            _check_lr_spec("base_momentum", base_momentum, check=in_unit_interval)
+            _check_lr_spec("max_momentum", max_momentum, check=in_unit_interval)
         self.base_lr, self.max_lr, self.step_size, self.mode, self.gamma = base_lr, max_lr, step_size, mode, gamma
+        self.step_size_down = step_size_down
         self.cycle_momentum, self.base_momentum, self.max_momentum = cycle_momentum, base_momentum, max_momentum
         super().__init__(self._make_scheds(None), unit="batch")
 
     def _cyclical(self, base_lr, max_lr):
-        return cyclical(base_lr, max_lr, self.step_size, self.mode, self.gamma)
+        return cyclical(base_lr, max_lr, self.step_size, self.mode, self.gamma, self.step_size_down)
 
     def _make_scheds(self, n_groups):
-        max_lrs, base_lrs = self._lrs(self.max_lr, n_groups), self._lrs(self.base_lr, n_groups, "base_lr")
-        if isinstance(max_lrs, list) or isinstance(base_lrs, list):  # only once n_groups is known
-            max_lrs = max_lrs if isinstance(max_lrs, list) else [max_lrs] * n_groups
-            base_lrs = base_lrs if isinstance(base_lrs, list) else [base_lrs] * n_groups
-            lr = [self._cyclical(b, m) for b, m in zip(base_lrs, max_lrs, strict=True)]
-            shape = lr[-1]
+        values = {name: self._lrs(getattr(self, name), n_groups, name)
+                  for name in ("base_lr", "max_lr", "base_momentum", "max_momentum")}
+        if any(isinstance(v, list) for v in values.values()):  # only once n_groups is known
+            values = {k: v if isinstance(v, list) else [v] * n_groups for k, v in values.items()}
+            lr = [self._cyclical(b, m) for b, m in zip(values["base_lr"], values["max_lr"], strict=True)]
+            mom = [s.momentum(b, m) for s, b, m in zip(lr, values["base_momentum"], values["max_momentum"],
+                                                       strict=True)]
         else:
-            lr = shape = self._cyclical(base_lrs, max_lrs)
-        scheds = {"lr": lr}
-        if self.cycle_momentum:
-            scheds["mom"] = shape.momentum(self.base_momentum, self.max_momentum)
-        return scheds
+            lr = self._cyclical(values["base_lr"], values["max_lr"])
+            mom = lr.momentum(values["base_momentum"], values["max_momentum"])
+        return {"lr": lr, "mom": mom} if self.cycle_momentum else {"lr": lr}

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cyclr.learner import Learner, accuracy
+from cyclr.learner import Learner, accuracy, sgd
 from cyclr.learner.models import lenet, lenet_bn, resnet56
 
 from .common import (
@@ -158,8 +158,8 @@ def run_blog(
                 continue
             epochs = scaled_epochs(call.cyc_len, epoch_scale)
             torch.manual_seed(seed)
-            learn = Learner(make_model(), dls, nn.CrossEntropyLoss(), lr=call.max_lr, metrics=[accuracy],
-                            device=device, progress=False)
+            learn = Learner(make_model(), dls, nn.CrossEntropyLoss(), opt_func=sgd, lr=call.max_lr,
+                            metrics=[accuracy], device=device, progress=False)  # the study's SGD, momentum 0.9
             start = time.perf_counter()
             learn.fit_one_cycle(**call.fit_kwargs(epochs))
             seconds = time.perf_counter() - start
@@ -328,30 +328,26 @@ def blog_markdown(summary: list[dict], claims: list[dict], config: dict, quick: 
 
 
 def plot_blog_runs(batches: list[dict], epochs: list[dict], seed: int | None = None):
-    """The three runs side by side (one column each): learning rate, momentum, and the train loss (smoothed, per
-    batch) with the valid loss at each epoch's end, from the recorded histories of one seed (the first)."""
-    import matplotlib.pyplot as plt
+    """The three runs side by side on shared axes (`cyclr.callbacks.compare_runs`): train and valid loss, accuracy,
+    learning rate and momentum against the epoch, from the recorded histories of one seed (the first)."""
+    import pandas as pd
+
+    from cyclr.callbacks import compare_runs
 
     names = [c.name for c in BLOG_CALLS if any(b["run"] == c.name for b in batches)]
     if seed is None and batches:
         seed = int(batches[0]["seed"])
-    fig, axes = plt.subplots(3, max(1, len(names)), figsize=(5 * max(1, len(names)), 9), squeeze=False,
-                             sharey="row")
-    for col, name in enumerate(names):
-        mine = [b for b in batches if b["run"] == name and int(b["seed"]) == seed]
-        its = [int(b["train_iter"]) for b in mine]
-        axes[0, col].plot(its, [float(b["lr"]) for b in mine])
-        axes[0, col].set_title(name, fontsize=9)
-        axes[1, col].plot(its, [float(b["mom"]) for b in mine])
-        axes[2, col].plot(its, [float(b["smooth_loss"]) for b in mine], label="train (smoothed)")
-        ep = sorted((r for r in epochs if r["run"] == name and int(r["seed"]) == seed), key=lambda r: int(r["epoch"]))
-        if ep and its:
-            per_epoch = (max(its) + 1) / len(ep)
-            axes[2, col].plot([(int(r["epoch"]) + 1) * per_epoch for r in ep], [float(r["valid_loss"]) for r in ep],
-                              "o-", markersize=3, label="valid")
-        axes[2, col].set(xlabel="iteration", yscale="log")
-        axes[2, col].legend(fontsize=8)
-    for row, label in enumerate(("learning rate", "momentum", "loss")):
-        axes[row, 0].set_ylabel(label)
-    fig.tight_layout()
+    runs = {}
+    for name in names:
+        mine = pd.DataFrame([b for b in batches if b["run"] == name and int(b["seed"]) == seed])
+        ep = pd.DataFrame(sorted((r for r in epochs if r["run"] == name and int(r["seed"]) == seed),
+                                 key=lambda r: int(r["epoch"])))
+        for table, columns in ((mine, ("pct", "lr", "mom", "loss", "smooth_loss")),
+                               (ep, ("epoch", "train_loss", "valid_loss", "accuracy"))):
+            for column in columns:
+                if column in table.columns:  # read back from CSV as text
+                    table[column] = table[column].astype(int if column == "epoch" else float)
+        runs[name] = (mine, ep[[c for c in ("epoch", "train_loss", "valid_loss", "accuracy") if c in ep.columns]])
+    fig = compare_runs(runs, metrics=["accuracy"] if all("accuracy" in e.columns for _, e in runs.values()) else [])
+    fig.axes[0].set_yscale("log")
     return fig

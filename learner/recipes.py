@@ -1,27 +1,81 @@
 """The recipes (mixed into `Learner`): each builds its callback and calls `fit`. Their defaults are declared once, on
-the schedules (`ONE_CYCLE`, `SGDR_DEFAULTS`) and the LR finder (`LR_FIND`), and only referenced here."""
+the schedules (`ONE_CYCLE`, `FLAT_COS`, `SGDR_DEFAULTS`), the LR finder (`LR_FIND`) and `FINE_TUNE` below, and only
+referenced here."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from ..callbacks.core import Callback
 from ..callbacks.lr_finder import LR_FIND, LRFinderPlots, run_lr_find
-from ..callbacks.scheduler import OneCycleCallback, SGDRCallback
-from ..callbacks.schedules import ONE_CYCLE, SGDR_DEFAULTS
+from ..callbacks.scheduler import FlatCosCallback, OneCycleCallback, SGDRCallback
+from ..callbacks.schedules import FLAT_COS, ONE_CYCLE, SGDR_DEFAULTS
+from ..data.checks import int_at_least, positive
+from . import preflight
+
+logger = logging.getLogger("cyclr")
+
+
+@dataclass(frozen=True)
+class FineTuneDefaults:
+    """The defaults of `Learner.fine_tune`: fastai v2's (`freeze_pct_start` is the frozen phase's pct_start)."""
+
+    base_lr: float = 2e-3
+    freeze_epochs: int = 1
+    lr_mult: float = 100.0
+    pct_start: float = 0.3
+    div: float = 5.0
+    freeze_pct_start: float = 0.99
+
+
+FINE_TUNE = FineTuneDefaults()
 
 
 class Recipes:
     def fit_one_cycle(self, cyc_len: int, max_lr=None, moms=ONE_CYCLE.moms, div_factor: float = ONE_CYCLE.div_factor,
                       pct_start: float = ONE_CYCLE.pct_start, final_div: float | None = ONE_CYCLE.final_div,
                       wd: float | None = None, cbs: Iterable[Callback] = (), resume=None,
-                      allow_length_change: bool = False):
+                      allow_length_change: bool = False, anneal_strategy: str = ONE_CYCLE.anneal_strategy,
+                      three_phase: bool = ONE_CYCLE.three_phase):
         """Train `cyc_len` epochs with the one-cycle policy (`cyclr.callbacks.scheduler.OneCycleCallback`).
 
         `max_lr` (default `self.lr`) may be a list or `slice(lo, hi)` for per-group rates; `moms=None` leaves the
-        momentum alone."""
-        cb = OneCycleCallback(self.lr if max_lr is None else max_lr, div_factor, pct_start, final_div, moms)
+        momentum alone; `anneal_strategy='linear'` and `three_phase=True` as torch's OneCycleLR."""
+        cb = OneCycleCallback(self.lr if max_lr is None else max_lr, div_factor, pct_start, final_div, moms,
+                              anneal_strategy, three_phase)
         self.fit(cyc_len, wd=wd, cbs=[cb, *cbs], resume=resume, allow_length_change=allow_length_change)
+
+    def fit_flat_cos(self, n_epoch: int, lr=None, pct_start: float = FLAT_COS.pct_start,
+                     div_final: float = FLAT_COS.div_final, wd: float | None = None, cbs: Iterable[Callback] = (),
+                     resume=None, allow_length_change: bool = False):
+        """Train `n_epoch` epochs at `lr` (default `self.lr`; a list or slice per group) held flat for `pct_start`
+        of training, then annealed by half a cosine to `lr / div_final` (fastai's `fit_flat_cos`)."""
+        cb = FlatCosCallback(self.lr if lr is None else lr, pct_start, div_final)
+        self.fit(n_epoch, wd=wd, cbs=[cb, *cbs], resume=resume, allow_length_change=allow_length_change)
+
+    def fine_tune(self, epochs: int, base_lr: float = FINE_TUNE.base_lr, freeze_epochs: int = FINE_TUNE.freeze_epochs,
+                  lr_mult: float = FINE_TUNE.lr_mult, pct_start: float = FINE_TUNE.pct_start,
+                  div: float = FINE_TUNE.div, wd: float | None = None, cbs: Iterable[Callback] = (),
+                  moms=ONE_CYCLE.moms):
+        """fastai's `fine_tune`: `freeze()`, one-cycle for `freeze_epochs` at `slice(base_lr)` (the head at
+        `base_lr`, the body's groups at a tenth: only their batch norm trains) with pct_start 0.99; then
+        `base_lr /= 2`, `unfreeze()`, and one-cycle for `epochs` over `slice(base_lr / lr_mult, base_lr)` with
+        `pct_start` and `div_factor=div`. Two fits: the Recorder has both, each group's rate in `lr_0`, `lr_1`, ..."""
+        # Every argument is checked (and both schedules built) before anything is frozen.
+        int_at_least("freeze_epochs", freeze_epochs, 0)
+        positive("base_lr", base_lr)
+        positive("lr_mult", lr_mult)
+        cbs = preflight.check_fit_arguments(epochs, None, wd, cbs)
+        frozen_cb = OneCycleCallback(slice(base_lr), pct_start=FINE_TUNE.freeze_pct_start, moms=moms)
+        thawed_cb = OneCycleCallback(slice(base_lr / 2 / lr_mult, base_lr / 2), div_factor=div, pct_start=pct_start,
+                                     moms=moms)
+        self.freeze()
+        if freeze_epochs:
+            self.fit(freeze_epochs, wd=wd, cbs=[frozen_cb, *cbs])
+        self.unfreeze()
+        self.fit(epochs, wd=wd, cbs=[thawed_cb, *cbs])
 
     def fit_sgdr(self, n_cycles: int, cycle_len: int, max_lr=None, cycle_mult: int = SGDR_DEFAULTS.cycle_mult,
                  eta_min: float = SGDR_DEFAULTS.eta_min, wd: float | None = None, cbs: Iterable[Callback] = (),
@@ -29,22 +83,25 @@ class Recipes:
         """Train with SGDR: `n_cycles` cosine cycles, cycle k lasting `cycle_len * cycle_mult**k` epochs."""
         cb = SGDRCallback(self.lr if max_lr is None else max_lr, n_cycles, cycle_len, cycle_mult, eta_min)
         if self.is_main_process:
-            print(f"fit_sgdr: {n_cycles} cycles of {cycle_len}*{cycle_mult}**k epochs = {cb.total_epochs} epochs")
+            logger.info("fit_sgdr: %d cycles of %d*%d**k epochs = %d epochs", n_cycles, cycle_len, cycle_mult,
+                        cb.total_epochs)
         self.fit(cb.total_epochs, wd=wd, cbs=[cb, *cbs], resume=resume, allow_length_change=allow_length_change)
 
     def lr_find(self, start_lr: float = LR_FIND.start_lr, end_lr: float = LR_FIND.end_lr, num_it: int = LR_FIND.num_it,
                 step_mode: str = LR_FIND.step_mode, stop_div: bool = LR_FIND.stop_div, show_plot: bool = False,
                 wds=None, suggest_funcs=LR_FIND.suggest_funcs,
-                snapshot_memory_limit: int = LR_FIND.snapshot_memory_limit):
+                snapshot_memory_limit: int = LR_FIND.snapshot_memory_limit, moms=None):
         """Train `num_it` batches with the rate growing from `start_lr` to `end_lr` ('exp' or 'linear' steps) and
         return the curve of loss against rate with suggestions (`cyclr.callbacks.lr_finder.LRFinderResult`).
 
         Stops early at a non-finite loss and, with `stop_div`, when the smoothed loss exceeds 4x its minimum.
-        `wds=[1e-2, 1e-3, 0]` runs one sweep per weight decay and returns an `LRFinderSweep`. Afterwards the
+        `wds=[1e-2, 1e-3, 0]` runs one sweep per weight decay, `moms=[0.95, 0.9, 0.85]` one per momentum (Adam's
+        beta1), both one per pair, each from the same starting state, and returns an `LRFinderSweep` (`.to_df()`,
+        `.plot()`, `.best_pair`). On a frozen model only the trainable groups are swept. Afterwards the
         learner is exactly as before (weights, optimizer, RNGs, loaders, callbacks, history), even after an
         exception; the result is kept for `learn.recorder.plot_lr_find()` and `learn.sched`."""
         result = run_lr_find(self, start_lr, end_lr, num_it, step_mode, stop_div, wds, suggest_funcs,
-                             snapshot_memory_limit, show_plot)
+                             snapshot_memory_limit, show_plot, moms=moms)
         self.recorder.lr_find_result = result
         return result
 

@@ -52,7 +52,7 @@ def test_editable_install_beside_user_modules(tmp_path):
     out = _run(folder, [], env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert [Path(p) for p in out[:3]] == [REPO / "learner" / "__init__.py", REPO / "callbacks" / "__init__.py",
                                            REPO / "data" / "__init__.py"]
-    assert float(out[3]) > 0.8  # it trains (blobs: 0.89 after one epoch)
+    assert float(out[3]) > 0.6  # it trains: well above chance (1/3)
 
 
 def test_built_wheel_beside_user_modules(tmp_path):
@@ -77,4 +77,4 @@ def test_built_wheel_beside_user_modules(tmp_path):
            "PYTHONPATH": f"{site}:{sysconfig.get_paths()['purelib']}"}
     out = _run(folder, ["-S"], env=env)
     assert all(Path(p).is_relative_to(site / "cyclr") for p in out[:3]), out
-    assert float(out[3]) > 0.8  # it trains (blobs: 0.89 after one epoch)
+    assert float(out[3]) > 0.6  # it trains: well above chance (1/3)

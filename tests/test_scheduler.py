@@ -2,6 +2,7 @@
 batch, read in before_step, against the schedules' closed forms and torch's schedulers."""
 
 import io
+import logging
 import warnings
 
 import matplotlib
@@ -13,7 +14,7 @@ from cyclr.callbacks import Callback
 from cyclr.callbacks.scheduler import CyclicLRCallback, OneCycleCallback, ParamScheduler, SGDRCallback, lrs_per_group
 from cyclr.callbacks.schedules import Const, Lin, multi_factor, one_cycle, sgdr, square_root, triangular
 from cyclr.data.synthetic import synthetic_classification
-from cyclr.learner import Learner
+from cyclr.learner import Learner, sgd
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -60,6 +61,7 @@ def make_learner(n_train=64, bs=16, n_valid=16, model=None, **kwargs):
     kwargs.setdefault("progress", False)
     kwargs.setdefault("lr", 0.01)
     model = model if model is not None else nn.Linear(N_FEATURES, N_CLASSES)
+    kwargs.setdefault("opt_func", sgd)  # the SGD these trajectories were derived for
     return Learner(model, dls, nn.CrossEntropyLoss(), device="cpu", **kwargs)
 
 
@@ -180,11 +182,12 @@ def _torch_lrs(make_sched, n, lr=0.1, momentum=0.9):
     return lrs, moms
 
 
-def test_fit_sgdr_equals_torch_warm_restarts_batch_by_batch(capsys):
+def test_fit_sgdr_equals_torch_warm_restarts_batch_by_batch(caplog):
+    caplog.set_level(logging.INFO, logger="cyclr")
     learn, used = make_learner(), UsedHypers()
     learn.add_cbs([used])
     learn.fit_sgdr(n_cycles=3, cycle_len=1, max_lr=0.1, cycle_mult=2, eta_min=1e-4)
-    assert "= 7 epochs" in capsys.readouterr().out
+    assert "= 7 epochs" in caplog.text
     n_batches = 4
     expected, _ = _torch_lrs(lambda opt: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
         opt, T_0=1 * n_batches, T_mult=2, eta_min=1e-4), 7 * n_batches)

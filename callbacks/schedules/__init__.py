@@ -14,7 +14,8 @@ resumed fit needs nothing but the learner's counters. Two clocks exist:
 the kinds defined here.
 
 The modules: ``base`` (the common shape, the building blocks, ``combine``, ``schedule_from_state``), ``cycles``
-(one-cycle, SGDR, cyclical, and their defaults ``ONE_CYCLE``, ``SGDR_DEFAULTS``, ``CYCLICAL``), ``decay`` (the d2l
+(one-cycle, flat-cos, SGDR, cyclical, and their defaults ``ONE_CYCLE``, ``FLAT_COS``, ``SGDR_DEFAULTS``,
+``CYCLICAL``), ``decay`` (the d2l
 chapter's decays and ``warmup``). Import from here: ``from cyclr.callbacks.schedules import one_cycle``.
 """
 
@@ -34,18 +35,22 @@ from .base import (
     schedule_kinds,
 )
 from .cycles import (
+    ANNEAL_STRATEGIES,
     CYCLIC_MODES,
     CYCLICAL,
+    FLAT_COS,
     ONE_CYCLE,
     SGDR,
     SGDR_DEFAULTS,
     Cyclical,
     CyclicalDefaults,
+    FlatCosDefaults,
     OneCycle,
     OneCycleDefaults,
     SGDRDefaults,
     cyclical,
     exp_range,
+    flat_cos,
     one_cycle,
     sgdr,
     triangular,
@@ -69,6 +74,7 @@ __all__ = [
     "schedule_from_state", "schedule_kinds", "BOUNDARY_TOL",
     "OneCycle", "one_cycle", "SGDR", "sgdr", "Cyclical", "cyclical", "triangular", "triangular2", "exp_range",
     "CYCLIC_MODES", "ONE_CYCLE", "SGDR_DEFAULTS", "CYCLICAL", "OneCycleDefaults", "SGDRDefaults", "CyclicalDefaults",
+    "flat_cos", "FLAT_COS", "FlatCosDefaults", "ANNEAL_STRATEGIES",
     "SquareRoot", "Factor", "MultiFactor", "CosineDecay", "Warmup", "square_root", "factor", "multi_factor", "cosine",
     "warmup",
 ]

@@ -9,8 +9,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ...data.checks import in_unit_interval, int_at_least, non_negative, positive, real
-from .base import BOUNDARY_TOL, Combine, Configured, Cos, Schedule, wrap_title
+from ...data.checks import in_unit_interval, int_at_least, non_negative, one_of, positive, real
+from .base import BOUNDARY_TOL, Combine, Configured, Const, Cos, Lin, Schedule, wrap_title
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,16 @@ class OneCycleDefaults:
     pct_start: float = 0.3
     final_div: float | None = None  # None: div_factor * 1e4
     moms: tuple[float, ...] | None = (0.95, 0.85)
+    anneal_strategy: str = "cos"
+    three_phase: bool = False
+
+
+@dataclass(frozen=True)
+class FlatCosDefaults:
+    """The defaults of `flat_cos`, `FlatCosCallback` and `Learner.fit_flat_cos`: fastai v2's `fit_flat_cos`."""
+
+    pct_start: float = 0.75
+    div_final: float = 1e5
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,8 @@ class CyclicalDefaults:
 
 
 ONE_CYCLE = OneCycleDefaults()
+FLAT_COS = FlatCosDefaults()
+ANNEAL_STRATEGIES = ("cos", "linear")
 SGDR_DEFAULTS = SGDRDefaults()
 CYCLICAL = CyclicalDefaults()
 
@@ -65,6 +77,11 @@ class OneCycle(Configured):
     step i to i/(pct_start*N - 1) in the first phase and ends exactly on the final lr at step N-1, so it peaks one
     batch earlier. fastai v2's own defaults differ (pct_start 0.25, div_final 1e5, moms (0.95, 0.85, 0.95)).
     torch's `final_div_factor` is our `final_div / div_factor`.
+
+    torch's options, with OneCycleLR's meaning: `anneal_strategy='linear'` runs every phase in a straight line
+    instead of half a cosine; `three_phase=True` (needs `pct_start < 0.5`) goes up over `pct_start`, back down to
+    `max_lr/div_factor` over the next `pct_start`, then anneals to `max_lr/final_div` over the rest, the momentum
+    going down, back up, then from `moms[0]` to the end value (flat for a 2-tuple, as torch holds max_momentum).
     """
 
     def __init__(
@@ -74,6 +91,8 @@ class OneCycle(Configured):
         pct_start: float = ONE_CYCLE.pct_start,
         final_div: float | None = ONE_CYCLE.final_div,
         moms: Sequence[float] | None = ONE_CYCLE.moms,
+        anneal_strategy: str = ONE_CYCLE.anneal_strategy,
+        three_phase: bool = ONE_CYCLE.three_phase,
     ):
         self.max_lr = positive("max_lr", max_lr)
         self.div_factor = positive("div_factor", div_factor)
@@ -88,18 +107,41 @@ class OneCycle(Configured):
                 raise ValueError(f"moms must be a 2-tuple (start, mid) or a 3-tuple (start, mid, end), got {moms!r}")
             moms = tuple(in_unit_interval(f"moms[{i}]", m) for i, m in enumerate(moms))
         self.moms = moms
+        self.anneal_strategy = one_of("anneal_strategy", anneal_strategy, ANNEAL_STRATEGIES)
+        if not isinstance(three_phase, bool):
+            raise TypeError(f"three_phase must be True or False, got {three_phase!r}")
+        if three_phase and pct_start >= 0.5:
+            raise ValueError(f"pct_start must be in (0, 0.5) with three_phase=True (the lr goes up over pct_start "
+                             f"and back down over another pct_start), got {pct_start!r}")
+        self.three_phase = three_phase
 
-        phases = (pct_start, 1 - pct_start)
-        self.lr = Combine(phases, (Cos(max_lr / div_factor, max_lr), Cos(max_lr, max_lr / self.final_div)))
+        anneal = Cos if anneal_strategy == "cos" else Lin
+        low, final = max_lr / div_factor, max_lr / self.final_div
+        if three_phase:
+            phases = (pct_start, pct_start, 1 - 2 * pct_start)
+            self.lr = Combine(phases, (anneal(low, max_lr), anneal(max_lr, low), anneal(low, final)))
+        else:
+            phases = (pct_start, 1 - pct_start)
+            self.lr = Combine(phases, (anneal(low, max_lr), anneal(max_lr, final)))
         self.mom = None
         if moms is not None:
             start, mid = moms[0], moms[1]
             end = moms[2] if len(moms) == 3 else start
-            self.mom = Combine(phases, (Cos(start, mid), Cos(mid, end)))
+            if three_phase:
+                last = Const(start) if end == start else anneal(start, end)
+                self.mom = Combine(phases, (anneal(start, mid), anneal(mid, start), last))
+            else:
+                self.mom = Combine(phases, (anneal(start, mid), anneal(mid, end)))
 
     def config(self) -> dict:
-        return {"max_lr": self.max_lr, "div_factor": self.div_factor, "pct_start": self.pct_start,
-                "final_div": self.final_div, "moms": self.moms}
+        config = {"max_lr": self.max_lr, "div_factor": self.div_factor, "pct_start": self.pct_start,
+                  "final_div": self.final_div, "moms": self.moms}
+        # torch's options appear (in the repr and the state dict) only when they differ from fastai's shape.
+        if self.anneal_strategy != ONE_CYCLE.anneal_strategy:
+            config["anneal_strategy"] = self.anneal_strategy
+        if self.three_phase:
+            config["three_phase"] = True
+        return config
 
     def __iter__(self):
         return iter((self.lr, self.mom))
@@ -133,9 +175,22 @@ def one_cycle(
     pct_start: float = ONE_CYCLE.pct_start,
     final_div: float | None = ONE_CYCLE.final_div,
     moms: Sequence[float] | None = ONE_CYCLE.moms,
+    anneal_strategy: str = ONE_CYCLE.anneal_strategy,
+    three_phase: bool = ONE_CYCLE.three_phase,
 ) -> OneCycle:
     """The one-cycle lr and momentum schedules (see `OneCycle`); `lr, mom = one_cycle(...)` unpacks them."""
-    return OneCycle(max_lr, div_factor, pct_start, final_div, moms)
+    return OneCycle(max_lr, div_factor, pct_start, final_div, moms, anneal_strategy, three_phase)
+
+
+# ----- flat, then cosine (fastai's fit_flat_cos) ---------------------------------------------------------------------
+def flat_cos(lr: float, pct_start: float = FLAT_COS.pct_start, div_final: float = FLAT_COS.div_final) -> Combine:
+    """`lr` held flat for the first `pct_start` of training, then half a cosine down to `lr / div_final` (fastai v2's
+    `fit_flat_cos`, `combined_cos(pct_start, lr, lr, lr / div_final)`), a function of pct."""
+    positive("lr", lr)
+    if not 0 < real("pct_start", pct_start) < 1:
+        raise ValueError(f"pct_start must be in (0, 1) (the fraction of training at the flat rate), got {pct_start!r}")
+    positive("div_final", div_final)
+    return Combine((pct_start, 1 - pct_start), (Const(lr), Cos(lr, lr / div_final)))
 
 
 # ----- SGDR --------------------------------------------------------------------------------------------------------
@@ -188,18 +243,20 @@ CYCLIC_MODES = ("triangular", "triangular2", "exp_range")
 class Cyclical(Schedule):
     """Smith's cyclical schedule of the batch index t, with torch's CyclicLR formulas.
 
-    Goes from `start` (t = 0) to `mid` (t = step_size) and back over each cycle of 2*step_size steps. The distance
-    |mid - start| is scaled by 1 ('triangular'), halved each cycle ('triangular2') or multiplied by gamma**t
-    ('exp_range'). A momentum schedule is the same shape with start=max_momentum, mid=base_momentum:
-    see `momentum()`.
+    Goes from `start` (t = 0) to `mid` (t = step_size) and back over each cycle of step_size + step_size_down
+    steps (`step_size_down=None`: the same as `step_size`, a symmetric cycle; torch's `step_size_up` and
+    `step_size_down`). The distance |mid - start| is scaled by 1 ('triangular'), halved each cycle
+    ('triangular2') or multiplied by gamma**t ('exp_range'). A momentum schedule is the same shape with
+    start=max_momentum, mid=base_momentum: see `momentum()`.
     """
 
     domain = "step"
 
     def __init__(self, start: float, mid: float, step_size: int, mode: str = CYCLICAL.mode,
-                 gamma: float = CYCLICAL.gamma):
+                 gamma: float = CYCLICAL.gamma, step_size_down: int | None = None):
         self.start, self.mid = real("start", start), real("mid", mid)
         self.step_size = int_at_least("step_size", step_size, 1)
+        self.step_size_down = None if step_size_down is None else int_at_least("step_size_down", step_size_down, 1)
         if mode not in CYCLIC_MODES:
             raise ValueError(f"mode must be one of {CYCLIC_MODES}, got {mode!r}")
         self.mode = mode
@@ -208,14 +265,19 @@ class Cyclical(Schedule):
         self.gamma = gamma
 
     def config(self) -> dict:
-        return {"start": self.start, "mid": self.mid, "step_size": self.step_size, "mode": self.mode,
-                "gamma": self.gamma}
+        config = {"start": self.start, "mid": self.mid, "step_size": self.step_size, "mode": self.mode,
+                  "gamma": self.gamma}
+        if self.step_size_down is not None:  # shown only for an asymmetric cycle
+            config["step_size_down"] = self.step_size_down
+        return config
 
     def value(self, t):
-        cycle_size = 2 * self.step_size
+        down = self.step_size if self.step_size_down is None else self.step_size_down
+        cycle_size = self.step_size + down
+        step_ratio = self.step_size / cycle_size
         cycle = math.floor(1 + t / cycle_size)  # 1-based, as torch counts it
         x = 1.0 + t / cycle_size - cycle  # position in the cycle, in [0, 1)
-        scale_factor = x / 0.5 if x <= 0.5 else (x - 1) / (0.5 - 1)
+        scale_factor = x / step_ratio if x <= step_ratio else (x - 1) / (step_ratio - 1)
         if self.mode == "triangular":
             amplitude = 1.0
         elif self.mode == "triangular2":
@@ -229,14 +291,15 @@ class Cyclical(Schedule):
         """The inverse momentum schedule (CyclicLR's cycle_momentum): max_momentum when this is lowest, and back."""
         in_unit_interval("base_momentum", base_momentum)
         in_unit_interval("max_momentum", max_momentum)
-        return Cyclical(max_momentum, base_momentum, self.step_size, self.mode, self.gamma)
+        return Cyclical(max_momentum, base_momentum, self.step_size, self.mode, self.gamma, self.step_size_down)
 
 
-def cyclical(base_lr, max_lr, step_size, mode, gamma=CYCLICAL.gamma) -> Cyclical:
-    """Smith's cyclical lr from `base_lr` (>= 0) up to `max_lr` (> 0) and back every 2*step_size batches."""
+def cyclical(base_lr, max_lr, step_size, mode, gamma=CYCLICAL.gamma, step_size_down=None) -> Cyclical:
+    """Smith's cyclical lr from `base_lr` (>= 0) up to `max_lr` (> 0) over `step_size` batches and back over
+    `step_size_down` (default: `step_size`)."""
     non_negative("base_lr", base_lr)
     positive("max_lr", max_lr)
-    return Cyclical(base_lr, max_lr, step_size, mode, gamma)
+    return Cyclical(base_lr, max_lr, step_size, mode, gamma, step_size_down)
 
 
 def triangular(base_lr: float, max_lr: float, step_size: int) -> Cyclical:
