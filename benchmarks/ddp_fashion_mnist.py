@@ -33,10 +33,11 @@ def train(epochs: int, bs: int, max_lr: float, seed: int) -> dict:
     import torch
 
     from cyclr.data import fashion_mnist
-    from cyclr.learner import Learner, accuracy, lenet
+    from cyclr.learner import Learner, accuracy, lenet, sgd
 
     torch.manual_seed(seed)
-    learn = Learner(lenet(), fashion_mnist(bs=bs, seed=seed), torch.nn.CrossEntropyLoss(), metrics=[accuracy],
+    learn = Learner(lenet(), fashion_mnist(bs=bs, seed=seed), torch.nn.CrossEntropyLoss(), opt_func=sgd,
+                    metrics=[accuracy],
                     device="cpu", progress=False)
     start = time.perf_counter()
     learn.fit_one_cycle(epochs, max_lr=max_lr)

@@ -48,7 +48,7 @@ from resnet56_overhead import same_batches  # noqa: E402
 from cyclr.callbacks import MixedPrecision  # noqa: E402
 from cyclr.data import fashion_mnist  # noqa: E402
 from cyclr.data.cifar10 import cifar10  # noqa: E402
-from cyclr.learner import Learner, accuracy, lenet  # noqa: E402
+from cyclr.learner import Learner, accuracy, lenet, sgd  # noqa: E402
 from cyclr.learner.models import cifar_resnet  # noqa: E402
 
 PCT_START, DIV, FINAL_DIV = 0.3, 25.0, 25e4  # torch's final_div_factor is FINAL_DIV / DIV
@@ -123,7 +123,7 @@ def cyclr_runner(learn, lr: float):
 
 
 def new_learner(initial, dls, device, cbs=(), **options):
-    return Learner(copy.deepcopy(initial), same_batches(dls), torch.nn.CrossEntropyLoss(), lr=0.1,
+    return Learner(copy.deepcopy(initial), same_batches(dls), torch.nn.CrossEntropyLoss(), opt_func=sgd, lr=0.1,
                    metrics=[accuracy], device=device, cbs=list(cbs), **options)
 
 
@@ -184,7 +184,7 @@ def ddp_worker(args) -> None:
         torch.set_num_threads(1)
     dls = fashion_mnist(bs=size["lenet_bs"], n_train=size["fmnist_train"], normalize=True)
     torch.manual_seed(0)
-    learn = Learner(lenet(), dls, torch.nn.CrossEntropyLoss(), lr=0.1, metrics=[accuracy], progress=False)
+    learn = Learner(lenet(), dls, torch.nn.CrossEntropyLoss(), opt_func=sgd, lr=0.1, metrics=[accuracy], progress=False)
     with Timer() as timer:
         learn.fit_one_cycle(1, 0.1)
     if learn.is_main_process:
@@ -218,7 +218,7 @@ def check_blog(size: dict, device, dls, report: dict) -> None:
         torch.manual_seed(0)
         with quiet():
             learn = Learner(cifar_resnet(size["resnet_depth"]), same_batches(dls), torch.nn.CrossEntropyLoss(),
-                            metrics=[accuracy], device=device, cbs=[MixedPrecision(torch.bfloat16)],
+                            opt_func=sgd, metrics=[accuracy], device=device, cbs=[MixedPrecision(torch.bfloat16)],
                             channels_last=True, compile=size["compile"], progress=False)
         with quiet(), Timer() as timer:
             learn.fit_one_cycle(**call.fit_kwargs(size["blog_epochs"]))

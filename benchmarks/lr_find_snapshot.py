@@ -42,7 +42,7 @@ from resnet56_overhead import same_batches  # noqa: E402
 from cyclr.callbacks.lr_finder import LRFinderCallback  # noqa: E402
 from cyclr.callbacks.snapshot import TrainingSnapshot  # noqa: E402
 from cyclr.data.cifar10 import cifar10  # noqa: E402
-from cyclr.learner import Learner  # noqa: E402
+from cyclr.learner import Learner, sgd  # noqa: E402
 
 START_LR, END_LR = 1e-7, 1.0
 
@@ -151,7 +151,8 @@ def main(argv=None):
     torch.manual_seed(0)
     initial = resnet50(weights=None, num_classes=10)
     n_params = sum(p.numel() for p in initial.parameters())
-    learn = Learner(copy.deepcopy(initial), same_batches(dls), loss_func, lr=0.01, device="cpu", progress=False)
+    learn = Learner(copy.deepcopy(initial), same_batches(dls), loss_func, opt_func=sgd,
+                    lr=0.01, device="cpu", progress=False)
     with quiet():
         learn.fit(1)  # gradients and momentum buffers exist: the snapshot holds everything it can hold
     fastai_learn = None

@@ -19,7 +19,7 @@ from torch import nn
 
 from cyclr.callbacks import Callback, CancelValidException
 from cyclr.data.fashion_mnist import fashion_mnist
-from cyclr.learner import Learner, accuracy, lenet
+from cyclr.learner import Learner, accuracy, lenet, sgd
 
 
 class SkipValidation(Callback):
@@ -49,7 +49,8 @@ def main(argv=None) -> None:
 
     torch.manual_seed(0)
     dls = fashion_mnist(bs=args.bs, seed=0, device=args.device)
-    learn = Learner(lenet(), dls, nn.CrossEntropyLoss(), metrics=[accuracy], device=args.device, progress=False)
+    learn = Learner(lenet(), dls, nn.CrossEntropyLoss(), opt_func=sgd,
+                    metrics=[accuracy], device=args.device, progress=False)
     n_batches = len(dls.train)
 
     swept = []

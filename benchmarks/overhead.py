@@ -33,7 +33,7 @@ import torch
 
 from cyclr.callbacks import ProgressCallback
 from cyclr.data import DataLoaders, InMemoryLoader, fashion_mnist
-from cyclr.learner import Learner, accuracy, lenet
+from cyclr.learner import Learner, accuracy, lenet, sgd
 
 
 def same_batches(dls: DataLoaders, seed: int = 0) -> DataLoaders:
@@ -110,7 +110,8 @@ def main():
     plain_dls = same_batches(dls)
 
     def new_learner(**kwargs):
-        return Learner(copy.deepcopy(initial), same_batches(dls), loss_func, lr=args.lr, metrics=[accuracy],
+        return Learner(copy.deepcopy(initial), same_batches(dls), loss_func, opt_func=sgd,
+                       lr=args.lr, metrics=[accuracy],
                        device=device, channels_last=args.channels_last, compile=args.compile, **kwargs)
 
     learn = new_learner()

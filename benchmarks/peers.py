@@ -54,7 +54,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from overhead import Timer, machine, plain_epoch, print_table, same_batches  # noqa: E402
 
 from cyclr.data import fashion_mnist  # noqa: E402
-from cyclr.learner import Learner, accuracy, lenet  # noqa: E402
+from cyclr.learner import Learner, accuracy, lenet, sgd  # noqa: E402
 
 PCT_START, DIV, FINAL_DIV = 0.3, 25.0, 25e4  # torch's final_div_factor is FINAL_DIV / DIV
 CONTENDERS = ("plain", "plain-DataLoader", "cyclr", "fastai", "fastai-own-dl", "lightning", "lightning-DataLoader")
@@ -107,7 +107,8 @@ def prepare_plain(s: Setup, use_torch_loader: bool):
 
 
 def prepare_cyclr(s: Setup):
-    learn = Learner(s.model(), same_batches(s.dls), s.loss_func, lr=s.args.lr, metrics=[accuracy], device="cpu")
+    learn = Learner(s.model(), same_batches(s.dls), s.loss_func, opt_func=sgd,
+                    lr=s.args.lr, metrics=[accuracy], device="cpu")
 
     def run():
         learn.fit_one_cycle(1, s.args.lr, div_factor=DIV, pct_start=PCT_START, final_div=FINAL_DIV)
@@ -263,7 +264,8 @@ def warm_optimizer(model, opt, loss_func, loader, n: int = 3) -> None:
 
 
 def find_cyclr(s: Setup, num_it: int, end_lr: float):
-    learn = Learner(s.model(), same_batches(s.dls), s.loss_func, lr=s.args.lr, metrics=[accuracy], device="cpu")
+    learn = Learner(s.model(), same_batches(s.dls), s.loss_func, opt_func=sgd,
+                    lr=s.args.lr, metrics=[accuracy], device="cpu")
     learn.create_opt()
     warm_optimizer(learn.model, learn.opt, s.loss_func, same_batches(s.dls).train)
 

@@ -30,7 +30,7 @@ from overhead import Timer, machine, plain_epoch, print_table  # noqa: E402
 
 from cyclr.data import DataLoaders, InMemoryLoader  # noqa: E402
 from cyclr.data.cifar10 import cifar10  # noqa: E402
-from cyclr.learner import Learner, accuracy  # noqa: E402
+from cyclr.learner import Learner, accuracy, sgd  # noqa: E402
 from cyclr.learner.models import resnet56  # noqa: E402
 
 PCT_START, DIV, FINAL_DIV = 0.3, 25.0, 25e4  # torch's final_div_factor is FINAL_DIV / DIV
@@ -75,7 +75,7 @@ def main(argv=None):
                                                     final_div_factor=FINAL_DIV / DIV)
         return plain_epoch(plain_model, plain_opt, loss_func, plain_dls.train, plain_dls.valid, sched)
 
-    learn = Learner(copy.deepcopy(initial), same_batches(dls), loss_func, lr=args.lr, metrics=[accuracy],
+    learn = Learner(copy.deepcopy(initial), same_batches(dls), loss_func, opt_func=sgd, lr=args.lr, metrics=[accuracy],
                     device=device)
     devnull = open(os.devnull, "w")  # noqa: SIM115 -- kept open for the whole run
 

@@ -35,6 +35,24 @@ class CancelFitException(Exception):
 
 _HOOK_PREFIXES = ("before_", "after_", "cleanup_")
 
+# Other frameworks' hook names (Keras, Lightning, fastai v1, HF Trainer) and the cyclr event that runs at that point,
+# so that a callback ported from one of them is refused with the name to use instead of never being called.
+FOREIGN_HOOKS = {
+    "on_train_begin": "before_fit", "on_train_start": "before_fit", "on_fit_start": "before_fit",
+    "on_train_end": "after_fit", "on_fit_end": "after_fit", "on_epoch_begin": "before_epoch",
+    "on_epoch_start": "before_epoch", "on_train_epoch_start": "before_train", "on_epoch_end": "after_epoch",
+    "on_train_epoch_end": "after_train", "on_batch_begin": "before_batch", "on_batch_start": "before_batch",
+    "on_train_batch_begin": "before_batch", "on_train_batch_start": "before_batch", "on_step_begin": "before_batch",
+    "on_batch_end": "after_batch", "on_train_batch_end": "after_batch", "on_step_end": "after_step",
+    "on_loss_begin": "after_pred", "on_backward_begin": "before_backward", "on_before_backward": "before_backward",
+    "on_backward_end": "before_step", "on_after_backward": "before_step", "on_before_optimizer_step": "before_step",
+    "on_validation_start": "before_validate", "on_validation_epoch_start": "before_validate",
+    "on_test_begin": "before_validate", "on_validation_end": "after_validate",
+    "on_validation_epoch_end": "after_validate", "on_test_end": "after_validate", "on_evaluate": "after_validate",
+    "on_validation_batch_start": "before_batch", "on_validation_batch_end": "after_batch",
+    "on_test_batch_begin": "before_batch", "on_test_batch_end": "after_batch", "on_exception": "cleanup_fit",
+}
+
 
 class Callback:
     """Base class for callbacks. Lower `order` runs first; ties keep insertion order."""
@@ -57,7 +75,8 @@ class Callback:
 
 
 def check_hook_names(cb: Callback) -> None:
-    """Refuse a callback whose method names look like hooks but are not events (e.g. ``after_batc``)."""
+    """Refuse a callback whose method names look like hooks but are not events (e.g. ``after_batc``), are another
+    framework's hook names (``on_epoch_end``), or whose hooks cannot be called as ``hook(learn)``."""
     if not isinstance(cb, Callback):
         raise TypeError(
             f"callbacks must be instances of callbacks.Callback, got {type(cb).__name__}; "
@@ -70,6 +89,39 @@ def check_hook_names(cb: Callback) -> None:
             raise ValueError(
                 f"{cb.name} defines {attr!r}, which is not an event.{hint} Events are: {', '.join(EVENTS)}."
             )
+        if attr in FOREIGN_HOOKS and callable(getattr(cb, attr, None)):
+            raise ValueError(
+                f"{cb.name} defines {attr!r}, another framework's hook name, which cyclr never calls: name it "
+                f"{FOREIGN_HOOKS[attr]!r} (def {FOREIGN_HOOKS[attr]}(self, learn)). Events are: {', '.join(EVENTS)}."
+            )
+    for event in EVENTS:
+        hook = getattr(cb, event, None)
+        if callable(hook) and not _callable_with_one_argument(hook):
+            raise ValueError(
+                f"{cb.name}.{event} cannot be called as {event}(learn): every hook takes the learner, "
+                f"def {event}(self, learn); got {event}{_signature(hook)}"
+            )
+
+
+def _callable_with_one_argument(hook) -> bool:
+    import inspect
+
+    try:
+        inspect.signature(hook).bind(None)
+    except TypeError:
+        return False
+    except ValueError:  # no signature to read (a builtin): let it be
+        return True
+    return True
+
+
+def _signature(hook) -> str:
+    import inspect
+
+    try:
+        return str(inspect.signature(getattr(hook, "__func__", hook)))
+    except (TypeError, ValueError):
+        return "(?)"
 
 
 def _similar(a: str, b: str) -> bool:

@@ -3,6 +3,7 @@ in callbacks/recorder_plots.py."""
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 
@@ -14,7 +15,30 @@ from .hypers import get_hyper
 
 
 def metric_name(metric) -> str:
+    """A readable name: the metric's `name`, its function's name (through `functools.partial`), or its class's."""
+    while isinstance(metric, functools.partial):
+        metric = metric.func
     return getattr(metric, "name", None) or getattr(metric, "__name__", None) or type(metric).__name__
+
+
+def metric_names(metrics) -> list[str]:
+    """One unique name per metric, in order: a repeated name gets a suffix (`accuracy`, `accuracy_2`), so that no
+    column of the epoch table silently replaces another."""
+    names, seen = [], set()
+    for m in metrics:
+        base = name = metric_name(m)
+        k = 1
+        while name in seen:
+            k += 1
+            name = f"{base}_{k}"
+        seen.add(name)
+        names.append(name)
+    return names
+
+
+def is_epoch_metric(metric) -> bool:
+    """An epoch-level metric (torchmetrics `Metric`, `AccumMetric`): update per batch, compute once per phase."""
+    return all(callable(getattr(metric, name, None)) for name in ("update", "compute", "reset"))
 
 
 class SmoothedValue:
@@ -52,6 +76,10 @@ class Recorder(Callback):
         self.epoch_start = time.perf_counter()
         self.fit_index = 0
         self.metric_names: list[str] = []
+        self._batch_index: list[int] = []
+        self._epoch_index: list[int] = []
+        self._batch_metrics: list = []
+        self._epoch_metrics: list = []
         self.train_metrics = train_metrics
         self.beta = beta
         self.smoother = SmoothedValue(beta)
@@ -78,7 +106,7 @@ class Recorder(Callback):
         self._pending_hypers: list[tuple] = []
 
     def before_train(self, learn):
-        self.metric_names = [metric_name(m) for m in learn.metrics]
+        self._sort_metrics(learn)
         if getattr(learn, "skip_batches", 0):
             self._move_epoch_state(learn.device)  # loaded from a checkpoint on the CPU
             return
@@ -101,22 +129,52 @@ class Recorder(Callback):
         sums = self._phase_sums.get(phase)
         if sums is None:  # created lazily: a callback that cancels in before_train/before_validate skips our hook
             sums = self._phase_sums[phase] = _PhaseSums()
-        sums.add(learn, with_metrics)
+        if with_metrics and (self._batch_metrics or self._epoch_metrics):
+            sums.add(learn, self._batch_metrics, self._epoch_metrics if phase == "valid" else ())
+        else:
+            sums.add(learn, (), ())
 
     def before_validate(self, learn):
-        self.metric_names = [metric_name(m) for m in learn.metrics]
+        self._sort_metrics(learn)
+        for m in self._epoch_metrics:
+            if isinstance(m, torch.nn.Module):  # torchmetrics keeps its state on the module's device
+                m.to(learn.device)
+            m.reset()
         self._phase_sums.pop("valid", None)
 
     def after_validate(self, learn):
-        sums = self._phase_sums.get("valid", _PhaseSums()).summed_over_processes(learn, len(self.metric_names))
-        self.last_validation = sums.averages("valid_", self.metric_names)
+        batch_names = [self.metric_names[i] for i in self._batch_index]
+        sums = self._phase_sums.get("valid", _PhaseSums()).summed_over_processes(learn, len(batch_names))
+        results = sums.averages("valid_", batch_names)
+        if sums.count:
+            # Once per validation: the epoch-level metrics' values (torchmetrics syncs across processes itself).
+            for i, m in zip(self._epoch_index, self._epoch_metrics, strict=True):
+                results[f"valid_{self.metric_names[i]}"] = float(torch.as_tensor(m.compute()).float())
+                m.reset()
+        self.last_validation = results
+
+    def validation_results(self) -> dict[str, float]:
+        """The last validation's loss and metrics, named as in the epoch table: `valid_loss`, then each metric."""
+        out = {"valid_loss": self.last_validation.get("valid_loss", math.nan)}
+        for name in self.metric_names:
+            out[name] = self.last_validation.get(f"valid_{name}", math.nan)
+        return out
+
+    def _sort_metrics(self, learn):
+        # Split once per phase, never per batch: batch metrics are averaged, epoch metrics updated (valid only).
+        self.metric_names = metric_names(learn.metrics)
+        self._batch_index = [i for i, m in enumerate(learn.metrics) if not is_epoch_metric(m)]
+        self._epoch_index = [i for i, m in enumerate(learn.metrics) if is_epoch_metric(m)]
+        self._batch_metrics = [learn.metrics[i] for i in self._batch_index]
+        self._epoch_metrics = [learn.metrics[i] for i in self._epoch_index]
 
     def after_epoch(self, learn):
         # Computed here rather than in after_train so a cancelled after_train hook chain loses nothing.
         self._flush_batches(learn)
-        n_train_metrics = len(self.metric_names) if self.train_metrics else 0
+        batch_names = [self.metric_names[i] for i in self._batch_index]
+        n_train_metrics = len(batch_names) if self.train_metrics else 0
         train_sums = self._phase_sums.get("train", _PhaseSums()).summed_over_processes(learn, n_train_metrics)
-        train = train_sums.averages("train_", self.metric_names)
+        train = train_sums.averages("train_", batch_names)  # epoch-level metrics: validation only (NaN here)
         row = {"fit": self.fit_index, "epoch": learn.epoch}
         row["train_loss"] = train.get("train_loss", math.nan)
         if self.train_metrics:
@@ -193,21 +251,21 @@ class Recorder(Callback):
         raise ValueError(f"to_df(kind={kind!r}): kind must be 'batches' or 'epochs'")
 
     # ----- plots (callbacks/recorder_plots.py) ---------------------------------------------------------------------
-    def plot_loss(self, skip_start: int = 0, with_valid: bool = True):
+    def plot_loss(self, skip_start: int = 0, with_valid: bool = True, ax=None):
         """Training loss per batch (raw and smoothed) of the last fit, with the validation loss at each epoch end."""
-        return recorder_plots.plot_loss(self, skip_start, with_valid)
+        return recorder_plots.plot_loss(self, skip_start, with_valid, ax=ax)
 
-    def plot_metrics(self):
+    def plot_metrics(self, axs=None):
         """Train/valid loss and every metric per epoch, across all fits (one panel each)."""
-        return recorder_plots.plot_metrics(self)
+        return recorder_plots.plot_metrics(self, axs=axs)
 
-    def plot_sched(self):
+    def plot_sched(self, axs=None):
         """Learning rate and momentum of every parameter group against iteration, as recorded in the last fit."""
-        return recorder_plots.plot_sched(self)
+        return recorder_plots.plot_sched(self, axs=axs)
 
-    def plot_lr_find(self, **kwargs):
+    def plot_lr_find(self, ax=None, **kwargs):
         """The last `learn.lr_find()` curve, suggestions marked; keyword arguments go to the result's `plot`."""
-        return recorder_plots.plot_lr_find(self, **kwargs)
+        return recorder_plots.plot_lr_find(self, ax=ax, **kwargs)
 
     # ----- checkpoints ----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -265,16 +323,21 @@ class _PhaseSums:
         sums.count, sums.loss, sums.metrics = int(state["count"]), state["loss"], state["metrics"]
         return sums
 
-    def add(self, learn, with_metrics: bool) -> None:
-        n = _batch_size(learn.yb)
+    def add(self, learn, batch_metrics, epoch_metrics) -> None:
+        n = _batch_size(learn.yb if learn.yb is not None else learn.xb)
         self.count += n
         loss = learn.loss.detach()
         # One tensor op per batch (sum + n * loss), out of place so the sum never aliases a tensor held elsewhere.
         self.loss = loss.float() * n if self.loss is None else torch.add(self.loss, loss, alpha=n)
-        if with_metrics and learn.metrics:
-            values = torch.stack([torch.as_tensor(m(learn.pred, learn.yb)).detach().float() for m in learn.metrics])
+        if not (batch_metrics or epoch_metrics):
+            return
+        pred = learn.metric_output(learn.pred) if hasattr(learn, "metric_output") else learn.pred
+        if batch_metrics:
+            values = torch.stack([torch.as_tensor(m(pred, learn.yb)).detach().float() for m in batch_metrics])
             values = values.to(loss.device) * n
             self.metrics = values if self.metrics is None else self.metrics + values
+        for m in epoch_metrics:
+            m.update(pred, learn.yb)
 
     def summed_over_processes(self, learn, n_metrics: int) -> _PhaseSums:
         """The sums over every process's shard (learner/distributed.py), so that all report the average over all
@@ -305,11 +368,14 @@ def _is_distributed(learn) -> bool:
     return getattr(learn, "world_size", 1) > 1
 
 
-def _batch_size(yb) -> int:
-    if isinstance(yb, torch.Tensor):
-        return yb.shape[0] if yb.ndim else 1
-    if isinstance(yb, (tuple, list)) and yb:
-        return _batch_size(yb[0])
+def _batch_size(b) -> int:
+    """Samples in a batch part: its first tensor's first dimension, a dict's first tensor's, or a list's length."""
+    if isinstance(b, torch.Tensor):
+        return b.shape[0] if b.ndim else 1
+    if isinstance(b, dict):
+        return next((_batch_size(v) for v in b.values() if isinstance(v, (torch.Tensor, tuple, list))), 1)
+    if isinstance(b, (tuple, list)) and b:
+        return _batch_size(b[0]) if isinstance(b[0], (torch.Tensor, dict)) else len(b)
     return 1
 
 

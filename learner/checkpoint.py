@@ -155,9 +155,8 @@ def callback_keys(cbs) -> dict[str, Callback]:
 
 
 # ----- reading -------------------------------------------------------------------------------------------------------
-def read_checkpoint(path) -> dict:
-    """The checkpoint at `path`, read with `torch.load(weights_only=True)`: a file holding anything but tensors and
-    plain values is refused without running any of it."""
+def _load_file(path):
+    """torch.load(path, weights_only=True), its failures as CheckpointErrors that say what the file is."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
     if not os.path.isfile(path):
@@ -177,10 +176,18 @@ def read_checkpoint(path) -> dict:
         raise CheckpointError(
             f"{os.fspath(path)} cannot be read: truncated or corrupt (torch.load raised {type(e).__name__})"
         ) from e
+    return ckpt
+
+
+def read_checkpoint(path) -> dict:
+    """The checkpoint at `path`, read with `torch.load(weights_only=True)`: a file holding anything but tensors and
+    plain values is refused without running any of it."""
+    ckpt = _load_file(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
             f"{os.fspath(path)} is not a cyclr checkpoint (a dict with format={FORMAT!r}); a plain model state_dict "
-            "loads with learn.model.load_state_dict(torch.load(path, weights_only=True))"
+            "loads with learn.load(path, model_only=True) or learn.model.load_state_dict(torch.load(path, "
+            "weights_only=True))"
         )
     if ckpt.get("version") != VERSION:
         raise CheckpointError(f"{os.fspath(path)} has checkpoint version {ckpt.get('version')!r}; this cyclr reads "
@@ -194,6 +201,25 @@ def read_checkpoint(path) -> dict:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
+
+
+def save_model_state(learn, path) -> Path:
+    """The model's plain `state_dict` at `path`, atomically: plain PyTorch reads it with
+    `model.load_state_dict(torch.load(path, weights_only=True))`."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
+    if not getattr(learn, "is_main_process", True):
+        return Path(path)
+    return atomic_torch_save(_unwrapped(learn.model).state_dict(), path)
+
+
+def load_model_state(learn, path) -> None:
+    """The model's weights from a plain `state_dict` file or from a cyclr checkpoint, checked before loading."""
+    saved = _load_file(path)
+    if isinstance(saved, dict) and saved.get("format") == FORMAT:
+        saved = saved.get("model")
+    _check_model(learn.model, saved)
+    learn.model.load_state_dict(saved)
 
 
 # ----- checking each part against the learner, then applying them ---------------------------------------------------

@@ -4,19 +4,23 @@ an epoch."""
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import torch
 from torch import nn
 
 from ..callbacks.core import Callback, check_hook_names
+from ..callbacks.recorder import metric_name
 from ..data.checks import int_at_least, non_negative, positive
+from ..data.state import rng_state, set_rng_state
+from .batches import describe
 
 _COMPILE_KEYS = ("fullgraph", "dynamic", "backend", "mode", "options", "disable")
 
 
-def check_learner_arguments(model, dls, loss_func, opt_func, lr, wd, metrics) -> list:
-    """The Learner's arguments, checked; returns the metrics as a list."""
+def check_learner_arguments(model, dls, loss_func, opt_func, lr, wd, metrics, n_inp=None) -> list:
+    """The Learner's arguments, checked; returns the metrics as a list (a single metric is accepted)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not hasattr(dls, "train"):
@@ -24,17 +28,35 @@ def check_learner_arguments(model, dls, loss_func, opt_func, lr, wd, metrics) ->
             f"dls must be a data.DataLoaders (with .train and .valid), got {type(dls).__name__}; "
             "build one with DataLoaders(train_dl, valid_dl) or DataLoaders.from_tensors(...)"
         )
-    if not callable(loss_func):
-        raise TypeError(f"loss_func must be callable (e.g. torch.nn.CrossEntropyLoss()), got {loss_func!r}")
+    if loss_func is not None and not callable(loss_func):
+        raise TypeError(
+            f"loss_func must be callable (e.g. torch.nn.CrossEntropyLoss()), or None to use the model output's "
+            f"'loss', got {loss_func!r}"
+        )
     if not callable(opt_func):
         raise TypeError(f"opt_func must be callable as opt_func(params, lr=...), got {opt_func!r}")
     positive("lr", lr)
-    non_negative("wd", wd)
-    metrics = list(metrics)
+    if wd is not None:
+        non_negative("wd", wd)
+    if n_inp is not None:
+        int_at_least("n_inp", n_inp, 1)
+    metrics = [metrics] if callable(metrics) else list(metrics)
     for m in metrics:
-        if not callable(m):
-            raise TypeError(f"each metric must be callable as metric(pred, target), got {m!r}")
+        if not callable(m) and not _is_epoch_metric(m):
+            raise TypeError(
+                f"each metric must be callable as metric(pred, target), or an object with update/compute/reset "
+                f"(a torchmetrics Metric), got {m!r}"
+            )
     return metrics
+
+
+def _is_epoch_metric(m) -> bool:
+    return all(callable(getattr(m, name, None)) for name in ("update", "compute", "reset"))
+
+
+def callback_list(cbs) -> list[Callback]:
+    """`cbs` as a list: a single callback is accepted as well as a list of them."""
+    return [cbs] if isinstance(cbs, Callback) else list(cbs)
 
 
 def check_fit_arguments(n_epoch, lr, wd, cbs) -> list[Callback]:
@@ -44,9 +66,7 @@ def check_fit_arguments(n_epoch, lr, wd, cbs) -> list[Callback]:
         positive("lr", lr)
     if wd is not None:
         non_negative("wd", wd)
-    if isinstance(cbs, Callback):
-        raise TypeError(f"cbs must be a list of callbacks, got a single {cbs.name}; pass cbs=[{cbs.name}(...)]")
-    cbs = list(cbs)
+    cbs = callback_list(cbs)
     for cb in cbs:
         check_hook_names(cb)
     return cbs
@@ -92,72 +112,113 @@ def parse_device(device) -> torch.device:
 
 
 def check_data(learn) -> None:
-    """Non-empty loaders, and a first training batch that the model and the loss accept, with labels that fit."""
+    """Non-empty loaders; a first training batch, exactly as the loader yields it, through the same split_batch /
+    forward / get_loss the loop calls, with labels that fit; then (`sanity_check`) one validation batch through the
+    loss and the metrics, so that a broken metric fails before the first step rather than after an epoch."""
     train = learn.dls.train
     if train is None or len(train) == 0:
         raise ValueError("the training loader is empty: give DataLoaders at least one training batch")
     valid = getattr(learn.dls, "valid", None)
     if valid is not None and hasattr(valid, "__len__") and len(valid) == 0:
         raise ValueError("the validation loader is empty: give it at least one batch, or pass valid=None")
-    xb, yb = _first_items(train)
-    if xb is None:
-        return
-    xb, yb = learn.to_device(xb), learn.to_device(yb)
     model = learn.model
     was_training = model.training
     model.eval()  # eval + no_grad: the check must not touch batch-norm statistics or gradients
     try:
         with torch.no_grad():
-            try:
-                pred = model(xb)
-            except Exception as e:
-                raise ValueError(
-                    f"the model failed on a training batch of shape {tuple(xb.shape)}: {e}. "
-                    "Check that the model's input layer fits the data."
-                ) from e
-            _check_labels(pred, yb, train)
-            _check_loss(learn.loss_func, pred, yb)
+            xb, yb, pred = _run_first_batch(learn, train, "training")
+            _check_labels(learn.metric_output(pred), yb, train)
+            _check_loss(learn, pred, yb)
+            if valid is not None and getattr(learn, "sanity_check", True):
+                xb, yb, pred = _run_first_batch(learn, valid, "validation")
+                loss = _check_loss(learn, pred, yb, "validation")
+                _check_metrics(learn, pred, yb, loss)
     finally:
         model.train(was_training)
 
 
-def _check_loss(loss_func, pred, yb) -> None:
+def first_batch(dl):
+    """The loader's first batch as it yields it (collate_fn, batch_tfm included), leaving its shuffling state and
+    the global RNGs as they were."""
+    if hasattr(dl, "one_batch"):
+        return dl.one_batch()
+    rng = rng_state()
+    state = dl.state_dict() if hasattr(dl, "state_dict") else None
+    try:
+        return next(iter(dl))
+    finally:
+        if state is not None:
+            dl.load_state_dict(state)
+        set_rng_state(rng)
+
+
+def _run_first_batch(learn, dl, phase: str):
+    batch = learn.to_device(first_batch(dl))
+    try:
+        xb, yb = learn.split_batch(batch)
+    except Exception as e:
+        raise ValueError(f"split_batch failed on a {phase} batch {_shaped(batch)}: {e}") from e
+    try:
+        pred = learn.forward(xb)
+    except Exception as e:
+        raise ValueError(
+            f"the model failed on a {phase} batch {_shaped(xb)}: {e}. Check that the model's "
+            "input layer fits the data, and the batch format (tuple inputs go in as model(*inputs), dicts as "
+            "model(**batch); Learner(n_inp=...) sets how many leading parts of a tuple batch are inputs)"
+        ) from e
+    return xb, yb, pred
+
+
+def _check_loss(learn, pred, yb, phase: str = "training"):
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            loss = loss_func(pred, yb)
+            loss = learn.get_loss(pred, yb)
     except Exception as e:
         raise ValueError(
-            f"loss_func failed on the model output of shape {tuple(pred.shape)} and targets of shape "
-            f"{tuple(yb.shape)}: {e}"
+            f"loss_func failed on the model output {_shaped(pred)} and targets {_shaped(yb)} of a {phase} batch: {e}"
         ) from e
     # MSELoss and friends broadcast a target of another shape with only a warning: the loss would be silently wrong.
     if any("target size" in str(w.message) for w in caught):
         raise ValueError(
-            f"loss_func got a model output of shape {tuple(pred.shape)} and targets of shape {tuple(yb.shape)}, "
-            "which it would broadcast into a wrong loss: make the model's last layer output the targets' shape"
+            f"loss_func got a model output {_shaped(pred)} and targets {_shaped(yb)}, which it would "
+            "broadcast into a wrong loss: make the model's last layer output the targets' shape"
         )
     for w in caught:  # the others are not ours to swallow
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
         raise ValueError(f"loss_func must return a scalar tensor, got {shape}; reduce it (e.g. reduction='mean')")
+    return loss
 
 
-def _first_items(dl):
-    """A first batch to check shapes with, taken without advancing the loader's shuffling state."""
-    if hasattr(dl, "x") and hasattr(dl, "y"):
-        bs = max(1, min(getattr(dl, "bs", 1), len(dl.y)))
-        return dl.x[:bs], dl.y[:bs]
-    dataset = getattr(dl, "dataset", None)
-    if dataset is not None and hasattr(dataset, "__getitem__") and len(dataset) > 0:
-        n = min(getattr(dl, "batch_size", None) or 1, len(dataset), 8)
-        items = [dataset[i] for i in range(n)]
+def _check_metrics(learn, pred, yb, loss) -> None:
+    """Each metric on one validation batch; epoch-level ones are updated and computed on a copy, so their own
+    state is left as it was."""
+    out = learn.metric_output(pred)
+    for m in learn.metrics:
         try:
-            return torch.utils.data.default_collate(items)
-        except Exception:
-            return None, None
-    return None, None
+            if _is_epoch_metric(m):
+                probe = copy.deepcopy(m)
+                if isinstance(probe, nn.Module):
+                    probe.to(loss.device)
+                probe.reset()
+                probe.update(out, yb)
+                value = probe.compute()
+            else:
+                value = m(out, yb)
+            torch.as_tensor(value).float()
+        except Exception as e:
+            raise ValueError(
+                f"the metric {metric_name(m)} failed on a validation batch, given the model output {_shaped(out)} "
+                f"and targets {_shaped(yb)}: {e}. Fix the metric or the data, or pass "
+                "Learner(..., sanity_check=False) to skip this check"
+            ) from e
+
+
+def _shaped(obj) -> str:
+    """'of shape (4, 3)' for a tensor, 'of <description>' for anything else (lists of tokens, dicts, outputs)."""
+    return f"of shape {tuple(obj.shape)}" if isinstance(obj, torch.Tensor) else f"({describe(obj)})"
 
 
 def _check_labels(pred, yb, train) -> None:

@@ -10,26 +10,39 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .checkpoint import CheckpointError, check_progress, read_checkpoint, restore, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    check_progress,
+    load_model_state,
+    read_checkpoint,
+    restore,
+    save_checkpoint,
+    save_model_state,
+)
 
 
 class Checkpoints:
-    def save(self, path, at: str | None = None) -> Path:
+    def save(self, path, at: str | None = None, model_only: bool = False) -> Path:
         """Write a checkpoint of everything to `path`, atomically (learner/checkpoint.py): model, optimizer, loop
         counters and the fit's planned length, every callback's state, the loaders' shuffling state, the RNGs.
 
         Between fits, or from a hook inside a fit: from after_batch of a training batch, or from after_epoch, the
         checkpoint records that place, so `fit(..., resume=path)` goes on from there (`at`, 'batch_end' or
         'epoch_end', is read off the running event; passed, it must agree). Only the main process writes
-        (data-parallel runs)."""
-        return save_checkpoint(self, path, at)
+        (data-parallel runs). `model_only=True` writes the model's plain `state_dict` instead, which plain PyTorch
+        reads with `model.load_state_dict(torch.load(path, weights_only=True))`."""
+        return save_model_state(self, path) if model_only else save_checkpoint(self, path, at)
 
     def load(self, path, with_opt: bool = True, model_only: bool = False):
         """Load a checkpoint written by `save`: everything it holds, or the model's weights only (`model_only`), or
         all but the optimizer (`with_opt=False`). Read with `torch.load(weights_only=True)`, so a file can never run
         code; every part is checked against this learner first, and a `CheckpointError` names the part that does not
-        fit (another architecture, another optimizer, a truncated file), with the learner left unchanged."""
-        restore(self, read_checkpoint(path), with_opt=with_opt, model_only=model_only)
+        fit (another architecture, another optimizer, a truncated file), with the learner left unchanged.
+        With `model_only`, a plain `state_dict` file (`save(path, model_only=True)`, or plain PyTorch's) loads too."""
+        if model_only:
+            load_model_state(self, path)
+        else:
+            restore(self, read_checkpoint(path), with_opt=with_opt)
         return self
 
     def resume_from(self, path, n_epoch: int, cbs, allow_length_change: bool) -> None:

@@ -158,7 +158,7 @@ def test_validation_averages_every_sample_exactly_once(ranks):
         assert r["epochs"]["valid_loss"][-1] == pytest.approx(loss, rel=1e-6)
         # Each batch's accuracy is a float32 mean: exact to ~1e-7, then weighted and summed.
         assert r["epochs"]["accuracy"][-1] == pytest.approx(acc, abs=1e-6)
-        assert r["validate"] == pytest.approx({"valid_loss": loss, "valid_accuracy": acc}, rel=1e-6)
+        assert r["validate"] == pytest.approx({"valid_loss": loss, "accuracy": acc}, rel=1e-6)
     assert ranks[0]["epochs"] == ranks[1]["epochs"]  # train_loss too: summed over both shards
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cyclr.data import fashion_mnist
-from cyclr.learner import Learner, accuracy, lenet
+from cyclr.learner import Learner, accuracy, lenet, sgd
 
 
 @pytest.mark.slow
@@ -12,7 +12,8 @@ def test_lenet_reaches_85_percent_test_accuracy_in_a_quick_run():
     torch.manual_seed(0)
     dls = fashion_mnist(bs=256, seed=0)
     assert len(dls.train.y) == 60_000 and len(dls.valid.y) == 10_000  # the real data set, not a subset
-    learn = Learner(lenet(), dls, torch.nn.CrossEntropyLoss(), metrics=[accuracy], progress=False, device="cpu")
+    learn = Learner(lenet(), dls, torch.nn.CrossEntropyLoss(), opt_func=sgd,
+                    metrics=[accuracy], progress=False, device="cpu")
     learn.fit_one_cycle(3, max_lr=0.1)
     final = learn.recorder.epoch_rows[-1]
     assert final["accuracy"] >= 0.85, final

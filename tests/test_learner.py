@@ -260,7 +260,7 @@ def test_recorder_values_and_dataframes():
     assert epochs["train_loss"][0] == pytest.approx(sum(truth.losses[:3]) / 3)
     valid = learn.validate()
     assert valid["valid_loss"] == pytest.approx(epochs["valid_loss"][1])
-    assert valid["valid_accuracy"] == pytest.approx(epochs["accuracy"][1])
+    assert valid["accuracy"] == pytest.approx(epochs["accuracy"][1])
 
 
 def test_validation_loss_and_metrics_are_sample_weighted():
@@ -270,7 +270,7 @@ def test_validation_loss_and_metrics_are_sample_weighted():
     result = learn.validate()
     preds, targets = learn.get_preds()
     assert result["valid_loss"] == pytest.approx(nn.functional.cross_entropy(preds, targets).item(), rel=1e-6)
-    assert result["valid_accuracy"] == pytest.approx((preds.argmax(1) == targets).float().mean().item())
+    assert result["accuracy"] == pytest.approx((preds.argmax(1) == targets).float().mean().item())
 
 
 def test_history_is_kept_across_fits_with_a_fit_index():

@@ -12,7 +12,7 @@ from torch import nn
 from cyclr.callbacks import Callback, ProgressCallback
 from cyclr.callbacks.training import TerminateOnNaNCallback
 from cyclr.data import DataLoaders, InMemoryLoader
-from cyclr.learner import Learner, accuracy
+from cyclr.learner import Learner, accuracy, sgd
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -49,7 +49,7 @@ def test_learner_fit_matches_the_plain_loop_of_the_overhead_benchmark():
     plain_model = copy.deepcopy(initial)
     opt = torch.optim.SGD(plain_model.parameters(), lr=0.1, momentum=0.9)
     plain_dls = loaders(x, y, xv, yv, bs=8)
-    learn = Learner(copy.deepcopy(initial), loaders(x, y, xv, yv, bs=8), nn.CrossEntropyLoss(), lr=0.1,
+    learn = Learner(copy.deepcopy(initial), loaders(x, y, xv, yv, bs=8), nn.CrossEntropyLoss(), opt_func=sgd, lr=0.1,
                     metrics=[accuracy], device="cpu", progress=False)
     for _ in range(2):
         plain = overhead.plain_epoch(plain_model, opt, nn.CrossEntropyLoss(), plain_dls.train, plain_dls.valid)
@@ -81,7 +81,8 @@ class CountHostReads:
 
 def host_reads_in_one_epoch(monkeypatch, n_batches: int) -> int:
     x, y, xv, yv = image_data(n_train=4 * n_batches, n_valid=8)
-    learn = Learner(small_cnn(), loaders(x, y, xv, yv, bs=4), nn.CrossEntropyLoss(), lr=0.1, metrics=[accuracy],
+    learn = Learner(small_cnn(), loaders(x, y, xv, yv, bs=4), nn.CrossEntropyLoss(), opt_func=sgd, lr=0.1,
+                    metrics=[accuracy],
                     device="cpu", progress=False, cbs=[ProgressCallback(show_bars=True)])
     # TerminateOnNaN reads the loss on purpose (to stop before a NaN step); everything else must not.
     learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, TerminateOnNaNCallback)])
