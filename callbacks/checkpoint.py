@@ -49,6 +49,7 @@ class SaveModelCallback(Monitor):
     # After every callback that updates its state at the end of a batch or epoch (the Recorder at 50,
     # EarlyStoppingCallback, ReduceLROnPlateau, CSVLogger at 55-57), so the checkpoint holds their updates.
     order = 90
+    writes_files = True  # the LR finder runs without it (callbacks/lr_finder.py)
 
     def __init__(self, path: str | os.PathLike = "model.pt", monitor: str = "valid_loss", mode: str = "auto",
                  min_delta: float = 0.0, every_epoch: bool = False, every_n_batches: int | None = None,

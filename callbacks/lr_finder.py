@@ -265,7 +265,15 @@ def run_lr_find(learn, start_lr: float = LR_FIND.start_lr, end_lr: float = LR_FI
     steps = min([cb.steps_per_epoch(n_batches) for cb in learn.cbs if hasattr(cb, "steps_per_epoch")] + [n_batches])
     n_epoch = math.ceil(num_it / steps)  # the callback cancels the fit once num_it steps are done
 
-    snapshot = TrainingSnapshot(learn, snapshot_memory_limit)
+    # Callbacks that write files (checkpoints, CSV logs) sit the sweep out: its diverging state and rows must never
+    # replace what the fit wrote, not even when the process is killed mid-sweep.
+    writers = [cb for cb in learn.cbs if getattr(cb, "writes_files", False)]
+    learn.remove_cbs(writers)
+    try:
+        snapshot = TrainingSnapshot(learn, snapshot_memory_limit)
+    except BaseException:
+        learn.add_cbs(writers)
+        raise
     progress = learn.progress
     show_table = progress.show_table if progress is not None else None
     curves = {}
@@ -288,6 +296,7 @@ def run_lr_find(learn, start_lr: float = LR_FIND.start_lr, end_lr: float = LR_FI
                 progress.show_table = show_table
         finally:
             snapshot.discard()
+            learn.add_cbs(writers)
     result = LRFinderSweep(curves, swept) if swept else curves[None]
     if show_plot:
         _show(result.plot())

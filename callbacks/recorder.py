@@ -12,6 +12,7 @@ import torch
 from . import recorder_plots
 from .core import Callback
 from .hypers import get_hyper
+from .optimizer_modes import effective_lrs
 
 
 def metric_name(metric) -> str:
@@ -118,7 +119,7 @@ class Recorder(Callback):
         self._pending_losses.append(learn.loss.detach())
         self._pending_hypers.append(
             (learn.epoch, learn.train_iter, learn.pct_train, [g["lr"] for g in groups],
-             [get_hyper(g, "mom") for g in groups])
+             [get_hyper(g, "mom") for g in groups], effective_lrs(groups))
         )
 
     def after_batch(self, learn):
@@ -191,21 +192,30 @@ class Recorder(Callback):
         # the batches it did train.
         self._flush_batches(learn)
 
-    def _flush_batches(self, learn):
+    def cleanup_fit(self, learn):
+        # After an exception or Ctrl-C mid-epoch neither after_epoch nor after_fit ran: the steps already taken keep
+        # their rows (each process its own losses: the others may not reach a collective any more).
+        self._flush_batches(learn, across_processes=False)
+
+    def _flush_batches(self, learn, across_processes: bool = True):
         """Turn this epoch's device losses into floats: one host sync per epoch."""
         if not self._pending_losses:
             return
         losses = torch.stack(self._pending_losses).float()
-        if _is_distributed(learn):
+        if across_processes and _is_distributed(learn):
             # Data-parallel: each step's loss averaged over all processes' batches (one collective per epoch).
             losses = learn.all_reduce_mean(losses)
         losses = losses.tolist()
-        for loss, (epoch, train_iter, pct, lrs, moms) in zip(losses, self._pending_hypers, strict=True):
+        for loss, (epoch, train_iter, pct, lrs, moms, *eff) in zip(losses, self._pending_hypers, strict=True):
             row = {"fit": self.fit_index, "epoch": epoch, "train_iter": train_iter, "pct": pct,
                    "loss": loss, "smooth_loss": self.smoother.add(loss), "lr": lrs[-1], "mom": moms[-1]}
+            eff_lrs = eff[0] if eff else None  # Prodigy / D-Adaptation: d * lr (callbacks/optimizer_modes.py)
+            if eff_lrs is not None:
+                row["eff_lr"] = eff_lrs[-1]
             if len(lrs) > 1:
                 row.update({f"lr_{i}": v for i, v in enumerate(lrs)})
                 row.update({f"mom_{i}": v for i, v in enumerate(moms)})
+                row.update({f"eff_lr_{i}": v for i, v in enumerate(eff_lrs or ())})
             self.batch_rows.append(row)
         self._pending_losses, self._pending_hypers = [], []
 
@@ -229,9 +239,9 @@ class Recorder(Callback):
         return [r["mom"] for r in self.last_fit_rows()]
 
     def group_values(self, name: str) -> list[list[float]]:
-        """`name` ('lr' or 'mom') per parameter group: one list per group, per batch of the last fit."""
+        """`name` ('lr', 'mom' or 'eff_lr') per parameter group: one list per group, per batch of the last fit."""
         rows = self.last_fit_rows()
-        if not rows:
+        if not rows or name not in rows[0]:
             return []
         n_groups = sum(1 for k in rows[0] if k.startswith(f"{name}_")) or 1
         if n_groups == 1:

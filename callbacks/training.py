@@ -375,6 +375,7 @@ class CSVLogger(Callback):
     """
 
     order = 57
+    writes_files = True  # the LR finder runs without it (callbacks/lr_finder.py)
 
     def __init__(self, path: str | os.PathLike = "history.csv", append: bool = False):
         if not isinstance(path, (str, os.PathLike)):

@@ -1,6 +1,7 @@
 """Faults a user's worst day brings, each with its attack: a killed process mid-save, file modes, checkpoint paths
 with format specs."""
 
+import csv
 import errno
 import math
 import os
@@ -17,6 +18,7 @@ from torch import nn
 from cyclr.callbacks import (
     Callback,
     CancelFitException,
+    CSVLogger,
     EarlyStoppingCallback,
     SaveModelCallback,
     TerminateOnNaNCallback,
@@ -24,6 +26,7 @@ from cyclr.callbacks import (
 from cyclr.data.state import TEMP_SUFFIX, atomic_torch_save
 from cyclr.data.synthetic import synthetic_classification
 from cyclr.learner import Learner
+from cyclr.learner.checkpoint import read_checkpoint
 
 
 def make_learner(**kwargs):
@@ -183,3 +186,37 @@ def test_check_finite_false_lets_the_fit_go_on_through_nan_epochs():
     with pytest.warns(RuntimeWarning, match="counts as no improvement"):
         learn.fit(5, cbs=[ValidLossNaNFrom(1), stop])
     assert stop.stopped_epoch == 2 and stop.best_epoch == 0  # patience ran out after two NaN epochs
+
+
+class InterruptAt(Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def before_batch(self, learn):
+        if learn.training and learn.train_iter == self.step:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_mid_epoch_keeps_the_rows_of_the_steps_taken():
+    learn = make_learner()
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit(2, cbs=[InterruptAt(6)])  # 4 steps per epoch: epoch 0 and two steps of epoch 1
+    assert [r["train_iter"] for r in learn.recorder.batch_rows] == list(range(6))
+    learn.fit(1)  # the next fit neither loses nor repeats them
+    assert [(r["fit"], r["train_iter"]) for r in learn.recorder.batch_rows] == \
+        [(0, i) for i in range(6)] + [(1, i) for i in range(4)]
+
+
+def test_lr_find_leaves_checkpoints_and_csv_logs_alone(tmp_path):
+    learn = make_learner()
+    saver = SaveModelCallback(tmp_path / "ckpt.pt", every_epoch=True, every_n_batches=1)
+    logger = CSVLogger(tmp_path / "history.csv")
+    learn.add_cbs([saver, logger])
+    learn.fit(1)
+    files = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    learn.lr_find(num_it=20)  # diverges: its state must never reach the files
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files
+    assert saver in learn.cbs and logger in learn.cbs  # back for the next fit
+    learn.fit(1)
+    assert read_checkpoint(tmp_path / "ckpt.pt")["progress"]["train_iter"] == 4
+    assert len(list(csv.reader(open(tmp_path / "history.csv")))) == 2  # header and the new fit's epoch
