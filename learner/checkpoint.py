@@ -26,8 +26,10 @@ not fit), then applies them all.
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import pickle
+import pickletools
 import random
 import re
 import warnings
@@ -39,9 +41,15 @@ from torch.nn.parallel import DistributedDataParallel
 from ..callbacks.core import Callback
 from ..data.state import atomic_torch_save, rng_state, set_rng_state
 
-FORMAT, VERSION = "cyclr-checkpoint", 1
+# Version 2 adds `checksum`, a SHA-256 over every tensor and value of the other parts, checked when read; version 1
+# files (no checksum) are still read.
+FORMAT, VERSION, READABLE_VERSIONS = "cyclr-checkpoint", 2, (1, 2)
 POSITIONS = ("epoch_end", "batch_end", "outside_fit")
 PARTS = ("model", "optimizer", "progress", "callbacks", "data", "rng")
+
+
+# Pickle's own opcodes: one that torch's weights-only reader refuses builds objects; any other byte is damage.
+_OPCODES = {op.code for op in pickletools.opcodes}
 
 
 class CheckpointError(ValueError):
@@ -73,7 +81,34 @@ def save_checkpoint(learn, path, at: str | None = None) -> Path:
         "data": _data_state(learn.dls, mid_epoch=at == "batch_end"),
         "rng": rng_state(),
     }
+    ckpt["checksum"] = checksum(ckpt)
     return atomic_torch_save(ckpt, path)
+
+
+def checksum(ckpt: dict) -> str:
+    """SHA-256 over every part but `checksum`: each tensor's dtype, shape and bytes, each plain value's repr, in a
+    fixed order. One flipped bit anywhere changes it."""
+    digest = hashlib.sha256()
+
+    def feed(obj) -> None:
+        if isinstance(obj, torch.Tensor):
+            tensor = obj.detach().cpu().contiguous()
+            digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(obj, dict):
+            digest.update(f"D{len(obj)}".encode())
+            for key in sorted(obj, key=repr):
+                feed(key)
+                feed(obj[key])
+        elif isinstance(obj, (list, tuple)):
+            digest.update(f"L{len(obj)}".encode())
+            for item in obj:
+                feed(item)
+        else:
+            digest.update(f"V{obj!r};".encode())
+
+    feed({k: v for k, v in ckpt.items() if k != "checksum"})
+    return digest.hexdigest()
 
 
 def _position(learn, at: str | None) -> str:
@@ -164,8 +199,12 @@ def _load_file(path):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" in str(e):
-            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        # torch words every unpickling failure under weights_only alike; only an unsupported global is an object
+        # the file would build (possibly code it would run), anything else is damage.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        operand = re.search(r"Unsupported operand (\d+)", str(e))
+        real_opcode = operand is not None and int(operand.group(1)) < 256 and chr(int(operand.group(1))) in _OPCODES
+        if found or real_opcode:
             what = f" (it would call {found.group(1)})" if found else ""
             raise CheckpointError(
                 f"{os.fspath(path)} holds objects other than tensors and plain values{what}; it was refused without "
@@ -189,9 +228,14 @@ def read_checkpoint(path) -> dict:
             "loads with learn.load(path, model_only=True) or learn.model.load_state_dict(torch.load(path, "
             "weights_only=True))"
         )
-    if ckpt.get("version") != VERSION:
+    if ckpt.get("version") not in READABLE_VERSIONS:
         raise CheckpointError(f"{os.fspath(path)} has checkpoint version {ckpt.get('version')!r}; this cyclr reads "
-                              f"version {VERSION}")
+                              f"versions {READABLE_VERSIONS}")
+    if ckpt["version"] >= 2 and ckpt.get("checksum") != checksum(ckpt):
+        raise CheckpointError(
+            f"{os.fspath(path)} is corrupt: its content does not match the checksum written with it (a damaged disk, "
+            "an interrupted copy or an edit); nothing was loaded. Use another checkpoint"
+        )
     missing = [part for part in PARTS if part not in ckpt]
     if missing:
         raise CheckpointError(f"{os.fspath(path)} lacks the part(s) {missing}: it is incomplete")

@@ -26,7 +26,7 @@ from cyclr.callbacks import (
 from cyclr.data.state import TEMP_SUFFIX, atomic_torch_save
 from cyclr.data.synthetic import synthetic_classification
 from cyclr.learner import Learner
-from cyclr.learner.checkpoint import read_checkpoint
+from cyclr.learner.checkpoint import CheckpointError, read_checkpoint
 
 
 def make_learner(**kwargs):
@@ -220,3 +220,43 @@ def test_lr_find_leaves_checkpoints_and_csv_logs_alone(tmp_path):
     learn.fit(1)
     assert read_checkpoint(tmp_path / "ckpt.pt")["progress"]["train_iter"] == 4
     assert len(list(csv.reader(open(tmp_path / "history.csv")))) == 2  # header and the new fit's epoch
+
+
+def flip_bit_in_file(path, needle: bytes, bit: int = 6) -> None:
+    data = bytearray(path.read_bytes())
+    at = data.find(needle)
+    assert at >= 0 and data.find(needle, at + 1) < 0, "the bytes to damage must occur exactly once"
+    data[at + len(needle) - 1] ^= 1 << bit
+    path.write_bytes(bytes(data))
+
+
+def test_one_flipped_bit_in_the_weights_is_refused_as_corrupt(tmp_path):
+    learn = make_learner()
+    learn.fit(1)
+    path = learn.save(tmp_path / "ckpt.pt")
+    weight = learn.model.weight.detach().reshape(-1)
+    flip_bit_in_file(path, weight[:3].numpy().tobytes())  # a bit of the third weight's exponent
+    fresh = make_learner()
+    before = [p.detach().clone() for p in fresh.model.parameters()]
+    with pytest.raises(CheckpointError, match="is corrupt: its content does not match the checksum"):
+        fresh.load(path)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.model.parameters(), before, strict=True))
+
+
+def test_a_flipped_bit_in_the_counters_is_refused_as_corrupt(tmp_path):
+    learn = make_learner()
+    path = tmp_path / "ckpt.pt"
+    learn.fit(3, cbs=[SaveModelCallback(path, every_epoch=True)])
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["progress"]["epoch"] ^= 1  # what a flip in the pickled counters does, written back with the old checksum
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match="is corrupt"):
+        make_learner().fit(3, resume=path)
+
+
+def test_random_bytes_are_reported_as_corrupt_not_as_malicious(tmp_path):
+    path = tmp_path / "noise.pt"
+    path.write_bytes(bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0)).tolist()))
+    with pytest.raises(CheckpointError, match="corrupt") as caught:
+        make_learner().load(path)
+    assert "objects other than tensors" not in str(caught.value)
