@@ -22,7 +22,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..data.checks import in_unit_interval, positive
+from ..data.checks import in_unit_interval, int_at_least, one_of, positive
 from .core import Callback, CancelFitException, CancelValidException
 from .hypers import set_group_hyper
 from .lr_result import LRFinderPlots, LRFinderResult, LRFinderSweep
@@ -73,12 +73,8 @@ def check_sweep(start_lr, end_lr, num_it, step_mode, stop_div=True) -> None:
     positive("end_lr", end_lr)
     if start_lr >= end_lr:
         raise ValueError(f"start_lr must be smaller than end_lr, got start_lr={start_lr!r} >= end_lr={end_lr!r}")
-    if isinstance(num_it, bool) or not isinstance(num_it, int):
-        raise TypeError(f"num_it must be an int >= 2, got {type(num_it).__name__} ({num_it!r})")
-    if num_it < 2:
-        raise ValueError(f"num_it must be an int >= 2 (the sweep needs a first and a last rate), got {num_it}")
-    if step_mode not in STEP_MODES:
-        raise ValueError(f"step_mode must be one of {STEP_MODES}, got {step_mode!r}")
+    int_at_least("num_it", num_it, 2, hint=" (the sweep needs a first and a last rate)")
+    one_of("step_mode", step_mode, STEP_MODES)
     if not isinstance(stop_div, bool):
         raise TypeError(f"stop_div must be True or False, got {stop_div!r}")
 

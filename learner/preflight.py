@@ -115,6 +115,11 @@ def check_data(learn) -> None:
     """Non-empty loaders; a first training batch, exactly as the loader yields it, through the same split_batch /
     forward / get_loss the loop calls, with labels that fit; then (`sanity_check`) one validation batch through the
     loss and the metrics, so that a broken metric fails before the first step rather than after an epoch."""
+    if not any(p.requires_grad for p in learn.model.parameters()):
+        raise ValueError(
+            "the model has no trainable parameters (every parameter has requires_grad=False), so no step could "
+            "change it: unfreeze some with learn.unfreeze() or learn.freeze_to(n), or param.requires_grad_(True)"
+        )
     train = learn.dls.train
     if train is None or len(train) == 0:
         raise ValueError("the training loader is empty: give DataLoaders at least one training batch")

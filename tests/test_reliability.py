@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -32,8 +33,8 @@ from cyclr.learner.checkpoint import CheckpointError, read_checkpoint
 def make_learner(**kwargs):
     torch.manual_seed(0)
     dls = synthetic_classification(n_train=64, n_valid=32, n_features=4, n_classes=3, bs=16, seed=0)
-    return Learner(nn.Linear(4, 3), dls, nn.CrossEntropyLoss(), opt_func=torch.optim.SGD, lr=0.1, progress=False,
-                   **kwargs)
+    kwargs = {"opt_func": torch.optim.SGD, "lr": 0.1, "progress": False, **kwargs}
+    return Learner(nn.Linear(4, 3), dls, nn.CrossEntropyLoss(), **kwargs)
 
 
 KILLED_MID_WRITE = """
@@ -260,3 +261,20 @@ def test_random_bytes_are_reported_as_corrupt_not_as_malicious(tmp_path):
     with pytest.raises(CheckpointError, match="corrupt") as caught:
         make_learner().load(path)
     assert "objects other than tensors" not in str(caught.value)
+
+
+def test_a_model_with_no_trainable_parameters_is_refused_before_training():
+    learn = make_learner()
+    learn.model.requires_grad_(False)
+    with pytest.raises(ValueError, match="the model has no trainable parameters .*learn.unfreeze"):
+        learn.fit(1)
+    assert learn.recorder.batch_rows == []
+
+
+def test_numpy_scalars_are_accepted_wherever_python_numbers_are():
+    learn = make_learner(lr=np.float32(0.05), wd=np.float64(0.0))
+    learn.fit(np.int64(1), lr=np.float32(0.1))
+    learn.fit_one_cycle(np.int64(1), max_lr=np.float32(0.1), pct_start=np.float64(0.25))
+    learn.fit_sgdr(np.int64(1), np.int64(1), max_lr=np.float32(0.1))
+    assert learn.lr_find(start_lr=np.float32(1e-4), end_lr=np.float64(1.0), num_it=np.int64(5)).lrs
+    assert len(learn.recorder.batch_rows) == 12
