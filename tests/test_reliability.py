@@ -278,3 +278,63 @@ def test_numpy_scalars_are_accepted_wherever_python_numbers_are():
     learn.fit_sgdr(np.int64(1), np.int64(1), max_lr=np.float32(0.1))
     assert learn.lr_find(start_lr=np.float32(1e-4), end_lr=np.float64(1.0), num_it=np.int64(5)).lrs
     assert len(learn.recorder.batch_rows) == 12
+
+
+# ----- the README's table of faults: each row names the test that attacks it (which must exist) ---------------------
+FAULTS = [
+    ("SIGKILL between writing a checkpoint and renaming it", "old checkpoint intact; the stale `.cyclr-tmp` file "
+     "(named by pid) is removed by the next save", "test_a_save_killed_mid_write_leaves_a_recognisable_temp_file_that_"
+     "the_next_save_removes"),
+    ("another live process writing the same checkpoint", "its temporary file is left alone",
+     "test_a_live_writers_temp_file_is_left_alone"),
+    ("full disk during a save", "`OSError(ENOSPC)`: no space left at PATH, previous checkpoint intact",
+     "test_a_full_disk_says_no_space_left_and_keeps_the_old_checkpoint"),
+    ("one flipped bit in a checkpoint's weights", "refused as corrupt (SHA-256 of every part), learner unchanged",
+     "test_one_flipped_bit_in_the_weights_is_refused_as_corrupt"),
+    ("a flipped bit in a checkpoint's counters", "refused as corrupt before resuming",
+     "test_a_flipped_bit_in_the_counters_is_refused_as_corrupt"),
+    ("random bytes as a checkpoint", "refused as corrupt (not called malicious)",
+     "test_random_bytes_are_reported_as_corrupt_not_as_malicious"),
+    ("umask 027, or an existing checkpoint with mode 0604", "new files 0640, existing files keep their mode",
+     "test_checkpoints_honour_the_umask_and_keep_an_existing_files_mode"),
+    ("`SaveModelCallback('ckpt_{epoch:03d}.pt')`", "one file per epoch, formatted; bad fields refused at creation",
+     "test_save_model_callback_formats_the_path_with_its_format_spec"),
+    ("`lr_find` with SaveModelCallback and CSVLogger attached", "their files untouched by the sweep",
+     "test_lr_find_leaves_checkpoints_and_csv_logs_alone"),
+    ("a finite loss with a NaN gradient", "stopped before the step, weights of the last good step, truthful warning",
+     "test_a_nan_gradient_with_a_finite_loss_stops_before_the_step_keeping_the_last_good_weights"),
+    ("a NaN validation loss", "warned with its epoch; EarlyStopping stops (check_finite), no 'best' checkpoint of it",
+     "test_a_nan_validation_loss_is_warned_about_and_early_stopping_stops"),
+    ("Ctrl-C mid-epoch", "the steps taken keep their Recorder rows; the next fit continues the history",
+     "test_ctrl_c_mid_epoch_keeps_the_rows_of_the_steps_taken"),
+    ("a model with no trainable parameters", "refused before training, saying how to unfreeze",
+     "test_a_model_with_no_trainable_parameters_is_refused_before_training"),
+    ("numpy scalars as lr, epochs, sweep settings", "accepted like Python numbers",
+     "test_numpy_scalars_are_accepted_wherever_python_numbers_are"),
+    ("a relabelled Fashion-MNIST source file", "refused: its MD5 differs from the published one, file named",
+     "test_fashion_mnist_torchvision_layout_and_stale_cache"),
+    ("a damaged Fashion-MNIST disk cache (a flipped label, a 100-image train set)", "detected, decoded again",
+     "test_a_damaged_disk_cache_is_detected_and_decoded_again"),
+    ("a corrupt .gz source", "the error names the file", "test_a_corrupt_gzip_source_is_reported_with_its_path"),
+    ("a damaged copy of the CIFAR-10 tarball", "refused: SHA-256 differs from the recorded one",
+     "test_a_damaged_copy_of_the_cifar_jpeg_edition_is_refused"),
+]
+FAULTS_START, FAULTS_END = "<!-- faults-table: start -->", "<!-- faults-table: end -->"
+
+
+def test_the_faults_table_is_backed_by_tests_and_up_to_date():
+    from pathlib import Path
+
+    tests = Path(__file__).parent
+    defined = {line.split("(")[0][4:] for path in tests.glob("test_*.py") for line in path.read_text().splitlines()
+               if line.startswith("def test_")}
+    missing = [name for _, _, name in FAULTS if name not in defined]
+    assert not missing, f"the faults table names tests that do not exist: {missing}"
+    table = "| fault | what happens | test |\n|---|---|---|\n" + "".join(
+        f"| {fault} | {outcome} | `{name}` |\n" for fault, outcome, name in FAULTS)
+    readme_path = tests.parent / "README.md"
+    readme = readme_path.read_text()
+    start, end = readme.index(FAULTS_START) + len(FAULTS_START), readme.index(FAULTS_END)
+    if readme[start:end] != "\n" + table:
+        readme_path.write_text(readme[:start] + "\n" + table + readme[end:])
+        pytest.fail("regenerated the README's faults table from FAULTS: review and commit it")
