@@ -4,7 +4,6 @@ and one on-disk cache of decoded tensors (`$XDG_CACHE_HOME/cyclr/<name>.pt`), wr
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import threading
@@ -14,7 +13,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from .state import atomic_torch_save
+from .state import atomic_torch_save, digest
 
 __all__ = ["DOWNLOAD_TIMEOUT_S", "cache_dir", "disk_cache_path", "tensors_digest", "read_disk_cache",
            "write_disk_cache",
@@ -33,13 +32,8 @@ def disk_cache_path(name: str) -> Path:
 
 
 def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over the names, dtypes, shapes and bytes of `tensors`: what a cache stores to recognise damage."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
+    """What a cache stores beside its tensors to recognise damage (`data.state.digest`)."""
+    return digest(tensors)
 
 
 def read_disk_cache(key: str, name: str) -> dict[str, torch.Tensor] | None:
@@ -55,7 +49,9 @@ def read_disk_cache(key: str, name: str) -> dict[str, torch.Tensor] | None:
     if not isinstance(saved, dict) or saved.get("key") != key:
         return None
     tensors = {field: value for field, value in saved.items() if field not in ("key", "sha256")}
-    if not all(isinstance(t, torch.Tensor) for t in tensors.values()) or saved.get("sha256") != tensors_digest(tensors):
+    if "sha256" not in saved:
+        return None  # written before caches carried a checksum: decode again and rewrite it
+    if not all(isinstance(t, torch.Tensor) for t in tensors.values()) or saved["sha256"] != tensors_digest(tensors):
         warnings.warn(f"the cache {path} is damaged (its tensors do not match their checksum): decoding the source "
                       "files again", stacklevel=3)
         return None

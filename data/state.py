@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import hashlib
 import os
 import random
 import shutil
@@ -23,7 +24,7 @@ from typing import BinaryIO
 import torch
 
 __all__ = ["TEMP_SUFFIX", "atomic_write", "remove_stale_temp_files", "atomic_torch_save", "rng_state",
-           "set_rng_state", "seeded_generator", "check_loader_state"]
+           "set_rng_state", "seeded_generator", "check_loader_state", "digest"]
 
 # Our temporary files are `.<final name>.<pid>.<random>.cyclr-tmp` beside the final file: recognisable, so the next
 # write of that file removes what a process killed mid-write left behind (only files of processes no longer alive:
@@ -174,3 +175,29 @@ def check_loader_state(state: dict, owner: str) -> None:
     generator_state = state["generator"]
     if not (isinstance(generator_state, torch.Tensor) and generator_state.dtype == torch.uint8):
         raise TypeError(f"state['generator'] must be a torch.uint8 tensor (a generator state), got {generator_state!r}")
+
+
+def digest(obj) -> str:
+    """SHA-256 over a nest of dicts, lists and tuples of tensors and plain values: each tensor's dtype, shape and
+    bytes, each plain value's repr, dict keys in sorted order. One flipped bit anywhere changes it."""
+    sha = hashlib.sha256()
+
+    def feed(item) -> None:
+        if isinstance(item, torch.Tensor):
+            tensor = item.detach().cpu().contiguous()
+            sha.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+            sha.update(tensor.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(item, dict):
+            sha.update(f"D{len(item)}".encode())
+            for key in sorted(item, key=repr):
+                feed(key)
+                feed(item[key])
+        elif isinstance(item, (list, tuple)):
+            sha.update(f"L{len(item)}".encode())
+            for element in item:
+                feed(element)
+        else:
+            sha.update(f"V{item!r};".encode())
+
+    feed(obj)
+    return sha.hexdigest()

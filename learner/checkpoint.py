@@ -25,12 +25,9 @@ not fit), then applies them all.
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import os
 import pickle
 import pickletools
-import random
 import re
 import warnings
 from pathlib import Path
@@ -39,21 +36,19 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..callbacks.core import Callback
-from ..data.state import atomic_torch_save, rng_state, set_rng_state
-
-# Version 2 adds `checksum`, a SHA-256 over every tensor and value of the other parts, checked when read; version 1
-# files (no checksum) are still read.
-FORMAT, VERSION, READABLE_VERSIONS = "cyclr-checkpoint", 2, (1, 2)
-POSITIONS = ("epoch_end", "batch_end", "outside_fit")
-PARTS = ("model", "optimizer", "progress", "callbacks", "data", "rng")
-
+from ..data.state import atomic_torch_save, digest, rng_state, set_rng_state
+from .checkpoint_checks import (
+    check_callbacks,
+    check_data,
+    check_model,
+    check_optimizer,
+    check_progress,
+    check_rng,
+)
+from .checkpoint_format import FORMAT, PARTS, POSITIONS, READABLE_VERSIONS, VERSION, CheckpointError
 
 # Pickle's own opcodes: one that torch's weights-only reader refuses builds objects; any other byte is damage.
 _OPCODES = {op.code for op in pickletools.opcodes}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, or does not fit this learner; raised before the learner is changed."""
 
 
 # ----- writing -------------------------------------------------------------------------------------------------------
@@ -86,29 +81,8 @@ def save_checkpoint(learn, path, at: str | None = None) -> Path:
 
 
 def checksum(ckpt: dict) -> str:
-    """SHA-256 over every part but `checksum`: each tensor's dtype, shape and bytes, each plain value's repr, in a
-    fixed order. One flipped bit anywhere changes it."""
-    digest = hashlib.sha256()
-
-    def feed(obj) -> None:
-        if isinstance(obj, torch.Tensor):
-            tensor = obj.detach().cpu().contiguous()
-            digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-        elif isinstance(obj, dict):
-            digest.update(f"D{len(obj)}".encode())
-            for key in sorted(obj, key=repr):
-                feed(key)
-                feed(obj[key])
-        elif isinstance(obj, (list, tuple)):
-            digest.update(f"L{len(obj)}".encode())
-            for item in obj:
-                feed(item)
-        else:
-            digest.update(f"V{obj!r};".encode())
-
-    feed({k: v for k, v in ckpt.items() if k != "checksum"})
-    return digest.hexdigest()
+    """SHA-256 over every part but `checksum` itself."""
+    return digest({k: v for k, v in ckpt.items() if k != "checksum"})
 
 
 def _position(learn, at: str | None) -> str:
@@ -242,11 +216,6 @@ def read_checkpoint(path) -> dict:
     return ckpt
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
 def save_model_state(learn, path) -> Path:
     """The model's plain `state_dict` at `path`, atomically: plain PyTorch reads it with
     `model.load_state_dict(torch.load(path, weights_only=True))`."""
@@ -262,7 +231,7 @@ def load_model_state(learn, path) -> None:
     saved = _load_file(path)
     if isinstance(saved, dict) and saved.get("format") == FORMAT:
         saved = saved.get("model")
-    _check_model(learn.model, saved)
+    check_model(learn.model, saved)
     learn.model.load_state_dict(saved)
 
 
@@ -273,7 +242,7 @@ def restore(learn, ckpt: dict, *, with_opt: bool = True, model_only: bool = Fals
 
     `cbs`: the callbacks whose state to restore (default `learn.cbs`; a resumed fit adds its own). The optimizer is
     created first when the learner has none yet (and dropped again if a check fails)."""
-    _check_model(learn.model, ckpt["model"])
+    check_model(learn.model, ckpt["model"])
     if model_only:
         learn.model.load_state_dict(ckpt["model"])
         return
@@ -283,11 +252,11 @@ def restore(learn, ckpt: dict, *, with_opt: bool = True, model_only: bool = Fals
         learn.create_opt()
     try:
         if with_opt and ckpt["optimizer"] is not None:
-            _check_optimizer(learn.opt, ckpt["optimizer"])
+            check_optimizer(learn.opt, ckpt["optimizer"])
         keyed = callback_keys(cbs)
-        _check_callbacks(learn, keyed, ckpt["callbacks"])
-        _check_data(learn.dls, ckpt["data"])
-        _check_rng(ckpt["rng"])
+        check_callbacks(learn, keyed, ckpt["callbacks"])
+        check_data(learn.dls, ckpt["data"])
+        check_rng(ckpt["rng"])
         check_progress(ckpt["progress"])
     except BaseException:
         if created_opt:
@@ -314,126 +283,3 @@ def restore(learn, ckpt: dict, *, with_opt: bool = True, model_only: bool = Fals
     progress = ckpt["progress"]
     learn.epoch, learn.train_iter = progress["epoch"], progress["train_iter"]
     learn.n_epoch, learn.n_train_iters = progress["n_epoch"], progress["n_train_iters"]
-
-
-def _names(keys, limit: int = 5) -> str:
-    keys = list(keys)
-    return ", ".join(keys[:limit]) + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
-
-
-def _check_model(model, saved) -> None:
-    if not isinstance(saved, dict) or not all(isinstance(v, torch.Tensor) for v in saved.values()):
-        raise CheckpointError("model: the checkpoint's model part is not a state_dict of tensors")
-    current = model.state_dict()
-    problems = []
-    missing = [k for k in current if k not in saved]
-    unexpected = [k for k in saved if k not in current]
-    shapes = [f"{k} {tuple(saved[k].shape)} in the checkpoint vs {tuple(v.shape)} in the model"
-              for k, v in current.items() if k in saved and saved[k].shape != v.shape]
-    if missing:
-        problems.append(f"missing {_names(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {_names(unexpected)}")
-    if shapes:
-        problems.append(f"other shapes: {_names(shapes, 3)}")
-    if problems:
-        raise CheckpointError(
-            f"model: the checkpoint does not fit this model ({'; '.join(problems)}); it was saved from another "
-            "architecture. Build the same model, or load only matching weights yourself"
-        )
-
-
-def _check_optimizer(opt, saved) -> None:
-    if not isinstance(saved, dict) or not {"type", "state"} <= saved.keys():
-        raise CheckpointError("optimizer: the checkpoint's optimizer part is malformed")
-    if saved["type"] != type(opt).__name__:
-        raise CheckpointError(
-            f"optimizer: the checkpoint holds the state of {saved['type']} but this learner's optimizer is "
-            f"{type(opt).__name__}; create the Learner with the same opt_func, or load(path, with_opt=False)"
-        )
-    groups = saved["state"].get("param_groups", [])
-    if len(groups) != len(opt.param_groups):
-        raise CheckpointError(
-            f"optimizer: the checkpoint has {len(groups)} parameter group(s), this optimizer "
-            f"{len(opt.param_groups)}; use the same splitter"
-        )
-    params = []
-    for i, (saved_group, group) in enumerate(zip(groups, opt.param_groups, strict=True)):
-        if len(saved_group["params"]) != len(group["params"]):
-            raise CheckpointError(
-                f"optimizer: parameter group {i} has {len(saved_group['params'])} parameters in the checkpoint and "
-                f"{len(group['params'])} here; it was saved from another model or splitter"
-            )
-        params += list(zip(saved_group["params"], group["params"], strict=True))
-    param_of = dict(params)
-    for index, state in saved["state"].get("state", {}).items():
-        if index not in param_of:
-            raise CheckpointError(f"optimizer: state for parameter {index}, which no parameter group holds")
-        p = param_of[index]
-        for name, value in state.items():
-            if isinstance(value, torch.Tensor) and value.ndim > 0 and value.shape != p.shape:
-                raise CheckpointError(
-                    f"optimizer: {name!r} of parameter {index} has shape {tuple(value.shape)} in the checkpoint but "
-                    f"the parameter has shape {tuple(p.shape)}"
-                )
-
-
-def _check_callbacks(learn, keyed: dict, saved) -> None:
-    if not isinstance(saved, dict):
-        raise CheckpointError("callbacks: the checkpoint's callbacks part is not a dict")
-    # Trial loads into copies; the learner, model, optimizer and loaders are shared, not copied, by the copies.
-    memo = {id(obj): obj for obj in (learn, learn.model, learn.opt, learn.dls)}
-    for key, cb in keyed.items():
-        if key not in saved or not (saved[key] or cb.state_dict()):
-            continue  # nothing saved and nothing to restore (most callbacks keep no state)
-        trial = copy.deepcopy(cb, dict(memo))
-        try:
-            trial.load_state_dict(saved[key])
-        except Exception as e:
-            raise CheckpointError(
-                f"callback {key}: its saved state does not fit ({type(e).__name__}: {_first_line(e)})"
-            ) from None
-
-
-def _check_data(dls, saved) -> None:
-    if not saved:
-        return
-    if not hasattr(dls, "load_state_dict"):
-        raise CheckpointError(f"data: the checkpoint holds loader states but learn.dls ({type(dls).__name__}) has "
-                              "no load_state_dict")
-    current = dls.state_dict()
-    try:
-        dls.load_state_dict(saved)
-    except Exception as e:
-        raise CheckpointError(f"data: the loaders' saved state does not fit ({_first_line(e)})") from None
-    finally:
-        dls.load_state_dict(current)
-
-
-def _check_rng(saved) -> None:
-    if not isinstance(saved, dict) or "torch" not in saved or "random" not in saved:
-        raise CheckpointError("rng: the checkpoint's RNG part lacks the torch or python state")
-    cpu = saved["torch"]
-    if not (isinstance(cpu, torch.Tensor) and cpu.dtype == torch.uint8 and cpu.shape == torch.get_rng_state().shape):
-        raise CheckpointError("rng: the torch CPU generator state has the wrong type or size")
-    current = random.getstate()
-    try:
-        random.setstate(saved["random"])
-    except Exception as e:
-        raise CheckpointError(f"rng: the python random state does not fit ({_first_line(e)})") from None
-    finally:
-        random.setstate(current)
-    numpy_state = saved.get("numpy")
-    if numpy_state is not None and not (
-        isinstance(numpy_state, dict) and isinstance(numpy_state.get("key"), torch.Tensor)
-        and numpy_state["key"].shape == (624,)
-    ):
-        raise CheckpointError("rng: the numpy generator state is malformed")
-
-
-def check_progress(progress) -> None:
-    keys = ("at", "epoch", "iter", "train_iter", "n_epoch", "batches_per_epoch", "n_train_iters")
-    if not isinstance(progress, dict) or not set(keys) <= progress.keys() or progress["at"] not in POSITIONS:
-        raise CheckpointError(f"progress: the checkpoint's progress part must have {keys}, 'at' in {POSITIONS}")
-    if any(isinstance(progress[k], bool) or not isinstance(progress[k], int) or progress[k] < 0 for k in keys[1:]):
-        raise CheckpointError(f"progress: counters must be ints >= 0, got {progress}")

@@ -39,10 +39,10 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
 
     `opt_func(params, lr=...)` is any function returning a `torch.optim.Optimizer` (torch's classes work as they
     are). The defaults train: AdamW with fastai's settings at lr 3e-3 (one epoch of LeNet on Fashion-MNIST reaches
-    0.82-0.83; fastai's 1e-3 gives 0.77). `splitter(model)` may return a list of parameter lists, one optimizer group each (discriminative rates).
-    For speed on CUDA: `channels_last=True` keeps 4-d weights and batches in NHWC; `compile=True` (or a dict of
-    `torch.compile` arguments, e.g. `{'mode': 'max-autotune'}`) runs the model compiled, `learn.model` staying the
-    plain module.
+    0.82-0.83; fastai's 1e-3 gives 0.77). `splitter(model)` may return a list of parameter lists, one optimizer
+    group each (discriminative rates). For speed on CUDA: `channels_last=True` keeps 4-d weights and batches in
+    NHWC; `compile=True` (or a dict of `torch.compile` arguments, e.g. `{'mode': 'max-autotune'}`) runs the model
+    compiled, `learn.model` staying the plain module.
     """
 
     def __init__(self, model: nn.Module, dls, loss_func: Callable | None, opt_func: Callable = adam, lr: float = 3e-3,
@@ -66,7 +66,8 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
         self.cbs: list[Callback] = []
         self._hooks: dict[str, list] = {e: [] for e in EVENTS}
         self.recorder = Recorder(train_metrics=train_metrics)
-        default_cbs = [self.recorder, TerminateOnNaNCallback(), OptimizerModes()] + ([ProgressCallback()] if progress else [])
+        default_cbs = [self.recorder, TerminateOnNaNCallback(), OptimizerModes()]
+        default_cbs += [ProgressCallback()] if progress else []
         self.add_cbs(default_cbs + preflight.callback_list(cbs))
 
         # Loop state: integer counters only (pct_train is derived from them); `event` is the one being dispatched.
