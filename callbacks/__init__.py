@@ -13,17 +13,11 @@ from .core import (
 )
 from .loggers import MLflowCallback, TensorBoardCallback
 from .mixed_precision import MixedPrecision
+from .monitors import EarlyStoppingCallback, ReduceLROnPlateau
 from .progress import ProgressCallback
 from .recorder import Recorder
 from .scheduler import CyclicLRCallback, FlatCosCallback, OneCycleCallback, ParamScheduler, SGDRCallback
-from .training import (
-    CSVLogger,
-    EarlyStoppingCallback,
-    GradientAccumulation,
-    GradientClip,
-    ReduceLROnPlateau,
-    TerminateOnNaNCallback,
-)
+from .training import CSVLogger, GradientAccumulation, GradientClip, TerminateOnNaNCallback
 
 __all__ = [
     "EVENTS", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException",

@@ -11,7 +11,7 @@ import os
 import string
 
 from ..data.checks import int_at_least
-from .training import Monitor
+from .monitors import Monitor
 
 PATH_FIELDS = ("epoch", "train_iter")
 

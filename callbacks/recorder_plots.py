@@ -62,15 +62,26 @@ def plot_metrics(recorder, axs=None):
 
 def plot_sched(recorder, axs=None):
     """Learning rate and momentum of every parameter group against iteration, as recorded in the last fit (`axs`:
-    a pair of axes)."""
+    a pair of axes). With Prodigy or D-Adaptation the effective rate `d * lr` is drawn beside the nominal one, on a
+    log axis: the two differ by orders of magnitude."""
     fig, (ax_lr, ax_mom) = panel_axes(axs, 2, (10, 3.5))
+    effective = recorder.group_values("eff_lr")
     for name, ax in (("lr", ax_lr), ("mom", ax_mom)):
         series = recorder.group_values(name)
         for i, values in enumerate(series):
-            ax.plot(range(len(values)), values, label=f"group {i}" if len(series) > 1 else None)
+            label = f"group {i}" if len(series) > 1 else None
+            if name == "lr" and effective:
+                label = f"nominal lr{f' (group {i})' if len(series) > 1 else ''}"
+            ax.plot(range(len(values)), values, label=label)
+        if name == "lr":
+            for i, values in enumerate(effective):
+                ax.plot(range(len(values)), values, "--",
+                        label=f"effective d * lr{f' (group {i})' if len(effective) > 1 else ''}")
+            if effective:
+                ax.set_yscale("log")
         ax.set_title("learning rate" if name == "lr" else "momentum")
         ax.set_xlabel("iteration")
-        if len(series) > 1:
+        if len(series) > 1 or (name == "lr" and effective):
             ax.legend()
     if axs is None:
         fig.tight_layout()

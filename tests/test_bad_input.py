@@ -20,15 +20,10 @@ from cyclr.callbacks import Callback
 from cyclr.callbacks.checkpoint import SaveModelCallback
 from cyclr.callbacks.lr_finder import LRFinderCallback
 from cyclr.callbacks.mixed_precision import MixedPrecision
+from cyclr.callbacks.monitors import EarlyStoppingCallback, ReduceLROnPlateau
 from cyclr.callbacks.scheduler import OneCycleCallback, ParamScheduler, SGDRCallback
 from cyclr.callbacks.schedules import Cos, Lin, one_cycle, sgdr, triangular
-from cyclr.callbacks.training import (
-    CSVLogger,
-    EarlyStoppingCallback,
-    GradientAccumulation,
-    GradientClip,
-    ReduceLROnPlateau,
-)
+from cyclr.callbacks.training import CSVLogger, GradientAccumulation, GradientClip
 from cyclr.data import DataLoaders, fashion_mnist
 from cyclr.learner import Learner, sgd
 from cyclr.learner.checkpoint import CheckpointError

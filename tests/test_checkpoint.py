@@ -17,9 +17,10 @@ from torch import nn
 from cyclr.callbacks import Callback
 from cyclr.callbacks.checkpoint import SaveModelCallback
 from cyclr.callbacks.mixed_precision import MixedPrecision
+from cyclr.callbacks.monitors import EarlyStoppingCallback, ReduceLROnPlateau
 from cyclr.callbacks.scheduler import ParamScheduler
 from cyclr.callbacks.schedules import triangular
-from cyclr.callbacks.training import EarlyStoppingCallback, GradientAccumulation, ReduceLROnPlateau
+from cyclr.callbacks.training import GradientAccumulation
 from cyclr.data.synthetic import synthetic_classification
 from cyclr.learner import Learner, accuracy
 from cyclr.learner.checkpoint import CheckpointError, read_checkpoint
