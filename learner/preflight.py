@@ -129,15 +129,21 @@ def check_data(learn) -> None:
     model = learn.model
     was_training = model.training
     model.eval()  # eval + no_grad: the check must not touch batch-norm statistics or gradients
+    def checks(few: bool) -> None:
+        xb, yb, pred = _run_first_batch(learn, train, "training", few)
+        _check_labels(learn.metric_output(pred), yb, train)
+        _check_loss(learn, pred, yb)
+        if valid is not None and getattr(learn, "sanity_check", True):
+            xb, yb, pred = _run_first_batch(learn, valid, "validation", few)
+            loss = _check_loss(learn, pred, yb, "validation")
+            _check_metrics(learn, pred, yb, loss)
+
     try:
         with torch.no_grad():
-            xb, yb, pred = _run_first_batch(learn, train, "training")
-            _check_labels(learn.metric_output(pred), yb, train)
-            _check_loss(learn, pred, yb)
-            if valid is not None and getattr(learn, "sanity_check", True):
-                xb, yb, pred = _run_first_batch(learn, valid, "validation")
-                loss = _check_loss(learn, pred, yb, "validation")
-                _check_metrics(learn, pred, yb, loss)
+            try:
+                checks(few=True)  # a couple of samples per batch: a fraction of a forward pass
+            except Exception:
+                checks(few=False)  # the whole batches: the error, if any, then names their real shapes
     finally:
         model.train(was_training)
 
@@ -157,8 +163,43 @@ def first_batch(dl):
         set_rng_state(rng)
 
 
-def _run_first_batch(learn, dl, phase: str):
+def _head(batch, n: int = 2):
+    """The first `n` samples of a batch of any structure (tensors sliced along their first dimension, tuples and
+    dicts of them, lists of items), so the checks cost a tiny forward pass, not a whole batch's; None when the
+    batch size cannot be told."""
+    size = next((t.shape[0] for t in _tensors(batch) if t.dim() > 0), None)
+    if size is None or size <= n:
+        return None
+
+    def cut(part):
+        if isinstance(part, torch.Tensor):
+            return part[:n] if part.dim() > 0 and part.shape[0] == size else part
+        if isinstance(part, dict):
+            return {k: cut(v) for k, v in part.items()}
+        if isinstance(part, (tuple, list)) and any(isinstance(p, (torch.Tensor, dict, tuple, list)) and
+                                                   _tensors(p) for p in part):
+            return type(part)(cut(p) for p in part)  # a structure of inputs and targets
+        if isinstance(part, list) and len(part) == size:
+            return part[:n]  # a batch of items (token lists, strings)
+        return part
+
+    return cut(batch)
+
+
+def _tensors(obj) -> list:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (tuple, list)):
+        return [t for part in obj for t in _tensors(part)]
+    return []
+
+
+def _run_first_batch(learn, dl, phase: str, few: bool):
     batch = learn.to_device(first_batch(dl))
+    if few:
+        batch = _head(batch) or batch
     try:
         xb, yb = learn.split_batch(batch)
     except Exception as e:
