@@ -14,7 +14,7 @@ import os
 import statistics
 
 import torch
-from overhead import Timer, plain_epoch, print_table, same_batches
+from overhead import alternate_rounds, plain_epoch, print_table, same_batches
 
 from cyclr.callbacks import TerminateOnNaNCallback
 from cyclr.data import fashion_mnist
@@ -56,14 +56,7 @@ def main():
             return {"accuracy": learn.recorder.epoch_rows[-1]["accuracy"]}
         contenders[name] = run
     names = list(contenders)
-    timings = {name: [] for name in names}
-    last = {}
-    for round_index in range(args.rounds + 1):
-        for name in names if round_index % 2 == 0 else names[::-1]:
-            with Timer() as timer:
-                last[name] = contenders[name]()
-            if round_index > 0:
-                timings[name].append(timer)
+    timings, last = alternate_rounds(contenders, args.rounds)
     print(f"LeNet, Fashion-MNIST, bs={args.bs}, SGD momentum 0.9, one epoch + validation, {args.rounds} rounds, "
           f"{args.threads} thread(s)")
     print_table(timings, "plain", {n: f"accuracy {last[n].get('accuracy', float('nan')):.4f}" for n in names},

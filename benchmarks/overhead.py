@@ -131,14 +131,7 @@ def main():
         "learner+bars": lambda: run_learner(learn_bars),
     }
     names = list(contenders)
-    timings = {name: [] for name in names}
-    last = {}
-    for round_index in range(args.rounds + 1):
-        for name in names if round_index % 2 == 0 else names[::-1]:
-            with Timer() as timer:
-                last[name] = contenders[name]()
-            if round_index > 0:  # round 0 warms up every contender
-                timings[name].append(timer)
+    timings, last = alternate_rounds(contenders, args.rounds)
 
     n_train = len(dls.train.y)
     options = "".join(f", {o}" for o in ("channels_last", "compile") if getattr(args, o))
@@ -149,6 +142,23 @@ def main():
     print_table(timings, "plain", {name: ", ".join(f"{k} {v:.4f}" for k, v in last[name].items()) for name in names},
                 "last epoch")
     print("target: learner <= 1.05x plain")
+
+
+def alternate_rounds(contenders: dict, rounds: int, sync=None) -> tuple[dict[str, list], dict]:
+    """Each contender once per round, in alternating order (so a load that changes over time slows all alike),
+    after one untimed warm-up round; `sync()` inside the timing for asynchronous devices. Returns each contender's
+    Timers and its last result."""
+    names = list(contenders)
+    timings, last = {name: [] for name in names}, {}
+    for round_index in range(rounds + 1):
+        for name in names if round_index % 2 == 0 else names[::-1]:
+            with Timer() as timer:
+                last[name] = contenders[name]()
+                if sync is not None:
+                    sync()
+            if round_index > 0:
+                timings[name].append(timer)
+    return timings, last
 
 
 class Timer:

@@ -26,7 +26,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from overhead import Timer, machine, plain_epoch, print_table  # noqa: E402
+from overhead import alternate_rounds, machine, plain_epoch, print_table  # noqa: E402
 
 from cyclr.data import DataLoaders, InMemoryLoader  # noqa: E402
 from cyclr.data.cifar10 import cifar10  # noqa: E402
@@ -87,16 +87,8 @@ def main(argv=None):
 
     contenders = {"plain": run_plain, "cyclr": run_cyclr}
     names = list(contenders)
-    timings = {name: [] for name in names}
-    last = {}
-    for round_index in range(args.rounds + 1):
-        for name in names if round_index % 2 == 0 else names[::-1]:
-            with Timer() as timer:
-                last[name] = contenders[name]()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if round_index > 0:  # round 0 warms up both
-                timings[name].append(timer)
+    timings, last = alternate_rounds(contenders, args.rounds,
+                                     sync=torch.cuda.synchronize if device.type == "cuda" else None)
 
     print(f"ResNet-56, CIFAR-10 subset ({len(dls.train.y)} train / {len(dls.valid.y)} valid images, crop + flip), "
           f"bs={args.bs}, one cycle max_lr={args.lr} SGD momentum 0.9, one epoch + validation per timing, "
