@@ -8,6 +8,7 @@ import copy
 import numpy as np
 import torch
 
+from ..callbacks.optimizer_modes import evaluating
 from .batches import logits_of
 
 
@@ -28,7 +29,7 @@ class Inference:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), evaluating(self):  # a schedule-free optimizer's evaluation weights
                 for batch in dl:
                     xb, yb = self.split_batch(self.to_device(batch))
                     pred = logits_of(self.forward(xb))
@@ -63,7 +64,7 @@ class Inference:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), evaluating(self):
                 out = _to_cpu(logits_of(self.forward(self.to_device(xb))))
         finally:
             self.model.train(was_training)

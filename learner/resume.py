@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..callbacks.optimizer_modes import evaluating
 from .checkpoint import (
     CheckpointError,
     check_progress,
@@ -31,7 +32,8 @@ class Checkpoints:
         'epoch_end', is read off the running event; passed, it must agree). Only the main process writes
         (data-parallel runs). `model_only=True` writes the model's plain `state_dict` instead, which plain PyTorch
         reads with `model.load_state_dict(torch.load(path, weights_only=True))`."""
-        return save_model_state(self, path) if model_only else save_checkpoint(self, path, at)
+        with evaluating(self):  # a schedule-free optimizer's evaluation weights, as its authors ask
+            return save_model_state(self, path) if model_only else save_checkpoint(self, path, at)
 
     def load(self, path, with_opt: bool = True, model_only: bool = False):
         """Load a checkpoint written by `save`: everything it holds, or the model's weights only (`model_only`), or

@@ -11,7 +11,7 @@ import pytest
 NBS = Path(__file__).resolve().parents[1] / "nbs"
 NOTEBOOKS = ["00_quickstart.ipynb", "01_custom_callbacks.ipynb", "02_blog_experiments.ipynb",
              "03_d2l_lr_scheduling.ipynb", "04_bring_your_own.ipynb", "05_transfer_learning.ipynb",
-             "06_tracking.ipynb"]
+             "06_tracking.ipynb", "07_schedule_free.ipynb"]
 KERNEL = "python3"
 
 
