@@ -334,7 +334,7 @@ class _PhaseSums:
         return sums
 
     def add(self, learn, batch_metrics, epoch_metrics) -> None:
-        n = _batch_size(learn.yb if learn.yb is not None else learn.xb)
+        n = batch_size(learn.yb if learn.yb is not None else learn.xb)
         self.count += n
         loss = learn.loss.detach()
         # One tensor op per batch (sum + n * loss), out of place so the sum never aliases a tensor held elsewhere.
@@ -378,14 +378,14 @@ def _is_distributed(learn) -> bool:
     return getattr(learn, "world_size", 1) > 1
 
 
-def _batch_size(b) -> int:
+def batch_size(b) -> int:
     """Samples in a batch part: its first tensor's first dimension, a dict's first tensor's, or a list's length."""
     if isinstance(b, torch.Tensor):
         return b.shape[0] if b.ndim else 1
     if isinstance(b, dict):
-        return next((_batch_size(v) for v in b.values() if isinstance(v, (torch.Tensor, tuple, list))), 1)
+        return next((batch_size(v) for v in b.values() if isinstance(v, (torch.Tensor, tuple, list))), 1)
     if isinstance(b, (tuple, list)) and b:
-        return _batch_size(b[0]) if isinstance(b[0], (torch.Tensor, dict)) else len(b)
+        return batch_size(b[0]) if isinstance(b[0], (torch.Tensor, dict)) else len(b)
     return 1
 
 

@@ -50,17 +50,6 @@ def describe(obj) -> str:
     return f"{type(obj).__name__}" + (f" with {', '.join(fields)}" if fields else "")
 
 
-def batch_size(b) -> int:
-    """The number of samples in a batch part: the first dimension of its first tensor, or a list's length."""
-    if isinstance(b, torch.Tensor):
-        return b.shape[0] if b.ndim else 1
-    if isinstance(b, dict):
-        return next((batch_size(v) for v in b.values() if isinstance(v, (torch.Tensor, tuple, list))), 1)
-    if isinstance(b, (tuple, list)) and b:
-        return batch_size(b[0]) if isinstance(b[0], (torch.Tensor, dict)) else len(b)
-    return 1
-
-
 def _is_argument_list(xb) -> bool:
     return isinstance(xb, (tuple, list)) and len(xb) > 0 and all(isinstance(o, torch.Tensor) for o in xb)
 
