@@ -70,6 +70,15 @@ class Callback:
     def load_state_dict(self, state: dict) -> None:
         pass
 
+    def fit_config(self) -> dict | None:
+        """What this callback was configured with that decides the training (a scheduler's rates and shape), as
+        plain values; None (the default) for a callback that decides nothing of the kind. A fit records it at its
+        start in its checkpoints, and `fit(..., resume=path)` refuses to go on with another one unless
+        `allow_config_change` allows it; then the callback keeps this fit's configuration and its saved state is
+        not loaded, so a callback that describes itself here keeps in `state_dict` only what it describes (as the
+        schedulers do)."""
+        return None
+
     def __repr__(self) -> str:
         return f"{self.name}(order={self.order})"
 

@@ -119,20 +119,21 @@ class ProgressCallback(Callback):
 
     def _draw_graph(self, learn):
         recorder = learn.recorder
-        rows = [r for r in recorder.batch_rows if r["fit"] == recorder.fit_index]
+        rows = recorder.history.numpy("fit") == recorder.fit_index  # read by column: no dict per row
         epochs = [r for r in recorder.epoch_rows if r["fit"] == recorder.fit_index]
-        if not rows:
+        if not rows.any():
             return
-        steps = [r["train_iter"] for r in rows]
+        steps = recorder.history.numpy("train_iter")[rows].tolist()
         per_epoch = learn.n_train_iters / max(learn.n_epoch, 1)
         valid = [((r["epoch"] + 1) * per_epoch - 1, r["valid_loss"]) for r in epochs if not math.isnan(r["valid_loss"])]
-        graphs = [(steps, [r["loss"] for r in rows]), ([v[0] for v in valid], [v[1] for v in valid])]
+        losses = recorder.history.numpy("loss")[rows].tolist()
+        graphs = [(steps, losses), ([v[0] for v in valid], [v[1] for v in valid])]
         self.master.update_graph(graphs, x_bounds=(0, max(learn.n_train_iters - 1, 1)))
         ax = self.master.graph_ax
         if not hasattr(self, "_lr_ax") or self._lr_ax.figure is not ax.figure:
             self._lr_ax = ax.twinx()
         self._lr_ax.clear()
-        self._lr_ax.plot(steps, [r["lr"] for r in rows], color="tab:green", alpha=0.6, label="lr")
+        self._lr_ax.plot(steps, recorder.history.numpy("lr")[rows].tolist(), color="tab:green", alpha=0.6, label="lr")
         self._lr_ax.set_ylabel("lr")
         self._lr_ax.legend(loc="upper center")
         ax.set_xlabel("optimizer step")

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import functools
 import math
+import secrets
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import recorder_plots
 from .core import Callback
+from .history import BatchHistory, BatchRows, append_history_file, history_file_name
 from .hypers import get_hyper
 from .optimizer_modes import effective_lrs
 
@@ -59,12 +63,20 @@ def smooth(values: list[float], beta: float = 0.98) -> list[float]:
     return [smoother.add(v) for v in values]
 
 
+# Losses waiting on the device become floats at the end of each epoch, or after this many steps of a long one, so
+# that neither memory nor a mid-epoch checkpoint grows with the epoch's length.
+FLUSH_EVERY = 256
+
+
 class Recorder(Callback):
     """Records, for each training batch, the loss and the hyperparameters the optimizer used at that step, and for
     each epoch the mean training loss, the validation loss, the metrics and the time.
 
     History is kept across fits; every row carries a `fit` index. `lrs`, `moms` and `losses` are the last fit's.
-    Losses stay on the device during an epoch and become floats once per epoch: no host sync per batch.
+    Losses stay on the device and become floats once per epoch (or every FLUSH_EVERY steps): no host sync per batch.
+    The per-batch history is stored by column (callbacks/history.py, 48 bytes a step with one parameter group);
+    `batch_rows` reads it as row dicts and `to_df('batches')` as a DataFrame. A checkpoint taken during a fit keeps
+    it in a side file beside the checkpoint, appended to at each save, so checkpoints do not grow with the run.
     """
 
     order = 50
@@ -84,8 +96,11 @@ class Recorder(Callback):
         self.train_metrics = train_metrics
         self.beta = beta
         self.smoother = SmoothedValue(beta)
-        self.batch_rows: list[dict] = []
+        self.history = BatchHistory()
         self.epoch_rows: list[dict] = []
+        # Names this run's history side files (cyclr-history-<run_id>.bin); a loaded checkpoint brings its own.
+        self.run_id = secrets.token_hex(4)
+        self._history_files: dict[str, dict] = {}  # side file path -> what the last save wrote to it
         self.n_fits = 0
         self.last_validation: dict[str, float] = {}
         self.lr_find_result = None  # set by Learner.lr_find, drawn by plot_lr_find
@@ -118,9 +133,11 @@ class Recorder(Callback):
         groups = learn.opt.param_groups
         self._pending_losses.append(learn.loss.detach())
         self._pending_hypers.append(
-            (learn.epoch, learn.train_iter, learn.pct_train, [g["lr"] for g in groups],
+            (learn.epoch, learn.train_iter, learn.pct_train, [float(g["lr"]) for g in groups],
              [get_hyper(g, "mom") for g in groups], effective_lrs(groups))
         )
+        if len(self._pending_losses) >= FLUSH_EVERY:
+            self._flush_batches(learn)
 
     def after_batch(self, learn):
         if getattr(learn, "loss", None) is None or getattr(learn, "pred", None) is None:
@@ -216,45 +233,58 @@ class Recorder(Callback):
                 row.update({f"lr_{i}": v for i, v in enumerate(lrs)})
                 row.update({f"mom_{i}": v for i, v in enumerate(moms)})
                 row.update({f"eff_lr_{i}": v for i, v in enumerate(eff_lrs or ())})
-            self.batch_rows.append(row)
+            self.history.append(row)
         self._pending_losses, self._pending_hypers = [], []
 
     # ----- reading the history ----------------------------------------------------------------------------------
-    def last_fit_rows(self) -> list[dict]:
+    @property
+    def batch_rows(self) -> BatchRows:
+        """Every training batch's row, as dicts (read-only; built as they are read)."""
+        return BatchRows(self.history)
+
+    def fit_rows(self, fit: int) -> BatchRows:
+        """The batch rows of fit number `fit`."""
+        return BatchRows(self.history, self._fit_indices(fit))
+
+    def last_fit_rows(self) -> BatchRows:
         """The batch rows of the last fit."""
-        last = self.n_fits - 1
-        return [r for r in self.batch_rows if r["fit"] == last]
+        return self.fit_rows(self.n_fits - 1)
+
+    def _fit_indices(self, fit: int):
+        return np.flatnonzero(self.history.numpy("fit") == fit)
+
+    def _last_fit_column(self, name: str) -> list[float]:
+        return self.history.numpy(name)[self._fit_indices(self.n_fits - 1)].tolist()
 
     @property
     def losses(self) -> list[float]:
-        return [r["loss"] for r in self.last_fit_rows()]
+        return self._last_fit_column("loss")
 
     @property
     def lrs(self) -> list[float]:
         """Learning rate of the last parameter group, per training batch of the last fit."""
-        return [r["lr"] for r in self.last_fit_rows()]
+        return self._last_fit_column("lr")
 
     @property
     def moms(self) -> list[float]:
-        return [r["mom"] for r in self.last_fit_rows()]
+        return self._last_fit_column("mom")
 
     def group_values(self, name: str) -> list[list[float]]:
         """`name` ('lr', 'mom' or 'eff_lr') per parameter group: one list per group, per batch of the last fit."""
         rows = self.last_fit_rows()
-        if not rows or name not in rows[0]:
+        if not len(rows) or name not in rows[0]:
             return []
         n_groups = sum(1 for k in rows[0] if k.startswith(f"{name}_")) or 1
         if n_groups == 1:
-            return [[r[name] for r in rows]]
-        return [[r[f"{name}_{i}"] for r in rows] for i in range(n_groups)]
+            return [self._last_fit_column(name)]
+        return [self._last_fit_column(f"{name}_{i}") for i in range(n_groups)]
 
     def to_df(self, kind: str = "epochs"):
         """The history as a pandas DataFrame: `kind='batches'` (one row per training batch) or `'epochs'`."""
         import pandas as pd
 
         if kind == "batches":
-            columns = ["fit", "epoch", "train_iter", "pct", "lr", "mom", "loss", "smooth_loss"]
-            return pd.DataFrame(self.batch_rows, columns=_ordered_columns(self.batch_rows, columns))
+            return pd.DataFrame(self.history.to_columns())
         if kind == "epochs":
             columns = ["fit", "epoch", "train_loss", "valid_loss"]
             return pd.DataFrame(self.epoch_rows, columns=_ordered_columns(self.epoch_rows, columns))
@@ -281,11 +311,23 @@ class Recorder(Callback):
     def state_dict(self) -> dict:
         """The history, and what a fit resumed from a checkpoint needs to continue it exactly, even mid-epoch: the
         fit index, the smoother, the epoch's losses not yet turned into rows and its training sums (on the CPU)."""
+        return {"batch_history": self.history.state_dict(), **self._state_but_history()}
+
+    def checkpoint_state(self, path) -> dict:
+        """`state_dict()` for a checkpoint at `path` taken during a fit: the batch history goes to the run's side file
+        beside it (only the rows it does not hold yet) and the state names that file (callbacks/history.py)."""
+        side = Path(path).parent / history_file_name(self.run_id)
+        key = str(side.resolve())
+        written = append_history_file(side, self.history, self._history_files.get(key))
+        self._history_files[key] = written
+        return {"history_file": dict(written), **self._state_but_history()}
+
+    def _state_but_history(self) -> dict:
         smoother = self.smoother
         train = self._phase_sums.get("train")
         return {
-            "batch_rows": [dict(r) for r in self.batch_rows], "epoch_rows": [dict(r) for r in self.epoch_rows],
-            "n_fits": self.n_fits, "fit_index": self.fit_index, "metric_names": list(self.metric_names),
+            "run_id": self.run_id, "epoch_rows": [dict(r) for r in self.epoch_rows], "n_fits": self.n_fits,
+            "fit_index": self.fit_index, "metric_names": list(self.metric_names),
             "smoother": {"beta": smoother.beta, "avg": smoother.avg, "count": smoother.count},
             "pending_losses": torch.stack(self._pending_losses).cpu() if self._pending_losses else None,
             "pending_hypers": [list(h) for h in self._pending_hypers],
@@ -293,7 +335,19 @@ class Recorder(Callback):
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.batch_rows = [dict(r) for r in state["batch_rows"]]
+        """From `state_dict()`, from a checkpoint whose side file was read (`batch_history` is then a BatchHistory and
+        `history_file_known` says what the file held), or from a version 1 or 2 checkpoint (`batch_rows`)."""
+        history = state.get("batch_history")
+        if isinstance(history, BatchHistory):
+            self.history = history
+        elif history is not None:
+            self.history = BatchHistory.from_state(history)
+        else:
+            self.history = BatchHistory.from_rows(state["batch_rows"])
+        known = state.get("history_file_known")
+        # Rows restored from anywhere else may differ from what a side file holds: the next save starts afresh.
+        self._history_files = {} if known is None else {known["path"]: {k: v for k, v in known.items() if k != "path"}}
+        self.run_id = str(state.get("run_id", self.run_id))
         self.epoch_rows = [dict(r) for r in state["epoch_rows"]]
         self.n_fits = int(state["n_fits"])
         self.fit_index = int(state.get("fit_index", max(self.n_fits - 1, 0)))

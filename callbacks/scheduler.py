@@ -162,9 +162,21 @@ class ParamScheduler(Callback):
         return float(value)
 
     # ----- checkpoints ---------------------------------------------------------------------------------------------
+    def fit_config(self) -> dict:
+        """The unit and each schedule as its repr (a plain function as its name: two functions of the same name
+        look alike), recorded when a fit starts and compared on resume (learner/fit_config.py)."""
+        config = {"unit": self.unit}
+        for name, value in self.scheds.items():
+            config[name] = [_describe(s) for s in value] if isinstance(value, list) else _describe(value)
+        return config
+
     def state_dict(self) -> dict:
         """Plain values only. Schedule objects are saved as their state dicts; a plain function is saved as its repr
-        only, so resuming needs a ParamScheduler created with the same callable (load_state_dict keeps it)."""
+        only, so resuming needs a ParamScheduler created with the same callable (load_state_dict keeps it).
+
+        On `fit(..., resume=path)` the checkpoint's schedules are compared with this fit's first (`fit_config`):
+        the same, they are loaded as saved; allowed to differ (`allow_config_change`), this fit's schedules are
+        kept and used from the resume point on, at the checkpoint's position, as a one-cycle's new `max_lr` is."""
 
         def entry(sched):
             if isinstance(sched, Schedule):
@@ -228,6 +240,11 @@ def lrs_per_group(lr, n_groups: int, name: str = "max_lr") -> list[float]:
     return [lr] * n_groups
 
 
+def _plain_lr(value):
+    """A rate as a checkpoint keeps it: a `slice` (not a plain value) as its repr."""
+    return repr(value) if isinstance(value, slice) else value
+
+
 def _check_lr_spec(name: str, lr, check=positive) -> None:
     """Refuse a bad learning rate (number, list or slice) at construction, before the groups are known."""
     if isinstance(lr, slice):
@@ -242,7 +259,13 @@ def _check_lr_spec(name: str, lr, check=positive) -> None:
 
 
 class _PerGroupScheduler(ParamScheduler):
-    """A ParamScheduler whose lr schedules are rebuilt for the optimizer's groups at the start of each fit."""
+    """A ParamScheduler whose lr schedules are rebuilt for the optimizer's groups at the start of each fit, from the
+    arguments named in `config_names` (what `fit_config` records)."""
+
+    config_names: tuple[str, ...] = ()
+
+    def fit_config(self) -> dict:
+        return {name: _plain_lr(getattr(self, name)) for name in self.config_names}
 
     def before_fit(self, learn) -> None:
         self.scheds = self._make_scheds(len(learn.opt.param_groups))
@@ -269,6 +292,8 @@ class OneCycleCallback(_PerGroupScheduler):
     without momentum, schedules no momentum. `anneal_strategy` ('cos' or 'linear') and `three_phase` have torch
     OneCycleLR's meaning.
     """
+
+    config_names = ("max_lr", "div_factor", "pct_start", "final_div", "moms", "anneal_strategy", "three_phase")
 
     def __init__(self, max_lr, div_factor: float = ONE_CYCLE.div_factor, pct_start: float = ONE_CYCLE.pct_start,
                  final_div: float | None = ONE_CYCLE.final_div, moms: Sequence[float] | None = ONE_CYCLE.moms,
@@ -301,6 +326,8 @@ class FlatCosCallback(_PerGroupScheduler):
     """fastai's `fit_flat_cos`: each group's rate flat for `pct_start` of training, then half a cosine down to
     `lr / div_final` (see `callbacks.schedules.flat_cos`). `lr` may be a number, a list or `slice(lo, hi)`."""
 
+    config_names = ("lr", "pct_start", "div_final")
+
     def __init__(self, lr, pct_start: float = FLAT_COS.pct_start, div_final: float = FLAT_COS.div_final):
         _check_lr_spec("lr", lr)
         self.lr, self.pct_start, self.div_final = lr, pct_start, div_final
@@ -319,6 +346,8 @@ class FlatCosCallback(_PerGroupScheduler):
 class SGDRCallback(_PerGroupScheduler):
     """SGDR (cosine annealing with warm restarts): see `callbacks.schedules.SGDR`. Fit for `total_epochs` epochs;
     with another fit length the cycles stretch to fill it (a warning says so)."""
+
+    config_names = ("max_lr", "n_cycles", "cycle_len", "cycle_mult", "eta_min")
 
     def __init__(self, max_lr, n_cycles: int, cycle_len: int, cycle_mult: int = SGDR_DEFAULTS.cycle_mult,
                  eta_min: float = SGDR_DEFAULTS.eta_min):
@@ -357,6 +386,9 @@ class CyclicLRCallback(_PerGroupScheduler):
     may be lists, one per group (or `slice` for the rates). `step_size_down` (default: `step_size`, torch's
     `step_size_up`) makes the cycles asymmetric.
     """
+
+    config_names = ("base_lr", "max_lr", "step_size", "step_size_down", "mode", "gamma", "cycle_momentum",
+                    "base_momentum", "max_momentum")
 
     def __init__(self, base_lr, max_lr, step_size: int, mode: str = CYCLICAL.mode, gamma: float = CYCLICAL.gamma,
                  cycle_momentum: bool = True, base_momentum=CYCLICAL.base_momentum,

@@ -3,12 +3,15 @@ code.
 
 A checkpoint is a dict of tensors and plain values, so `torch.load(..., weights_only=True)` reads it:
 
-    format, version   'cyclr-checkpoint', 1
+    format, version   'cyclr-checkpoint', 3
+    checksum          SHA-256 over every other part, checked when read
     model             model.state_dict()
     optimizer         {'type': 'SGD', 'state': opt.state_dict()}, or None before the optimizer exists
-    progress          where it was taken ('at'), the position to go on from (epoch, iter, train_iter) and the
-                      fit's planned length (n_epoch, batches_per_epoch, n_train_iters)
-    callbacks         {'<ClassName>_<i>': cb.state_dict()} for every attached callback (i counts that class)
+    progress          where it was taken ('at'), the position to go on from (epoch, iter, train_iter), the
+                      fit's planned length (n_epoch, batches_per_epoch, n_train_iters) and, during a fit, `config`:
+                      what the fit was started with (learner/fit_config.py), compared when it is resumed
+    callbacks         {'<ClassName>_<i>': cb.state_dict()} for every attached callback (i counts that class); during
+                      a fit the Recorder's batch history is in a side file this part names (callbacks/history.py)
     data              dls.state_dict(): the loaders' shuffling generators
     rng               torch CPU (and CUDA), python `random` and numpy generator states
 
@@ -36,6 +39,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..callbacks.core import Callback
+from ..callbacks.history import BatchHistory, HistoryFileError, read_history_file
 from ..data.state import atomic_torch_save, digest, rng_state, set_rng_state
 from .checkpoint_checks import (
     check_callbacks,
@@ -52,17 +56,24 @@ _OPCODES = {op.code for op in pickletools.opcodes}
 
 
 # ----- writing -------------------------------------------------------------------------------------------------------
-def save_checkpoint(learn, path, at: str | None = None) -> Path:
-    """Write `learn`'s full state to `path` (see the module docstring); returns the path."""
+def save_checkpoint(learn, path, at: str | None = None, inline_history: bool | None = None) -> Path:
+    """Write `learn`'s full state to `path` (see the module docstring); returns the path.
+
+    `inline_history`: whether the Recorder's batch history goes in the file itself (default: between fits, so the
+    file stands alone) or in the run's side file beside it (default during a fit, so that a checkpoint's size and
+    save time do not grow with the run: callbacks/history.py)."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
     at = _position(learn, at)
+    if inline_history is None:
+        inline_history = at == "outside_fit"
     if not getattr(learn, "is_main_process", True):
         return Path(path)  # data-parallel: every process holds the same state; the main one writes it
 
     callbacks = {}
     for key, cb in callback_keys(learn.cbs).items():
-        state = cb.state_dict()
+        side_file = not inline_history and hasattr(cb, "checkpoint_state")
+        state = cb.checkpoint_state(path) if side_file else cb.state_dict()
         _check_plain(state, f"{key}.state_dict()")
         callbacks[key] = state
     ckpt = {
@@ -123,7 +134,11 @@ def _progress(learn, at: str) -> dict:
         position = {"epoch": learn.epoch + 1, "iter": 0, "train_iter": learn.train_iter}
     else:
         position = {"epoch": learn.epoch, "iter": 0, "train_iter": learn.train_iter}
-    return {"at": at, **position, **planned}
+    progress = {"at": at, **position, **planned}
+    config = getattr(learn, "fit_config", None)
+    if at != "outside_fit" and config is not None:
+        progress["config"] = config  # what the running fit started with, which a resume compares with its own
+    return progress
 
 
 def _data_state(dls, mid_epoch: bool) -> dict:
@@ -192,9 +207,10 @@ def _load_file(path):
     return ckpt
 
 
-def read_checkpoint(path) -> dict:
+def read_checkpoint(path, with_history: bool = True) -> dict:
     """The checkpoint at `path`, read with `torch.load(weights_only=True)`: a file holding anything but tensors and
-    plain values is refused without running any of it."""
+    plain values is refused without running any of it. A batch history kept in a side file is read and checked too
+    (`with_history=False`: left out, the Recorder then starts empty)."""
     ckpt = _load_file(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
@@ -213,7 +229,34 @@ def read_checkpoint(path) -> dict:
     missing = [part for part in PARTS if part not in ckpt]
     if missing:
         raise CheckpointError(f"{os.fspath(path)} lacks the part(s) {missing}: it is incomplete")
+    _read_history_files(ckpt, path, with_history)
     return ckpt
+
+
+def _read_history_files(ckpt: dict, path, with_history: bool) -> None:
+    """Replace each callback state's `history_file` reference by the history it names (callbacks/history.py)."""
+    for state in ckpt["callbacks"].values():
+        ref = state.get("history_file") if isinstance(state, dict) else None
+        if ref is None:
+            continue
+        del state["history_file"]
+        if not with_history:
+            state["batch_history"] = BatchHistory()
+            continue
+        side = Path(path).parent / str(ref["file"])
+        try:
+            history = read_history_file(side, int(ref["bytes"]), str(ref["chain"]))
+        except HistoryFileError as e:
+            raise CheckpointError(
+                f"{os.fspath(path)}: {e}. A checkpoint taken during a fit keeps its batch history in that file "
+                "beside it: copy it along (or save between fits, which writes one file); "
+                "learn.load(path, with_history=False) loads everything else"
+            ) from e
+        if len(history) != ref["rows"]:
+            raise CheckpointError(f"{os.fspath(side)} gives {len(history)} batch rows, its checkpoint expects "
+                                  f"{ref['rows']}: it was changed")
+        state["batch_history"] = history
+        state["history_file_known"] = {"path": str(side.resolve()), **ref}
 
 
 def save_model_state(learn, path) -> Path:

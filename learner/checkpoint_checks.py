@@ -127,8 +127,33 @@ def check_rng(saved) -> None:
 
 
 def check_progress(progress) -> None:
+    """The position and planned length, and `config` (what the fit started with, learner/fit_config.py) where
+    there is one: a checkpoint from an older cyclr has none."""
     keys = ("at", "epoch", "iter", "train_iter", "n_epoch", "batches_per_epoch", "n_train_iters")
     if not isinstance(progress, dict) or not set(keys) <= progress.keys() or progress["at"] not in POSITIONS:
         raise CheckpointError(f"progress: the checkpoint's progress part must have {keys}, 'at' in {POSITIONS}")
-    if any(isinstance(progress[k], bool) or not isinstance(progress[k], int) or progress[k] < 0 for k in keys[1:]):
-        raise CheckpointError(f"progress: counters must be ints >= 0, got {progress}")
+    counters = {k: progress[k] for k in keys[1:]}
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in counters.values()):
+        raise CheckpointError(f"progress: counters must be ints >= 0, got {counters}")
+    if "config" in progress:
+        check_fit_config(progress["config"])
+
+
+def check_fit_config(config) -> None:
+    """A dict of plain values whose `callbacks` maps each callback's key to a dict."""
+    callbacks = config.get("callbacks") if isinstance(config, dict) else None
+    if not isinstance(callbacks, dict) or not all(isinstance(k, str) and isinstance(v, dict)
+                                                  for k, v in callbacks.items()):
+        raise CheckpointError("progress: the checkpoint's config (what its fit started with) must be a dict whose "
+                              "'callbacks' maps each callback's name to a dict of its settings")
+    if not _plain_values(config):
+        raise CheckpointError("progress: the checkpoint's config holds something other than plain values (bool, "
+                              "int, float, str, None, lists, dicts with string keys)")
+
+
+def _plain_values(value) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain_values(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain_values(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))

@@ -3,9 +3,10 @@ that a checkpoint which cannot be read, or does not fit, raises."""
 
 from __future__ import annotations
 
-# Version 2 adds `checksum`, a SHA-256 over every tensor and value of the other parts, checked when read; version 1
-# files (no checksum) are still read.
-FORMAT, VERSION, READABLE_VERSIONS = "cyclr-checkpoint", 2, (1, 2)
+# Version 2 adds `checksum`, a SHA-256 over every tensor and value of the other parts, checked when read. Version 3
+# keeps the Recorder's batch history by column, inline or in a side file (callbacks/history.py). Versions 1 and 2
+# (no checksum; history as a list of row dicts) are still read.
+FORMAT, VERSION, READABLE_VERSIONS = "cyclr-checkpoint", 3, (1, 2, 3)
 POSITIONS = ("epoch_end", "batch_end", "outside_fit")
 PARTS = ("model", "optimizer", "progress", "callbacks", "data", "rng")
 

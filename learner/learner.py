@@ -7,7 +7,7 @@ checks before training are preflight.py."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 import torch
 from torch import nn
@@ -21,6 +21,7 @@ from ..callbacks.training import TerminateOnNaNCallback
 from . import distributed, preflight
 from .attached import AttachedCallbacks
 from .batches import Batches
+from .fit_config import describe_fit
 from .inference import Inference
 from .optimizer import OptimizerSetup, adam
 from .recipes import Recipes
@@ -116,16 +117,20 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
         return self.train_iter / self.n_train_iters if self.n_train_iters else 0.0
 
     def fit(self, n_epoch: int, lr: float | None = None, wd: float | None = None, cbs: Iterable[Callback] = (),
-            resume=None, allow_length_change: bool = False):
+            resume=None, allow_length_change: bool = False, allow_config_change: bool | Collection[str] = False):
         """Train for `n_epoch` epochs. `cbs` are attached for this fit only.
 
         `resume=path` goes on from a checkpoint written during an earlier run of this same fit (see `save`), at the
         batch it was taken, with everything restored; the fit must plan the same length unless
-        `allow_length_change=True`."""
+        `allow_length_change=True`, and start with the same settings (lr, wd, each scheduler's parameters, the
+        batch sizes and the number of training samples, recorded in the checkpoint) unless `allow_config_change`
+        allows the differences: True for all, or their names (`['max_lr']`, as the refusal lists them). This fit's
+        settings then apply from the checkpoint's position on, for every scheduler."""
         cbs = preflight.check_fit_arguments(n_epoch, lr, wd, cbs)
         preflight.check_data(self)
         if resume is not None:
-            self.resume_from(resume, n_epoch, cbs, allow_length_change)  # checks all, then sets the counters
+            # checks all, then sets the counters
+            self.resume_from(resume, n_epoch, cbs, allow_length_change, allow_config_change, lr, wd)
         else:
             self.n_epoch, self.n_train_iters = n_epoch, n_epoch * len(self.dls.train)
             self.train_iter = self.start_epoch = self.skip_batches = 0
@@ -137,6 +142,7 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
             if value is not None:
                 self.set_hyper(name, value)
 
+        self.fit_config = describe_fit(self, lr, wd, cbs)  # what this fit starts with: its checkpoints record it
         self.add_cbs(cbs)
         try:
             self.zero_grad()  # gradients an interrupted fit left behind must not reach this one's first step

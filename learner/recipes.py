@@ -5,7 +5,7 @@ referenced here."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from ..callbacks.core import Callback
@@ -38,22 +38,27 @@ class Recipes:
                       pct_start: float = ONE_CYCLE.pct_start, final_div: float | None = ONE_CYCLE.final_div,
                       wd: float | None = None, cbs: Iterable[Callback] = (), resume=None,
                       allow_length_change: bool = False, anneal_strategy: str = ONE_CYCLE.anneal_strategy,
-                      three_phase: bool = ONE_CYCLE.three_phase):
+                      three_phase: bool = ONE_CYCLE.three_phase, allow_config_change: bool | Collection[str] = False):
         """Train `cyc_len` epochs with the one-cycle policy (`cyclr.callbacks.scheduler.OneCycleCallback`).
 
         `max_lr` (default `self.lr`) may be a list or `slice(lo, hi)` for per-group rates; `moms=None` leaves the
-        momentum alone; `anneal_strategy='linear'` and `three_phase=True` as torch's OneCycleLR."""
+        momentum alone; `anneal_strategy='linear'` and `three_phase=True` as torch's OneCycleLR. `resume`,
+        `allow_length_change` and `allow_config_change` as in `fit`."""
         cb = OneCycleCallback(self.lr if max_lr is None else max_lr, div_factor, pct_start, final_div, moms,
                               anneal_strategy, three_phase)
-        self.fit(cyc_len, wd=wd, cbs=[cb, *cbs], resume=resume, allow_length_change=allow_length_change)
+        self.fit(cyc_len, wd=wd, cbs=[cb, *cbs], resume=resume, allow_length_change=allow_length_change,
+                 allow_config_change=allow_config_change)
 
     def fit_flat_cos(self, n_epoch: int, lr=None, pct_start: float = FLAT_COS.pct_start,
                      div_final: float = FLAT_COS.div_final, wd: float | None = None, cbs: Iterable[Callback] = (),
-                     resume=None, allow_length_change: bool = False):
+                     resume=None, allow_length_change: bool = False,
+                     allow_config_change: bool | Collection[str] = False):
         """Train `n_epoch` epochs at `lr` (default `self.lr`; a list or slice per group) held flat for `pct_start`
-        of training, then annealed by half a cosine to `lr / div_final` (fastai's `fit_flat_cos`)."""
+        of training, then annealed by half a cosine to `lr / div_final` (fastai's `fit_flat_cos`). `resume`,
+        `allow_length_change` and `allow_config_change` as in `fit`."""
         cb = FlatCosCallback(self.lr if lr is None else lr, pct_start, div_final)
-        self.fit(n_epoch, wd=wd, cbs=[cb, *cbs], resume=resume, allow_length_change=allow_length_change)
+        self.fit(n_epoch, wd=wd, cbs=[cb, *cbs], resume=resume, allow_length_change=allow_length_change,
+                 allow_config_change=allow_config_change)
 
     def fine_tune(self, epochs: int, base_lr: float = FINE_TUNE.base_lr, freeze_epochs: int = FINE_TUNE.freeze_epochs,
                   lr_mult: float = FINE_TUNE.lr_mult, pct_start: float = FINE_TUNE.pct_start,
@@ -79,13 +84,16 @@ class Recipes:
 
     def fit_sgdr(self, n_cycles: int, cycle_len: int, max_lr=None, cycle_mult: int = SGDR_DEFAULTS.cycle_mult,
                  eta_min: float = SGDR_DEFAULTS.eta_min, wd: float | None = None, cbs: Iterable[Callback] = (),
-                 resume=None, allow_length_change: bool = False):
-        """Train with SGDR: `n_cycles` cosine cycles, cycle k lasting `cycle_len * cycle_mult**k` epochs."""
+                 resume=None, allow_length_change: bool = False,
+                 allow_config_change: bool | Collection[str] = False):
+        """Train with SGDR: `n_cycles` cosine cycles, cycle k lasting `cycle_len * cycle_mult**k` epochs. `resume`,
+        `allow_length_change` and `allow_config_change` as in `fit`."""
         cb = SGDRCallback(self.lr if max_lr is None else max_lr, n_cycles, cycle_len, cycle_mult, eta_min)
         if self.is_main_process:
             logger.info("fit_sgdr: %d cycles of %d*%d**k epochs = %d epochs", n_cycles, cycle_len, cycle_mult,
                         cb.total_epochs)
-        self.fit(cb.total_epochs, wd=wd, cbs=[cb, *cbs], resume=resume, allow_length_change=allow_length_change)
+        self.fit(cb.total_epochs, wd=wd, cbs=[cb, *cbs], resume=resume, allow_length_change=allow_length_change,
+                 allow_config_change=allow_config_change)
 
     def lr_find(self, start_lr: float = LR_FIND.start_lr, end_lr: float = LR_FIND.end_lr, num_it: int = LR_FIND.num_it,
                 step_mode: str = LR_FIND.step_mode, stop_div: bool = LR_FIND.stop_div, show_plot: bool = False,

@@ -1,6 +1,7 @@
 """Going on with a fit from a checkpoint, and the Learner's `save` / `load` (mixed into `Learner`).
 
-`fit(..., resume=path)` reads the checkpoint, checks that it marks a place inside a fit of the same planned length,
+`fit(..., resume=path)` reads the checkpoint, checks that it marks a place inside a fit of the same planned length
+started with the same settings (hyperparameters, schedulers, batch sizes, data size: learner/fit_config.py),
 restores everything (learner/checkpoint.py) and sets the loop's counters; the loop then starts at that epoch and
 passes over the batches already done. Nothing else in the loop knows about resuming.
 """
@@ -8,6 +9,7 @@ passes over the batches already done. Nothing else in the loop knows about resum
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from ..callbacks.optimizer_modes import evaluating
@@ -20,10 +22,14 @@ from .checkpoint import (
     save_checkpoint,
     save_model_state,
 )
+from .fit_config import allowed_changes, config_changes, describe_fit
 
 
 class Checkpoints:
-    def save(self, path, at: str | None = None, model_only: bool = False) -> Path:
+    # What the running (or last) fit started with, set by `fit` before before_fit: its checkpoints record it.
+    fit_config: dict | None = None
+
+    def save(self, path, at: str | None = None, model_only: bool = False, inline_history: bool | None = None) -> Path:
         """Write a checkpoint of everything to `path`, atomically (learner/checkpoint.py): model, optimizer, loop
         counters and the fit's planned length, every callback's state, the loaders' shuffling state, the RNGs.
 
@@ -31,32 +37,46 @@ class Checkpoints:
         checkpoint records that place, so `fit(..., resume=path)` goes on from there (`at`, 'batch_end' or
         'epoch_end', is read off the running event; passed, it must agree). Only the main process writes
         (data-parallel runs). `model_only=True` writes the model's plain `state_dict` instead, which plain PyTorch
-        reads with `model.load_state_dict(torch.load(path, weights_only=True))`."""
-        with evaluating(self):  # a schedule-free optimizer's evaluation weights, as its authors ask
-            return save_model_state(self, path) if model_only else save_checkpoint(self, path, at)
+        reads with `model.load_state_dict(torch.load(path, weights_only=True))`.
 
-    def load(self, path, with_opt: bool = True, model_only: bool = False):
+        The Recorder's batch history: between fits it goes in the file, which then stands alone; during a fit it is
+        appended to the run's side file beside it, `cyclr-history-<run>.bin`, which the checkpoint names and checks,
+        so a checkpoint's size and save time do not grow with the run. Copy that file along with the checkpoint, or
+        pass `inline_history=True`."""
+        with evaluating(self):  # a schedule-free optimizer's evaluation weights, as its authors ask
+            if model_only:
+                return save_model_state(self, path)
+            return save_checkpoint(self, path, at, inline_history=inline_history)
+
+    def load(self, path, with_opt: bool = True, model_only: bool = False, with_history: bool = True):
         """Load a checkpoint written by `save`: everything it holds, or the model's weights only (`model_only`), or
         all but the optimizer (`with_opt=False`). Read with `torch.load(weights_only=True)`, so a file can never run
         code; every part is checked against this learner first, and a `CheckpointError` names the part that does not
         fit (another architecture, another optimizer, a truncated file), with the learner left unchanged.
-        With `model_only`, a plain `state_dict` file (`save(path, model_only=True)`, or plain PyTorch's) loads too."""
+        With `model_only`, a plain `state_dict` file (`save(path, model_only=True)`, or plain PyTorch's) loads too.
+        `with_history=False` leaves out a batch history kept in a side file (when that file is lost)."""
         if model_only:
             load_model_state(self, path)
         else:
-            restore(self, read_checkpoint(path), with_opt=with_opt)
+            restore(self, read_checkpoint(path, with_history=with_history), with_opt=with_opt)
         return self
 
-    def resume_from(self, path, n_epoch: int, cbs, allow_length_change: bool) -> None:
+    def resume_from(self, path, n_epoch: int, cbs, allow_length_change: bool, allow_config_change=False,
+                    lr: float | None = None, wd: float | None = None) -> None:
         """Called by `fit(..., resume=path)` before its callbacks are attached: their checkpoint keys come from the
         order `add_cbs` will give them."""
         all_cbs = sorted([*self.cbs, *cbs], key=lambda cb: cb.order)
-        resume(self, path, n_epoch, all_cbs, allow_length_change)
+        resume(self, path, n_epoch, all_cbs, allow_length_change, allow_config_change, lr, wd)
 
 
-def resume(learn, path, n_epoch: int, cbs, allow_length_change: bool = False) -> None:
+def resume(learn, path, n_epoch: int, cbs, allow_length_change: bool = False, allow_config_change=False,
+           lr: float | None = None, wd: float | None = None) -> None:
     """Restore `learn` from the checkpoint at `path` and set the loop to go on from its position in a fit of
-    `n_epoch` epochs (called by `Learner.fit(..., resume=path)`, with `cbs` the callbacks of that fit)."""
+    `n_epoch` epochs (called by `Learner.fit(..., resume=path)`, with `cbs` the callbacks of that fit and `lr`,
+    `wd` its arguments). The fit must plan the same length (unless `allow_length_change`) and start with the same
+    settings as the checkpoint's fit (learner/fit_config.py), unless `allow_config_change` allows them to differ:
+    then this fit's settings apply from the checkpoint's position on."""
+    allow = allowed_changes(allow_config_change)
     ckpt = read_checkpoint(path)
     check_progress(ckpt["progress"])
     p = ckpt["progress"]
@@ -75,12 +95,51 @@ def resume(learn, path, n_epoch: int, cbs, allow_length_change: bool = False) ->
             f"batches ({n_epoch * batches}): its schedule would not continue where it stopped. Resume with "
             f"n_epoch={p['n_epoch']} and the same data, or pass allow_length_change=True to go on with the new length"
         )
+    changes = _checked_config_changes(where, p, describe_fit(learn, lr, wd, cbs), allow)
     finished = p["epoch"] >= n_epoch if p["at"] == "epoch_end" else p["epoch"] >= n_epoch or p["iter"] > batches
     if finished:
         raise ValueError(
             f"{where} is at epoch {p['epoch']} (batch {p['iter']}) of its fit: nothing is left to train in a fit of "
             f"{n_epoch} epochs; to train more, pass a larger n_epoch with allow_length_change=True"
         )
+    # A callback whose configuration is allowed to change keeps this fit's: its saved state (for the schedulers,
+    # their schedules) is not loaded.
+    changed_cbs = {c.callback for c in changes if c.callback is not None}
+    ckpt = {**ckpt, "callbacks": {k: v for k, v in ckpt["callbacks"].items() if k not in changed_cbs}}
     restore(learn, ckpt, cbs=cbs, warn_missing_callbacks=True)
+    _apply_new_rates(learn, changes, lr, wd)
     learn.n_epoch, learn.n_train_iters = n_epoch, n_epoch * batches
     learn.train_iter, learn.start_epoch, learn.skip_batches = p["train_iter"], p["epoch"], p["iter"]
+
+
+def _checked_config_changes(where: str, progress: dict, now: dict, allow) -> list:
+    """The differences between the settings the checkpoint's fit started with and this fit's, all of them allowed;
+    else a ValueError naming each one refused and the argument that allows them."""
+    saved = progress.get("config")
+    if saved is None:
+        warnings.warn(
+            f"{where} does not record the settings its fit started with (written by an older cyclr): only the "
+            "fit's length was compared; resume with the same hyperparameters, callbacks and data",
+            stacklevel=5,
+        )
+        return []
+    changes = config_changes(saved, now)
+    refused = [c for c in changes if not c.allowed_by(allow)]
+    if refused:
+        raise ValueError(
+            f"{where} was saved by a fit started with other settings than this one: "
+            f"{'; '.join(map(str, refused))}. Going on would mix the two runs' settings. Resume with the "
+            f"checkpoint's settings, or pass allow_config_change={[c.name for c in changes]!r} (or True, to allow "
+            "every change) to go on with this fit's settings from the checkpoint's position"
+        )
+    return changes
+
+
+def _apply_new_rates(learn, changes: list, lr: float | None, wd: float | None) -> None:
+    """A changed lr or wd taken from the Learner (the fit's argument None; a given one `fit` sets itself): set it
+    over the optimizer state the checkpoint restored, as a fit starting now would."""
+    changed = {c.name for c in changes}
+    if "lr" in changed and lr is None:
+        learn.reset_lrs()
+    if "wd" in changed and wd is None and learn.wd is not None:
+        learn.set_hyper("wd", learn.wd)

@@ -79,7 +79,7 @@ def main() -> None:
         csv_rows = [row[:-1] for row in csv.reader(f)]  # the last column is the wall time
     torch.save({
         "weights": learn.model.state_dict(),
-        "batch_rows": learn.recorder.batch_rows,
+        "batch_rows": list(learn.recorder.batch_rows),
         "epoch_rows": [{k: v for k, v in r.items() if k != "time"} for r in learn.recorder.epoch_rows],
         "csv": csv_rows,
     }, args.out)

@@ -88,12 +88,13 @@ def test_checkpoints_honour_the_umask_and_keep_an_existing_files_mode(tmp_path):
 def test_save_model_callback_formats_the_path_with_its_format_spec(tmp_path):
     learn = make_learner()
     learn.fit(3, cbs=[SaveModelCallback(tmp_path / "ckpt_{epoch:03d}.pt", every_epoch=True)])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_000.pt", "ckpt_001.pt", "ckpt_002.pt"]
+    names = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("cyclr-history-"))
+    assert names == ["ckpt_000.pt", "ckpt_001.pt", "ckpt_002.pt"]
     steps = make_learner()
     steps.fit(1, cbs=[SaveModelCallback(tmp_path / "s" / "step{train_iter:05d}.pt", every_epoch=True,
                                         every_n_batches=2)])
     # 4 steps: saved after steps 2 and 4 (and at the epoch's end, after step 4 too)
-    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["step00002.pt", "step00004.pt"]
+    assert sorted(p.name for p in (tmp_path / "s").glob("*.pt")) == ["step00002.pt", "step00004.pt"]
 
 
 @pytest.mark.parametrize(("path", "match"), [
@@ -318,6 +319,18 @@ FAULTS = [
     ("a corrupt .gz source", "the error names the file", "test_a_corrupt_gzip_source_is_reported_with_its_path"),
     ("a damaged copy of the CIFAR-10 tarball", "refused: SHA-256 differs from the recorded one",
      "test_a_damaged_copy_of_the_cifar_jpeg_edition_is_refused"),
+    ("a checkpoint every 100 steps of a long run", "every checkpoint the same size: the batch history is appended "
+     "to a side file (48 B a step in RAM)", "test_a_checkpoint_taken_during_a_fit_does_not_grow_with_the_run"),
+    ("SIGKILL in the middle of appending to the history side file", "every checkpoint still loads; the next save "
+     "cuts the partial block off", "test_a_save_killed_mid_append_leaves_every_checkpoint_readable"),
+    ("the history side file missing, or one bit of it flipped", "refused naming the file, learner unchanged; "
+     "`with_history=False` loads the rest", "test_a_missing_or_changed_history_file_is_refused_naming_it"),
+    ("resuming from an earlier checkpoint, then saving again", "the later checkpoints keep their own history",
+     "test_resuming_from_an_earlier_checkpoint_keeps_the_later_ones_readable"),
+    ("resuming with another max_lr, schedule, lr/wd, batch size or data size (same number of batches)",
+     "refused before anything changes, naming each difference and the `allow_config_change=[...]` that allows it; "
+     "allowed, the new settings apply from the resume point for every scheduler",
+     "test_another_scheduler_setting_is_refused_naming_it_and_nothing_changes"),
 ]
 FAULTS_START, FAULTS_END = "<!-- faults-table: start -->", "<!-- faults-table: end -->"
 

@@ -324,10 +324,13 @@ def test_save_model_every_epoch_keeps_one_file_per_epoch(tmp_path):
     snapshots = WeightsAtEpochEnd()
     learn = make_learner()
     learn.fit(3, cbs=[SaveModelCallback(tmp_path / "ckpt_{epoch}.pt", every_epoch=True), snapshots])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_0.pt", "ckpt_1.pt", "ckpt_2.pt"]
+    history_file = f"cyclr-history-{learn.recorder.run_id}.bin"  # the batch history all three share
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_0.pt", "ckpt_1.pt", "ckpt_2.pt", history_file]
+    per_epoch = len(learn.dls.train)
     for epoch in range(3):
-        model = read_checkpoint(tmp_path / f"ckpt_{epoch}.pt")["model"]
-        assert all(torch.equal(v, snapshots.weights[epoch][k]) for k, v in model.items())
+        ckpt = read_checkpoint(tmp_path / f"ckpt_{epoch}.pt")
+        assert all(torch.equal(v, snapshots.weights[epoch][k]) for k, v in ckpt["model"].items())
+        assert len(ckpt["callbacks"]["Recorder_0"]["batch_history"]) == (epoch + 1) * per_epoch
 
 
 def test_save_model_every_n_batches_saves_after_every_nth_step(tmp_path):
