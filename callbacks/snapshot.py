@@ -10,10 +10,14 @@ import tempfile
 
 import torch
 
-from ..data.state import rng_state, set_rng_state
+from ..data.state import remove_files_of_dead_processes, rng_state, set_rng_state
 
 # Above this many bytes of weights, buffers, gradients and optimizer state, the snapshot goes to a temporary file.
 SNAPSHOT_MEMORY_LIMIT = 1 << 30
+# Its name, `cyclr-lr-find-<pid>.<random>.pt` in the temporary directory, says whose it is: a process killed mid-sweep
+# (SIGKILL, out of memory) cannot remove its file, so the next snapshot written to a file removes those whose process
+# is gone. Snapshots of live processes, this one's included, are left alone.
+_FILE_PREFIX, _FILE_SUFFIX = "cyclr-lr-find-", ".pt"
 # The learner's loop attributes a sweep changes.
 _LOOP_STATE = ("training", "epoch", "n_epoch", "iter", "train_iter", "n_train_iters", "dl", "xb", "yb", "pred", "loss")
 
@@ -48,7 +52,8 @@ class TrainingSnapshot:
     and every group's hyperparameters, or its absence); the RNG states (torch CPU and CUDA, numpy, python
     `random`); the loaders' shuffling state (`dls.state_dict()`); the attached callbacks and their `state_dict()`;
     the learner's loop counters. Tensors are copied in memory, or, when weights + gradients + optimizer state exceed
-    `memory_limit` bytes, written to a temporary file that `discard()` removes.
+    `memory_limit` bytes, written to a temporary file that `discard()` removes (or, if this process is killed
+    first, the next snapshot written to a file by any process).
     """
 
     def __init__(self, learn, memory_limit: int = SNAPSHOT_MEMORY_LIMIT):
@@ -66,7 +71,8 @@ class TrainingSnapshot:
         self.nbytes = _tensor_bytes(tensors)
         self.path: str | None = None
         if self.nbytes > memory_limit:
-            fd, self.path = tempfile.mkstemp(prefix="cyclr-lr-find-", suffix=".pt")
+            remove_files_of_dead_processes(tempfile.gettempdir(), _FILE_PREFIX, _FILE_SUFFIX, own_in_use=True)
+            fd, self.path = tempfile.mkstemp(prefix=f"{_FILE_PREFIX}{os.getpid()}.", suffix=_FILE_SUFFIX)
             try:
                 with os.fdopen(fd, "wb") as f:
                     torch.save(tensors, f)

@@ -89,9 +89,7 @@ class TerminateOnNaNCallback(Callback):
         if self._grads_checked:
             grads = [p.grad for g in learn.opt.param_groups for p in g["params"] if p.grad is not None]
             if grads:
-                # One fused pass: the largest |gradient| is NaN or infinite exactly when some gradient is.
-                largest = torch.nn.utils.get_total_norm(grads, norm_type=math.inf)
-                finite_loss = finite_loss & torch.isfinite(largest)
+                finite_loss = finite_loss & torch.isfinite(largest_abs(grads))
         finite = bool(finite_loss)  # the one host read per batch
         if getattr(learn, "is_distributed", False):
             # Every process must stop at the same batch, or the others wait forever in the next collective.
@@ -111,6 +109,15 @@ class TerminateOnNaNCallback(Callback):
             stacklevel=2,
         )
         raise CancelFitException()
+
+
+def largest_abs(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The largest |gradient| (a 0-d tensor, no host read): NaN or infinite exactly when some gradient is. On CUDA
+    one fused pass (torch's foreach norm, few kernel launches); on the CPU, where the inf-norm kernel is slow,
+    |g|.max() per tensor: 75-83 us against 283-305 us for LeNet's gradients (benchmarks/nan_guard.py)."""
+    if grads[0].device.type == "cuda":
+        return torch.nn.utils.get_total_norm(grads, norm_type=math.inf)
+    return torch.stack([g.detach().abs().max().float() for g in grads]).max()  # .float(): grads of mixed dtypes
 
 
 class GradientClip(Callback):

@@ -23,8 +23,8 @@ from typing import BinaryIO
 
 import torch
 
-__all__ = ["TEMP_SUFFIX", "atomic_write", "remove_stale_temp_files", "atomic_torch_save", "rng_state",
-           "set_rng_state", "seeded_generator", "check_loader_state", "digest"]
+__all__ = ["TEMP_SUFFIX", "atomic_write", "remove_stale_temp_files", "remove_files_of_dead_processes",
+           "atomic_torch_save", "rng_state", "set_rng_state", "seeded_generator", "check_loader_state", "digest"]
 
 # Our temporary files are `.<final name>.<pid>.<random>.cyclr-tmp` beside the final file: recognisable, so the next
 # write of that file removes what a process killed mid-write left behind (only files of processes no longer alive:
@@ -61,7 +61,7 @@ def atomic_write(path, write: Callable[[BinaryIO], None]) -> Path:
                                         f"the previous {path.name}, if any, is intact: free some space and save "
                                         "again") from e
         raise
-    _fsync_directory(directory)
+    fsync_directory(directory)
     return path
 
 
@@ -84,10 +84,16 @@ def _mode_for(path: Path) -> int:
 def remove_stale_temp_files(path) -> list[Path]:
     """Remove the temporary files of `path` that processes no longer running left behind; returns them."""
     path = Path(path)
+    return remove_files_of_dead_processes(path.parent, f".{path.name}.", TEMP_SUFFIX)
+
+
+def remove_files_of_dead_processes(directory, prefix: str, suffix: str, *, own_in_use: bool = False) -> list[Path]:
+    """Remove the files `<prefix><pid>.<anything><suffix>` in `directory` whose process `pid` is no longer running;
+    returns them. Files of this process count as stale too, unless `own_in_use` (it may still be using them)."""
     removed = []
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*{TEMP_SUFFIX}"):
-        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
-        if pid.isdigit() and not _process_alive(int(pid)):
+    for tmp in Path(directory).glob(f"{glob.escape(prefix)}*{glob.escape(suffix)}"):
+        pid = tmp.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and not (own_in_use and int(pid) == os.getpid()) and not _process_alive(int(pid)):
             with contextlib.suppress(OSError):
                 tmp.unlink()
                 removed.append(tmp)
@@ -111,7 +117,7 @@ def atomic_torch_save(obj, path) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:  # Windows cannot open a directory; its rename is durable without this
@@ -186,7 +192,8 @@ def digest(obj) -> str:
         if isinstance(item, torch.Tensor):
             tensor = item.detach().cpu().contiguous()
             sha.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
-            sha.update(tensor.reshape(-1).view(torch.uint8).numpy())
+            if tensor.numel():  # an empty tensor has no bytes (and may have a stride torch cannot view as bytes)
+                sha.update(tensor.reshape(-1).view(torch.uint8).numpy())
         elif isinstance(item, dict):
             sha.update(f"D{len(item)}".encode())
             for key in sorted(item, key=repr):

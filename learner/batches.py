@@ -50,6 +50,65 @@ def describe(obj) -> str:
     return f"{type(obj).__name__}" + (f" with {', '.join(fields)}" if fields else "")
 
 
+# Failures of the loss that say nothing about the batch's data: re-raised as they are.
+_NOT_ABOUT_THE_BATCH = (MemoryError, torch.cuda.OutOfMemoryError)
+
+
+def batch_loss_error(learn, error: Exception, pred, yb) -> Exception:
+    """`error`, raised by the loss on a batch of the loop, as an exception of the same type (RuntimeError when that
+    type cannot be built from a message) whose message says which batch, what its targets and the model's output
+    were, and what to change. Computed only on failure: reading the targets' range costs a host sync."""
+    phase = "training" if learn.training else "validation"
+    where = f"{phase} batch {learn.iter}" + (f" (of {len(learn.dl)})" if hasattr(learn.dl, "__len__") else "")
+    if learn.in_fit:
+        where += f" in epoch {learn.epoch}"
+    message = (
+        f"computing the loss failed on {where} ({type(error).__name__}: {error}); its targets: "
+        f"{_described_values(yb)}; the model's output: {describe(pred)}. {_what_to_change(learn, pred, yb)} The "
+        "pre-flight check before the fit ran only the first batch of each loader (and every label of a training "
+        "loader with a .y, like InMemoryLoader), so data that differs later fails only when its batch comes."
+    )
+    try:
+        return type(error)(message)
+    except Exception:  # an exception type that wants other arguments than a message
+        return RuntimeError(message)
+
+
+def _target_range(yb) -> tuple | None:
+    """(min, max) of a real-valued target tensor, None when it has none or it cannot be read (a CUDA device-side
+    assert leaves the device unusable)."""
+    if not isinstance(yb, torch.Tensor) or yb.numel() == 0 or yb.dtype == torch.bool or yb.is_complex():
+        return None
+    try:
+        return yb.min().item(), yb.max().item()
+    except Exception:
+        return None
+
+
+def _described_values(yb) -> str:
+    span = _target_range(yb)
+    if span is None:
+        return describe(yb)
+    lo, hi = (f"{v:.6g}" if isinstance(v, float) else str(v) for v in span)
+    return f"{describe(yb)}, values {lo}..{hi}"
+
+
+def _what_to_change(learn, pred, yb) -> str:
+    span = _target_range(yb)
+    classes = (isinstance(pred, torch.Tensor) and isinstance(yb, torch.Tensor) and not yb.is_floating_point()
+               and span is not None and pred.ndim == yb.ndim + 1)
+    if classes:
+        lo, hi = span
+        n_classes = pred.shape[1]
+        ignored = getattr(learn.loss_func, "ignore_index", None)  # CrossEntropyLoss skips targets equal to it
+        if hi >= n_classes or (lo < 0 and lo != ignored):
+            wider = f", or give the model's last layer {hi + 1} outputs" if hi >= n_classes else ""
+            return (f"The targets range {lo}..{hi} but the model outputs {n_classes} classes: class labels must lie "
+                    f"in 0..{n_classes - 1}: fix the labels in the data{wider}.")
+    return ("Check this batch's targets (dtype, shape, values) and the model's output against what loss_func "
+            "expects.")
+
+
 def _is_argument_list(xb) -> bool:
     return isinstance(xb, (tuple, list)) and len(xb) > 0 and all(isinstance(o, torch.Tensor) for o in xb)
 
@@ -89,7 +148,16 @@ class Batches:
 
     def get_loss(self, pred, yb):
         if self.loss_func is not None:
-            return self.loss_func(pred, yb)
+            try:
+                return self.loss_func(pred, yb)
+            except _NOT_ABOUT_THE_BATCH:
+                raise
+            except Exception as e:
+                # Only the loop's own call (on the current batch) is explained here: the pre-flight, which calls
+                # this on a batch of its own, words its messages itself.
+                if pred is not getattr(self, "pred", None) or yb is not getattr(self, "yb", None):
+                    raise
+                raise batch_loss_error(self, e, pred, yb) from e
         loss = output_field(pred, "loss")
         if loss is None:
             raise ValueError(

@@ -130,11 +130,11 @@ def check_data(learn) -> None:
     was_training = model.training
     model.eval()  # eval + no_grad: the check must not touch batch-norm statistics or gradients
     def checks(few: bool) -> None:
-        xb, yb, pred = _run_first_batch(learn, train, "training", few)
-        _check_labels(learn.metric_output(pred), yb, train)
+        xb, yb, pred, all_yb = _run_first_batch(learn, train, "training", few)
+        _check_labels(learn.metric_output(pred), all_yb, train)
         _check_loss(learn, pred, yb)
         if valid is not None and getattr(learn, "sanity_check", True):
-            xb, yb, pred = _run_first_batch(learn, valid, "validation", few)
+            xb, yb, pred, _ = _run_first_batch(learn, valid, "validation", few)
             loss = _check_loss(learn, pred, yb, "validation")
             _check_metrics(learn, pred, yb, loss)
 
@@ -197,11 +197,13 @@ def _tensors(obj) -> list:
 
 
 def _run_first_batch(learn, dl, phase: str, few: bool):
-    batch = learn.to_device(first_batch(dl))
-    if few:
-        batch = _head(batch) or batch
+    """(inputs, targets, output) of the loader's first batch, or with `few` of its first samples, and the targets
+    of the whole batch (whose labels are all checked, whatever `few`)."""
+    whole = learn.to_device(first_batch(dl))
+    batch = (_head(whole) or whole) if few else whole
     try:
         xb, yb = learn.split_batch(batch)
+        all_yb = yb if batch is whole else learn.split_batch(whole)[1]
     except Exception as e:
         raise ValueError(f"split_batch failed on a {phase} batch {_shaped(batch)}: {e}") from e
     try:
@@ -212,7 +214,7 @@ def _run_first_batch(learn, dl, phase: str, few: bool):
             "input layer fits the data, and the batch format (tuple inputs go in as model(*inputs), dicts as "
             "model(**batch); Learner(n_inp=...) sets how many leading parts of a tuple batch are inputs)"
         ) from e
-    return xb, yb, pred
+    return xb, yb, pred, all_yb
 
 
 def _check_loss(learn, pred, yb, phase: str = "training"):

@@ -331,6 +331,14 @@ FAULTS = [
      "refused before anything changes, naming each difference and the `allow_config_change=[...]` that allows it; "
      "allowed, the new settings apply from the resume point for every scheduler",
      "test_another_scheduler_setting_is_refused_naming_it_and_nothing_changes"),
+    ("SIGKILL during `lr_find` while its snapshot is in a temporary file (above `snapshot_memory_limit`)",
+     "the file, `cyclr-lr-find-<pid>.<random>.pt`, is removed by the next snapshot written to a file; live "
+     "processes' files are kept", "test_the_next_snapshot_removes_the_file_of_a_killed_process_and_keeps_live_ones"),
+    ("a label out of range in a later batch of a torch DataLoader", "the loss's own exception type, chained from "
+     "torch's, naming the phase, batch and epoch, the targets' range, the model's classes and what to change",
+     "test_a_bad_label_in_the_third_training_batch_names_the_batch_and_the_range"),
+    ("a bad label in the first batch of a torch DataLoader, past its first two samples", "refused by the "
+     "pre-flight before any step", "test_the_first_batch_is_still_the_pre_flights_with_every_label_of_it"),
 ]
 FAULTS_START, FAULTS_END = "<!-- faults-table: start -->", "<!-- faults-table: end -->"
 
