@@ -2,13 +2,14 @@
 and the Recorder's memory per recorded step.
 
 Each size is a real fit (a 2->2 linear model, one sample per batch, so a step costs little more than the loop's own
-work) of that many optimizer steps, with `SaveModelCallback(every_n_batches=steps // 10, every_epoch=True)`: the
-checkpoints a long run writes as it goes. Measured: the size of the last checkpoint taken during the fit (and of
-the history side file beside it, when there is one), the median time of the last three saves taken inside the fit
-(timed by callbacks just before and after SaveModelCallback), and the time to load that last checkpoint (median of
-3). Then, for comparison, a checkpoint taken between fits (`learn.save(path)`): size, save and load time. The
-Recorder's memory per step is measured with tracemalloc over a 10k-step fit: the bytes it still holds afterwards
-(freed when its history is dropped), divided by the steps.
+work) of that many optimizer steps, with `SaveModelCallback(every_n_batches=1000, every_epoch=True)`: the
+checkpoints a long run writes as it goes, at the same interval whatever the run's length (`--every`). Measured:
+the size of the last checkpoint taken during the fit (and of the history side file beside it, when there is one),
+the median time of the last three saves taken inside the fit (timed by callbacks just before and after
+SaveModelCallback), and the time to load that last checkpoint (median of 3). Then, for comparison, a checkpoint
+taken between fits (`learn.save(path)`): size, save and load time. The Recorder's memory per step is measured with
+tracemalloc over a 10k-step fit: the bytes it still holds afterwards (freed when its history is dropped), divided
+by the steps.
 Target (issue 14): a checkpoint's size and save time do not grow with the run's length; <= 64 bytes per step.
 
     nice .venv/bin/python benchmarks/checkpoint_history.py [--steps 10000 100000 1000000]
@@ -89,10 +90,9 @@ def recorder_bytes_per_step(n_steps: int) -> float:
     return (before_drop - after_drop) / n_steps
 
 
-def measure(n_steps: int, folder: Path) -> dict:
+def measure(n_steps: int, every: int, folder: Path) -> dict:
     run = folder / f"run_{n_steps}"
     learn = learner(n_steps)
-    every = n_steps // 10
     timer = SaveTimer(every)
     start = time.perf_counter()
     learn.fit(1, cbs=[SaveModelCallback(run / "last.pt", every_epoch=True, every_n_batches=every), *timer.cbs])
@@ -112,6 +112,7 @@ def measure(n_steps: int, folder: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--every", type=int, default=1000, help="steps between the checkpoints taken in the fit")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args()
@@ -119,7 +120,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for n in args.steps:
-            rows.append(measure(n, Path(folder)))
+            rows.append(measure(n, args.every, Path(folder)))
             print(json.dumps(rows[-1]), flush=True)
     per_step = recorder_bytes_per_step(10_000)
     print(f"Recorder memory per recorded step (10k-step fit): {per_step:.0f} bytes")

@@ -161,6 +161,10 @@ class GradientAccumulation(Callback):
         self._losses: list[torch.Tensor] = []
         self._micro_loss: torch.Tensor | None = None
 
+    def fit_config(self) -> dict:
+        # The effective batch size: a resumed fit with another n_batches would take steps of another size.
+        return {"n_batches": self.n_batches}
+
     def steps_per_epoch(self, n_batches: int) -> int:
         return math.ceil(n_batches / self.n_batches)
 

@@ -11,6 +11,7 @@ from cyclr.callbacks import Callback
 from cyclr.callbacks.checkpoint import SaveModelCallback
 from cyclr.callbacks.scheduler import CyclicLRCallback, ParamScheduler
 from cyclr.callbacks.schedules import Lin, flat_cos, one_cycle, sgdr
+from cyclr.callbacks.training import GradientAccumulation
 from cyclr.data.synthetic import synthetic_classification
 from cyclr.learner import Learner
 from cyclr.learner.checkpoint import CheckpointError, checksum, read_checkpoint
@@ -135,6 +136,18 @@ def test_another_batch_size_with_the_same_number_of_batches_is_refused(tmp_path)
     with pytest.raises(ValueError, match=r"batch size of the training data: 16 in the checkpoint, 17 now\. .*"
                                          r"allow_config_change=\['train_batch_size'\]"):
         learn.fit_one_cycle(N_EPOCH, 0.05, resume=path)
+    assert_untouched(learn, before)
+
+
+def test_another_gradient_accumulation_is_refused_naming_it(tmp_path):
+    def accumulated(n):
+        return lambda learn, cbs, **kw: learn.fit(N_EPOCH, cbs=[GradientAccumulation(n), *cbs], **kw)
+
+    path = interrupted(tmp_path, accumulated(1))
+    learn = make_learner()
+    before = weights(learn)
+    with pytest.raises(ValueError, match=r"GradientAccumulation n_batches: 1 in the checkpoint, 2 now"):
+        accumulated(2)(learn, [], resume=path)  # steps of twice the batch: not the run that was saved
     assert_untouched(learn, before)
 
 
