@@ -17,6 +17,7 @@ from .core import Callback
 from .history import BatchHistory, BatchRows, append_history_file, history_file_name
 from .hypers import get_hyper
 from .optimizer_modes import effective_lrs
+from .phase_sums import PhaseSums, is_distributed
 
 
 def metric_name(metric) -> str:
@@ -83,7 +84,7 @@ class Recorder(Callback):
 
     def __init__(self, train_metrics: bool = False, beta: float = 0.98):
         # Hooks may be skipped by another callback's cancellation, so every piece of state has a default.
-        self._phase_sums: dict[str, _PhaseSums] = {}
+        self._phase_sums: dict[str, PhaseSums] = {}
         self._pending_losses: list[torch.Tensor] = []
         self._pending_hypers: list[tuple] = []
         self.epoch_start = time.perf_counter()
@@ -146,7 +147,7 @@ class Recorder(Callback):
         with_metrics = self.train_metrics or not learn.training
         sums = self._phase_sums.get(phase)
         if sums is None:  # created lazily: a callback that cancels in before_train/before_validate skips our hook
-            sums = self._phase_sums[phase] = _PhaseSums()
+            sums = self._phase_sums[phase] = PhaseSums()
         if with_metrics and (self._batch_metrics or self._epoch_metrics):
             sums.add(learn, self._batch_metrics, self._epoch_metrics if phase == "valid" else ())
         else:
@@ -162,7 +163,7 @@ class Recorder(Callback):
 
     def after_validate(self, learn):
         batch_names = [self.metric_names[i] for i in self._batch_index]
-        sums = self._phase_sums.get("valid", _PhaseSums()).summed_over_processes(learn, len(batch_names))
+        sums = self._phase_sums.get("valid", PhaseSums()).summed_over_processes(learn, len(batch_names))
         results = sums.averages("valid_", batch_names)
         if sums.count:
             # Once per validation: the epoch-level metrics' values (torchmetrics syncs across processes itself).
@@ -191,7 +192,7 @@ class Recorder(Callback):
         self._flush_batches(learn)
         batch_names = [self.metric_names[i] for i in self._batch_index]
         n_train_metrics = len(batch_names) if self.train_metrics else 0
-        train_sums = self._phase_sums.get("train", _PhaseSums()).summed_over_processes(learn, n_train_metrics)
+        train_sums = self._phase_sums.get("train", PhaseSums()).summed_over_processes(learn, n_train_metrics)
         train = train_sums.averages("train_", batch_names)  # epoch-level metrics: validation only (NaN here)
         row = {"fit": self.fit_index, "epoch": learn.epoch}
         row["train_loss"] = train.get("train_loss", math.nan)
@@ -219,7 +220,7 @@ class Recorder(Callback):
         if not self._pending_losses:
             return
         losses = torch.stack(self._pending_losses).float()
-        if across_processes and _is_distributed(learn):
+        if across_processes and is_distributed(learn):
             # Data-parallel: each step's loss averaged over all processes' batches (one collective per epoch).
             losses = learn.all_reduce_mean(losses)
         losses = losses.tolist()
@@ -360,87 +361,13 @@ class Recorder(Callback):
         self._pending_losses = [] if pending is None else list(pending.unbind())
         self._pending_hypers = [tuple(h) for h in state.get("pending_hypers", [])]
         train = state.get("train_sums")
-        self._phase_sums = {} if train is None else {"train": _PhaseSums.from_state(train)}
+        self._phase_sums = {} if train is None else {"train": PhaseSums.from_state(train)}
 
     def _move_epoch_state(self, device) -> None:
         self._pending_losses = [loss.to(device) for loss in self._pending_losses]
         for sums in self._phase_sums.values():
             sums.loss = None if sums.loss is None else sums.loss.to(device)
             sums.metrics = None if sums.metrics is None else sums.metrics.to(device)
-
-
-class _PhaseSums:
-    """Sample-weighted sums of the loss and metrics over one phase, kept on the device until read."""
-
-    def __init__(self):
-        self.count, self.loss, self.metrics = 0, None, None
-
-    def state_dict(self) -> dict:
-        def cpu(t):
-            return None if t is None else t.detach().cpu().clone()
-
-        return {"count": self.count, "loss": cpu(self.loss), "metrics": cpu(self.metrics)}
-
-    @classmethod
-    def from_state(cls, state: dict) -> _PhaseSums:
-        sums = cls()
-        sums.count, sums.loss, sums.metrics = int(state["count"]), state["loss"], state["metrics"]
-        return sums
-
-    def add(self, learn, batch_metrics, epoch_metrics) -> None:
-        n = batch_size(learn.yb if learn.yb is not None else learn.xb)
-        self.count += n
-        loss = learn.loss.detach()
-        # One tensor op per batch (sum + n * loss), out of place so the sum never aliases a tensor held elsewhere.
-        self.loss = loss.float() * n if self.loss is None else torch.add(self.loss, loss, alpha=n)
-        if not (batch_metrics or epoch_metrics):
-            return
-        pred = learn.metric_output(learn.pred) if hasattr(learn, "metric_output") else learn.pred
-        if batch_metrics:
-            values = torch.stack([torch.as_tensor(m(pred, learn.yb)).detach().float() for m in batch_metrics])
-            values = values.to(loss.device) * n
-            self.metrics = values if self.metrics is None else self.metrics + values
-        for m in epoch_metrics:
-            m.update(pred, learn.yb)
-
-    def summed_over_processes(self, learn, n_metrics: int) -> _PhaseSums:
-        """The sums over every process's shard (learner/distributed.py), so that all report the average over all
-        samples; `self` in a single process. Every process calls it, even one whose shard had no batch."""
-        if not _is_distributed(learn):
-            return self
-        zero = torch.zeros(1, dtype=torch.float64)
-        loss = zero if self.loss is None else self.loss.detach().double().reshape(1).cpu()
-        metrics = zero.repeat(n_metrics) if self.metrics is None else self.metrics.detach().double().cpu()
-        count = torch.tensor([float(self.count)], dtype=torch.float64)
-        total = learn.all_reduce_sum(torch.cat([count, loss, metrics]))
-        summed = _PhaseSums()
-        summed.count, summed.loss = round(total[0].item()), total[1]
-        summed.metrics = total[2:] if n_metrics else None
-        return summed
-
-    def averages(self, prefix: str, metric_names: list[str]) -> dict[str, float]:
-        if self.count == 0:
-            return {}
-        out = {f"{prefix}loss": self.loss.item() / self.count}
-        if self.metrics is not None:
-            for name, total in zip(metric_names, self.metrics.tolist(), strict=True):
-                out[f"{prefix}{name}"] = total / self.count
-        return out
-
-
-def _is_distributed(learn) -> bool:
-    return getattr(learn, "world_size", 1) > 1
-
-
-def batch_size(b) -> int:
-    """Samples in a batch part: its first tensor's first dimension, a dict's first tensor's, or a list's length."""
-    if isinstance(b, torch.Tensor):
-        return b.shape[0] if b.ndim else 1
-    if isinstance(b, dict):
-        return next((batch_size(v) for v in b.values() if isinstance(v, (torch.Tensor, tuple, list))), 1)
-    if isinstance(b, (tuple, list)) and b:
-        return batch_size(b[0]) if isinstance(b[0], (torch.Tensor, dict)) else len(b)
-    return 1
 
 
 def _ordered_columns(rows: list[dict], first: list[str]) -> list[str]:
