@@ -167,9 +167,6 @@ class BatchHistory:
     def numpy(self, name: str) -> np.ndarray:
         return _as_numpy(self.columns[name])
 
-    def column_names(self) -> list[str]:
-        return list(self.columns)
-
     def to_columns(self, start: int = 0) -> dict[str, np.ndarray]:
         """Every column from row `start` on, as numpy arrays (int64 / float64)."""
         return {name: _as_numpy(column)[start:] for name, column in self.columns.items()}

@@ -5,9 +5,9 @@ cyclr's) still resumes, with a warning that only the length was compared."""
 
 import pytest
 import torch
+from test_checkpoint import Interrupt  # KeyboardInterrupt right after a given step, as the resume tests use
 from torch import nn
 
-from cyclr.callbacks import Callback
 from cyclr.callbacks.checkpoint import SaveModelCallback
 from cyclr.callbacks.scheduler import CyclicLRCallback, ParamScheduler
 from cyclr.callbacks.schedules import Lin, flat_cos, one_cycle, sgdr
@@ -26,19 +26,6 @@ def make_learner(bs=16, n_train=96, valid_bs=32, lr=0.01, wd=None):
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
     return Learner(model, dls, nn.CrossEntropyLoss(), opt_func=torch.optim.SGD, lr=lr, wd=wd, device="cpu",
                    progress=False)
-
-
-class Interrupt(Callback):
-    """KeyboardInterrupt right after optimizer step `step` (1-based), after any checkpoint due then."""
-
-    order = 100
-
-    def __init__(self, step):
-        self.step = step
-
-    def after_batch(self, learn):
-        if learn.training and learn.stepped and learn.train_iter + 1 == self.step:
-            raise KeyboardInterrupt
 
 
 def interrupted(tmp_path, fit, learn=None):
