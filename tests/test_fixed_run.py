@@ -1,16 +1,17 @@
-"""A fixed run (lr_find, fit_one_cycle, fit_sgdr, a triangular ParamScheduler; SGD with momentum; every argument
-explicit) gives the rates, momenta, losses and final weights recorded before the redesign (tests/reference)."""
+"""Fixed runs give the rates, momenta, losses and final weights recorded before a redesign (tests/reference):
+`fixed_run` (SGD with momentum) before the move into the `cyclr.` namespace, `fixed_run_adamw` (AdamW, two parameter
+groups, every recipe) before the hot-path rework of the scheduler layer."""
 
 from pathlib import Path
 
 import torch
-from fixed_run import fixed_run
+from fixed_run import fixed_run, fixed_run_adamw
 
-REFERENCE = Path(__file__).parent / "reference" / "fixed_run.pt"
+REFERENCES = Path(__file__).parent / "reference"
 
 
 def test_fixed_run_matches_the_reference_recorded_before_the_redesign():
-    ref = torch.load(REFERENCE, weights_only=True)
+    ref = torch.load(REFERENCES / "fixed_run.pt", weights_only=True)
     got = fixed_run()
     assert set(got) == set(ref)
     # Schedules are float64 arithmetic in Python: equal to the last bits.
@@ -24,3 +25,20 @@ def test_fixed_run_matches_the_reference_recorded_before_the_redesign():
     for name, value in ref["weights"].items():
         torch.testing.assert_close(got["weights"][name], value, rtol=1e-5, atol=1e-6, msg=name)
     assert len(got["lrs"]) == 42  # 2 + 3 + 2 epochs of 6 batches: the sweep is not in the history
+
+
+def test_adamw_run_of_every_recipe_is_bitwise_the_one_recorded_before_the_scheduler_rework():
+    ref = torch.load(REFERENCES / "fixed_run_adamw.pt", weights_only=True)
+    got = fixed_run_adamw()
+    assert set(got) == set(ref)
+    # Every scheduled value is float64 Python arithmetic, the same on any machine: no ulp may move (a cached or
+    # vectorised schedule would round differently).
+    for key in ("finder_lrs", "lrs", "moms", "lr_0", "mom_0"):
+        assert torch.equal(got[key], ref[key]), key
+    # float32 kernels: bitwise on the machine that recorded them (a CPU with other vector units may round the last
+    # place differently, hence the tolerance, which still catches one step taken with another rate).
+    for key in ("finder_losses", "losses", "valid_losses"):
+        torch.testing.assert_close(got[key], ref[key], rtol=1e-6, atol=1e-7, msg=key)
+    for name, value in ref["weights"].items():
+        torch.testing.assert_close(got["weights"][name], value, rtol=1e-6, atol=1e-7, msg=name)
+    assert len(got["lrs"]) == 5 * (2 + 1 + 2 + 3 + 2 + 2)  # 5 batches an epoch; the sweep is not in the history
