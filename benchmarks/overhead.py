@@ -173,16 +173,24 @@ class Timer:
         self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
-def print_table(timings: dict[str, list[Timer]], base: str, notes: dict[str, str], notes_title: str) -> None:
-    """Medians of wall and CPU seconds, and the median over rounds of (time / base's time in the same round)."""
-    print(f"{'':<22} {'wall s':>8} {'min':>7} {'max':>7} {'x ' + base:>9} {'cpu s':>8} {'x ' + base:>9}  {notes_title}")
+def print_table(timings: dict[str, list[Timer]], base: str, notes: dict[str, str], notes_title: str,
+                n_steps: int | None = None) -> None:
+    """Medians of wall and CPU seconds, and the median over rounds of (time / base's time in the same round); with
+    `n_steps`, also the median over rounds of the CPU microseconds a step over base's in the same round."""
+    per_step = f" {'us/step':>8}" if n_steps else ""
+    print(f"{'':<22} {'wall s':>8} {'min':>7} {'max':>7} {'x ' + base:>9} {'cpu s':>8} {'x ' + base:>9}{per_step}"
+          f"  {notes_title}")
     for name, runs in timings.items():
         wall, cpu = [t.wall for t in runs], [t.cpu for t in runs]
-        wall_ratio = statistics.median(t.wall / b.wall for t, b in zip(runs, timings[base], strict=True))
-        cpu_ratio = statistics.median(t.cpu / b.cpu for t, b in zip(runs, timings[base], strict=True))
+        pairs = list(zip(runs, timings[base], strict=True))
+        wall_ratio = statistics.median(t.wall / b.wall for t, b in pairs)
+        cpu_ratio = statistics.median(t.cpu / b.cpu for t, b in pairs)
+        extra = f" {statistics.median((t.cpu - b.cpu) / n_steps * 1e6 for t, b in pairs):+8.1f}" if n_steps else ""
         print(f"{name:<22} {statistics.median(wall):8.3f} {min(wall):7.3f} {max(wall):7.3f} {wall_ratio:8.3f}x "
-              f"{statistics.median(cpu):8.3f} {cpu_ratio:8.3f}x  {notes[name]}")
-    print(f"x {base}: median over rounds of (time / {base}'s time in the same round), wall-clock and CPU time")
+              f"{statistics.median(cpu):8.3f} {cpu_ratio:8.3f}x{extra}  {notes[name]}")
+    print(f"x {base}: median over rounds of (time / {base}'s time in the same round), wall-clock and CPU time"
+          + (f"; us/step: CPU microseconds a step over {base}'s, {n_steps} steps" if n_steps else ""))
+
 
 if __name__ == "__main__":
     main()

@@ -1,8 +1,13 @@
-"""cyclr against the loop you would write yourself, fastai and Lightning: LeNet, real Fashion-MNIST, one epoch.
+"""cyclr against the loop you would write yourself, fastai and Lightning: LeNet on real Fashion-MNIST (SGD), or with
+`--model mlp` a small tabular MLP (16 -> 32 -> 2, synthetic data, batch 64, 3,000 steps, AdamW), where the framework's
+Python per batch is what you pay for. One epoch each.
 
 Part 1, one-cycle training. Every contender trains a fresh LeNet (the same initial weights) on standardised images
 for one epoch with the one-cycle policy (max_lr, div 25, 30% warm-up, final lr max_lr/25e4, momentum 0.95 -> 0.85 ->
 0.95, SGD, wd 0), then makes one validation pass (loss and accuracy):
+
+With `--model mlp` the optimizer is AdamW (betas (0.9, 0.99), eps 1e-5, wd 0.01) and the momentum schedule runs
+on beta1; the table adds each contender's microseconds a step over plain.
 
 - plain:            a hand-written loop over cyclr's in-memory batches, torch's OneCycleLR stepped per batch;
 - plain-DataLoader: the same loop over torch's `DataLoader(TensorDataset)` (num_workers=0);
@@ -30,110 +35,63 @@ The peers live in their own environment: `make bench-peers` builds `.venv-peers`
 
     make bench-peers                              # or: nice .venv-peers/bin/python benchmarks/peers.py
     nice .venv-peers/bin/python benchmarks/peers.py --rounds 10 --threads 1 --contenders plain cyclr fastai
+    nice -n -5 .venv/bin/python benchmarks/peers.py --model mlp --threads 1 --contenders plain cyclr
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import importlib.metadata
 import logging
 import os
 import statistics
 import sys
-import tempfile
 import time
-import warnings
 from functools import partial
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from overhead import Timer, machine, plain_epoch, print_table, same_batches  # noqa: E402
+from peers_setup import (  # noqa: E402
+    DIV,
+    FINAL_DIV,
+    MLP_BS,
+    PCT_START,
+    Setup,
+    fastai_learner,
+    lightning_module,
+    lightning_trainer,
+    quiet,
+    torch_loaders,
+)
 
-from cyclr.data import fashion_mnist  # noqa: E402
-from cyclr.learner import Learner, accuracy, lenet, sgd  # noqa: E402
+from cyclr.learner import Learner, accuracy  # noqa: E402
 
-PCT_START, DIV, FINAL_DIV = 0.3, 25.0, 25e4  # torch's final_div_factor is FINAL_DIV / DIV
 CONTENDERS = ("plain", "plain-DataLoader", "cyclr", "fastai", "fastai-own-dl", "lightning", "lightning-DataLoader")
 
 
-def quiet():
-    """Silence what the frameworks print and warn about, for the duration of a timed call."""
-    stack = contextlib.ExitStack()
-    devnull = stack.enter_context(open(os.devnull, "w"))  # noqa: SIM115
-    stack.enter_context(contextlib.redirect_stdout(devnull))
-    stack.enter_context(contextlib.redirect_stderr(devnull))
-    stack.enter_context(warnings.catch_warnings())
-    warnings.simplefilter("ignore")
-    return stack
-
-
-def torch_loaders(dls, bs: int, seed: int = 0):
-    train = DataLoader(TensorDataset(dls.train.x, dls.train.y), batch_size=bs, shuffle=True, num_workers=0,
-                       generator=torch.Generator().manual_seed(seed))
-    valid = DataLoader(TensorDataset(dls.valid.x, dls.valid.y), batch_size=dls.valid.bs, shuffle=False, num_workers=0)
-    return train, valid
-
-
 # ----- part 1: one epoch of one-cycle training ---------------------------------------------------------------------
-class Setup:
-    """What every contender shares: data, initial weights, max_lr."""
-
-    def __init__(self, args):
-        self.args = args
-        # Standardised pixels: without, a one-cycle epoch at this lr now and then stays on the loss plateau of 2.30
-        # for the whole warm-up, and accuracies would compare luck rather than training.
-        self.dls = fashion_mnist(bs=args.bs, n_train=args.n_train, normalize=True)
-        torch.manual_seed(0)
-        self.initial = lenet()
-        self.loss_func = torch.nn.CrossEntropyLoss()
-        self.tmp = tempfile.mkdtemp(prefix="cyclr-peers-")
-
-    def model(self):
-        return copy.deepcopy(self.initial)
-
-
 def prepare_plain(s: Setup, use_torch_loader: bool):
     train, valid = torch_loaders(s.dls, s.args.bs) if use_torch_loader else (lambda d: (d.train, d.valid))(
         same_batches(s.dls))
     model = s.model()
-    opt = torch.optim.SGD(model.parameters(), lr=s.args.lr, momentum=0.9)
+    opt = s.opt(model.parameters(), s.args.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=s.args.lr, total_steps=len(train), pct_start=PCT_START,
                                                 div_factor=DIV, final_div_factor=FINAL_DIV / DIV)
     return lambda: plain_epoch(model, opt, s.loss_func, train, valid, sched)["accuracy"]
 
 
 def prepare_cyclr(s: Setup):
-    learn = Learner(s.model(), same_batches(s.dls), s.loss_func, opt_func=sgd,
-                    lr=s.args.lr, metrics=[accuracy], device="cpu")
+    learn = Learner(s.model(), same_batches(s.dls), s.loss_func, opt_func=s.opt, lr=s.args.lr, metrics=[accuracy],
+                    device="cpu")
 
     def run():
         learn.fit_one_cycle(1, s.args.lr, div_factor=DIV, pct_start=PCT_START, final_div=FINAL_DIV)
         return learn.recorder.epoch_rows[-1]["accuracy"]
 
     return run
-
-
-def fastai_learner(s: Setup, own_loader: bool):
-    from fastai.data.core import DataLoaders as FastaiDataLoaders
-    from fastai.data.load import DataLoader as FastaiDataLoader
-    from fastai.learner import Learner as FastaiLearner
-    from fastai.metrics import accuracy as fastai_accuracy
-    from fastai.optimizer import OptimWrapper
-
-    if own_loader:
-        train = FastaiDataLoader(TensorDataset(s.dls.train.x, s.dls.train.y), bs=s.args.bs, shuffle=True,
-                                 num_workers=0)
-        valid = FastaiDataLoader(TensorDataset(s.dls.valid.x, s.dls.valid.y), bs=s.dls.valid.bs, num_workers=0)
-        fastai_dls = FastaiDataLoaders(train, valid)
-    else:
-        d = same_batches(s.dls)
-        fastai_dls = FastaiDataLoaders(d.train, d.valid)
-    return FastaiLearner(fastai_dls, s.model(), loss_func=s.loss_func, metrics=fastai_accuracy, path=s.tmp,
-                         opt_func=partial(OptimWrapper, opt=torch.optim.SGD, momentum=0.9), lr=s.args.lr)
 
 
 def prepare_fastai(s: Setup, own_loader: bool):
@@ -146,43 +104,6 @@ def prepare_fastai(s: Setup, own_loader: bool):
         return float(learn.recorder.values[-1][2])
 
     return run
-
-
-def lightning_module(s: Setup, total_steps: int):
-    import lightning.pytorch as pl
-
-    class LitLeNet(pl.LightningModule):
-        def __init__(self, model, lr):
-            super().__init__()
-            self.model, self.lr, self.loss_func = model, lr, s.loss_func
-
-        def training_step(self, batch, batch_idx):
-            xb, yb = batch
-            loss = self.loss_func(self.model(xb), yb)
-            self.log("train_loss", loss, prog_bar=True)
-            return loss
-
-        def validation_step(self, batch, batch_idx):
-            xb, yb = batch
-            pred = self.model(xb)
-            self.log("valid_loss", self.loss_func(pred, yb), prog_bar=True)
-            self.log("accuracy", (pred.argmax(dim=1) == yb).float().mean(), prog_bar=True)
-
-        def configure_optimizers(self):
-            opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=total_steps,
-                                                        pct_start=PCT_START, div_factor=DIV,
-                                                        final_div_factor=FINAL_DIV / DIV)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    return LitLeNet(s.model(), s.args.lr)
-
-
-def lightning_trainer(s: Setup, **kwargs):
-    import lightning.pytorch as pl
-
-    return pl.Trainer(accelerator="cpu", devices=1, enable_checkpointing=False, enable_model_summary=False,
-                      default_root_dir=s.tmp, **kwargs)
 
 
 def prepare_lightning(s: Setup, use_torch_loader: bool):
@@ -227,7 +148,7 @@ def bench_training(s: Setup, names: list[str], rounds: int) -> None:
 
     print(f"\nOne epoch of one-cycle training + validation, medians of {rounds} rounds (after a warm-up round):")
     notes = {n: f"{statistics.median(accuracies[n]):.4f}" for n in names}
-    print_table(timings, "plain" if "plain" in names else names[0], notes, "accuracy")
+    print_table(timings, "plain" if "plain" in names else names[0], notes, "accuracy", n_steps=len(s.dls.train))
 
 
 # ----- part 2: the LR finder ---------------------------------------------------------------------------------------
@@ -264,8 +185,8 @@ def warm_optimizer(model, opt, loss_func, loader, n: int = 3) -> None:
 
 
 def find_cyclr(s: Setup, num_it: int, end_lr: float):
-    learn = Learner(s.model(), same_batches(s.dls), s.loss_func, opt_func=sgd,
-                    lr=s.args.lr, metrics=[accuracy], device="cpu")
+    learn = Learner(s.model(), same_batches(s.dls), s.loss_func, opt_func=s.opt, lr=s.args.lr, metrics=[accuracy],
+                    device="cpu")
     learn.create_opt()
     warm_optimizer(learn.model, learn.opt, s.loss_func, same_batches(s.dls).train)
 
@@ -318,7 +239,7 @@ def find_torch_lr_finder(s: Setup, num_it: int, end_lr: float):
     from torch_lr_finder import LRFinder, TrainDataLoaderIter
 
     model = s.model()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-7, momentum=0.9)
+    opt = s.opt(model.parameters(), 1e-7)
     warm_optimizer(model, opt, s.loss_func, same_batches(s.dls).train)
 
     def run():
@@ -349,7 +270,8 @@ def bench_lr_find(s: Setup, names: list[str], rounds: int, num_it: int, end_lr: 
             if round_index > 0:
                 timings[name].append(timer)
     print(f"\nLR finder, {num_it} iterations from 1e-7 to {end_lr:g}, no early stop, medians of {rounds} rounds:")
-    print_table(timings, "cyclr" if "cyclr" in names else names[0], notes, "iterations run, state afterwards")
+    print_table(timings, "cyclr" if "cyclr" in names else names[0], notes, "iterations run, state afterwards",
+                n_steps=num_it)
 
 
 def available(module: str) -> bool:
@@ -362,16 +284,22 @@ def available(module: str) -> bool:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=("lenet", "mlp"), default="lenet",
+                        help="LeNet on Fashion-MNIST with SGD, or the 16-32-2 MLP on synthetic data with AdamW")
     parser.add_argument("--rounds", type=int, default=10, help="timed rounds of part 1 (after a warm-up round)")
     parser.add_argument("--lr-find-rounds", type=int, default=5, help="timed rounds of part 2 (0 skips it)")
     parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
     parser.add_argument("--bs", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=0.1, help="max_lr of the one cycle")
+    parser.add_argument("--lr", type=float, default=None, help="max_lr of the one cycle (LeNet 0.1, MLP 0.01)")
     parser.add_argument("--lr-find-end", type=float, default=1.0, help="last lr of the LR-finder sweeps")
     parser.add_argument("--n-train", type=int, default=None, help="first N training images (default: all 60000)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's choice); 1 is steadier on a machine shared with others")
     args = parser.parse_args()
+    if args.lr is None:
+        args.lr = 0.01 if args.model == "mlp" else 0.1
+    if args.model == "mlp":
+        args.bs = MLP_BS
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     missing = {"fastai": "fastai", "lightning": "lightning", "torch-lr-finder": "torch_lr_finder"}
@@ -388,8 +316,7 @@ def main():
     for name in missing:
         if name not in absent:
             versions.append(f"{name} {importlib.metadata.version(name)}")
-    print(f"LeNet, Fashion-MNIST ({len(s.dls.train.y)} train / {len(s.dls.valid.y)} valid images), bs={args.bs}, "
-          f"one-cycle max_lr={args.lr}, SGD momentum 0.95-0.85; {', '.join(versions)}")
+    print(f"{s.describe()}; {', '.join(versions)}")
     print(f"machine: {machine()}; {time.strftime('%Y-%m-%d %H:%M')}", flush=True)
     bench_training(s, names, args.rounds)
     if args.lr_find_rounds > 0:
