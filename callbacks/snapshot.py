@@ -4,19 +4,21 @@ callback states, loop counters)."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import tempfile
 
 import torch
 
-from ..data.state import remove_files_of_dead_processes, rng_state, set_rng_state
+from ..data.state import create_owned_file, remove_unowned_files, rng_state, set_rng_state
 
 # Above this many bytes of weights, buffers, gradients and optimizer state, the snapshot goes to a temporary file.
 SNAPSHOT_MEMORY_LIMIT = 1 << 30
-# Its name, `cyclr-lr-find-<pid>.<random>.pt` in the temporary directory, says whose it is: a process killed mid-sweep
-# (SIGKILL, out of memory) cannot remove its file, so the next snapshot written to a file removes those whose process
-# is gone. Snapshots of live processes, this one's included, are left alone.
+# Its name is `cyclr-lr-find-<pid>.<random>.pt` in the temporary directory. The snapshot keeps it open and locked
+# until discarded: a process killed mid-sweep (SIGKILL, out of memory) cannot remove its file, but its lock dies with
+# it, so the next snapshot written to a file removes the files nobody holds. A live process's snapshot is left alone,
+# whatever its pid looks like from here (another container, another host sharing the folder).
 _FILE_PREFIX, _FILE_SUFFIX = "cyclr-lr-find-", ".pt"
 # The learner's loop attributes a sweep changes.
 _LOOP_STATE = ("training", "epoch", "n_epoch", "iter", "train_iter", "n_train_iters", "dl", "xb", "yb", "pred", "loss")
@@ -70,14 +72,16 @@ class TrainingSnapshot:
         }
         self.nbytes = _tensor_bytes(tensors)
         self.path: str | None = None
+        self._file = None  # the open, locked snapshot file, when the tensors are kept in one
         if self.nbytes > memory_limit:
-            remove_files_of_dead_processes(tempfile.gettempdir(), _FILE_PREFIX, _FILE_SUFFIX, own_in_use=True)
-            fd, self.path = tempfile.mkstemp(prefix=f"{_FILE_PREFIX}{os.getpid()}.", suffix=_FILE_SUFFIX)
+            remove_unowned_files(tempfile.gettempdir(), _FILE_PREFIX, _FILE_SUFFIX)
+            fd, self.path = create_owned_file(tempfile.gettempdir(), f"{_FILE_PREFIX}{os.getpid()}.", _FILE_SUFFIX)
+            self._file = os.fdopen(fd, "w+b")
             try:
-                with os.fdopen(fd, "wb") as f:
-                    torch.save(tensors, f)
+                torch.save(tensors, self._file)
+                self._file.flush()
             except BaseException:
-                os.unlink(self.path)
+                self.discard()
                 raise
             self._tensors = None
         else:
@@ -94,7 +98,8 @@ class TrainingSnapshot:
             # Copies again: optimizer.load_state_dict keeps the tensors it is given, and the next sweep updates them
             # in place.
             return _clone_tensors(self._tensors)
-        return torch.load(self.path, weights_only=True)
+        self._file.seek(0)  # read through the descriptor this snapshot holds, whatever happened to the name
+        return torch.load(self._file, weights_only=True)
 
     def restore(self, learn) -> None:
         tensors = self._load_tensors()
@@ -120,8 +125,10 @@ class TrainingSnapshot:
             cb.load_state_dict(copy.deepcopy(state))
 
     def discard(self) -> None:
-        """Remove the temporary file, if any."""
-        if self.path is not None and os.path.exists(self.path):
-            os.unlink(self.path)
-        self.path = None
+        """Remove the temporary file, if any (unlinked while still locked: no other process can take it up)."""
+        if self._file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            self._file.close()
+        self._file, self.path = None, None
 

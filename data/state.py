@@ -23,12 +23,19 @@ from typing import BinaryIO
 
 import torch
 
-__all__ = ["TEMP_SUFFIX", "atomic_write", "remove_stale_temp_files", "remove_files_of_dead_processes",
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; files are then never judged abandoned
+    fcntl = None
+
+__all__ = ["TEMP_SUFFIX", "NOFOLLOW", "atomic_write", "open_for_write", "create_owned_file", "try_lock", "still_names",
+           "remove_stale_temp_files", "remove_unowned_files", "umask_mode", "mode_for_new_content",
            "atomic_torch_save", "rng_state", "set_rng_state", "seeded_generator", "check_loader_state", "digest"]
 
 # Our temporary files are `.<final name>.<pid>.<random>.cyclr-tmp` beside the final file: recognisable, so the next
-# write of that file removes what a process killed mid-write left behind (only files of processes no longer alive:
-# another live process may be writing the same file).
+# write of that file removes what a process killed mid-write left behind. Only files no process holds locked: another
+# live process (in this container or another, on this host or another) may be writing the same file. The pid in the
+# name is for people reading the folder; it decides nothing.
 TEMP_SUFFIX = ".cyclr-tmp"
 
 
@@ -37,21 +44,23 @@ def atomic_write(path, write: Callable[[BinaryIO], None]) -> Path:
     content or the complete new one, whatever happens: flush and fsync the file, rename it over `path` (atomic on
     POSIX and Windows), then fsync the directory so the rename itself survives a power cut.
 
-    The file gets the mode a plain `open(path, 'w')` would give it: an existing file's mode is kept, a new file
-    honours the umask."""
+    The file gets the mode a plain `open(path, 'w')` would give it: an existing regular file's mode is kept, anything
+    else (a new file, a symbolic link, which is replaced, never written through) honours the umask. The temporary
+    file is locked while in use (`create_owned_file`), so no other process removes it as stale."""
     path = Path(path)
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(path)
-    mode = _mode_for(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_SUFFIX, dir=directory)
+    mode = mode_for_new_content(path)
+    fd, tmp = create_owned_file(directory, f".{path.name}.{os.getpid()}.", TEMP_SUFFIX)
     try:
+        # Kept open (and so locked) until renamed: a closed temp file looks abandoned to other processes.
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)  # mkstemp creates 0600 whatever the umask
-        os.replace(tmp, path)
+            _fchmod(f.fileno(), tmp, mode)  # mkstemp creates 0600 whatever the umask
+            os.replace(tmp, path)  # replaces a symbolic link at `path` itself, never its target
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -65,6 +74,13 @@ def atomic_write(path, write: Callable[[BinaryIO], None]) -> Path:
     return path
 
 
+def _fchmod(fd: int, path: str, mode: int) -> None:
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, mode)
+    else:  # Windows
+        os.chmod(path, mode)
+
+
 def _out_of_space(error: BaseException) -> bool:
     # torch.save reports a failed write to a file object as "unexpected pos", losing the OSError behind it.
     if isinstance(error, OSError):
@@ -72,44 +88,142 @@ def _out_of_space(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and "unexpected pos" in str(error)
 
 
-def _mode_for(path: Path) -> int:
+def umask_mode() -> int:
+    """The mode `open(path, 'w')` gives a new file: 0o666 less the umask."""
+    umask = os.umask(0)  # the only way to read the umask is to set it: put it back at once
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def mode_for_new_content(path: Path) -> int:
+    """The mode of the regular file at `path` (never of what a symbolic link there points to), else the umask's."""
     try:
-        return stat.S_IMODE(path.stat().st_mode)
+        st = os.lstat(path)
     except FileNotFoundError:
-        umask = os.umask(0)  # the only way to read the umask is to set it: put it back at once
-        os.umask(umask)
-        return 0o666 & ~umask
+        return umask_mode()
+    return stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else umask_mode()
+
+
+# ----- opening files on shared machines ------------------------------------------------------------------------------
+_OPEN_FLAGS = {"w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+               "w+": os.O_RDWR | os.O_CREAT | os.O_TRUNC, "a+": os.O_RDWR | os.O_CREAT | os.O_APPEND}
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # Windows has none; its symbolic links need privileges to create
+
+
+def open_for_write(path, mode: str = "w", **kwargs):
+    """`open(path, mode)` for writing ('w', 'a', 'w+', 'a+', each with 'b' or not; `kwargs` go to `open`, e.g.
+    newline=''), except that it never writes through a symbolic link at `path`, nor into anything but a regular
+    file: in a shared folder another user may plant a link there to make this process overwrite their target.
+    A new file's mode comes from the umask; an existing regular file keeps its own."""
+    base = mode.replace("b", "")
+    if base not in _OPEN_FLAGS:
+        raise ValueError(f"mode must be one of 'w', 'a', 'w+', 'a+' (with or without 'b'), got {mode!r}")
+    # O_NONBLOCK: a FIFO planted at `path` would otherwise block the open until someone reads it.
+    flags = _OPEN_FLAGS[base] | NOFOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as e:
+        _explain_refused_open(path, e)
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            _explain_refused_open(path, None)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, mode, **kwargs)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _explain_refused_open(path, error: OSError | None) -> None:
+    """Raise the reason `open_for_write` refused `path` when it is a link or not a regular file."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return
+    where = os.fspath(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise OSError(errno.ELOOP, f"{where} is a symbolic link: cyclr does not write through one (in a shared folder "
+                                   "another user may have planted it there to make your run overwrite its target); "
+                                   "remove the link or choose another path") from error
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, f"{where} is not a regular file (a FIFO, device, socket or folder): cyclr writes "
+                                    "only regular files; choose another path") from error
+
+
+# ----- files owned by a live process: decided by a lock it holds, never by its pid -----------------------------------
+# A pid says nothing about a process in another pid namespace (a container sharing /tmp or a volume) or on another
+# host sharing the file system. An advisory lock (flock; POSIX record locks over NFS) is held by whoever has the file
+# open, wherever they run, and goes away when they exit, however they exit.
+_LOCKS_UNSUPPORTED = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+
+
+def try_lock(fd: int) -> bool | None:
+    """Take an exclusive advisory lock on the open file `fd` without waiting: True when taken, False when another
+    open file (another process, or another open of this process) holds it, None when the file system has no locks."""
+    if fcntl is None:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as e:
+        if e.errno in _LOCKS_UNSUPPORTED:
+            return None
+        raise
+    return True
+
+
+def still_names(fd: int, path) -> bool:
+    """Whether `path` still names the open file `fd` (not removed, nor replaced by another file)."""
+    try:
+        linked = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (linked.st_dev, linked.st_ino) == (opened.st_dev, opened.st_ino)
+
+
+def create_owned_file(directory, prefix: str, suffix: str) -> tuple[int, str]:
+    """A new file `<directory>/<prefix><random><suffix>` (mode 0600, never through a symbolic link), open and locked:
+    `(fd, path)`. The lock marks it in use until the descriptor is closed (or the process dies), so
+    `remove_unowned_files` leaves it alone."""
+    while True:
+        fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)  # O_EXCL: never follows a link
+        # Between mkstemp and the lock, a cleaner may have locked and removed it: then make another.
+        if try_lock(fd) is not False and still_names(fd, path):
+            return fd, path
+        os.close(fd)
 
 
 def remove_stale_temp_files(path) -> list[Path]:
-    """Remove the temporary files of `path` that processes no longer running left behind; returns them."""
+    """Remove the temporary files of `path` that no process holds any longer; returns them."""
     path = Path(path)
-    return remove_files_of_dead_processes(path.parent, f".{path.name}.", TEMP_SUFFIX)
+    return remove_unowned_files(path.parent, f".{path.name}.", TEMP_SUFFIX)
 
 
-def remove_files_of_dead_processes(directory, prefix: str, suffix: str, *, own_in_use: bool = False) -> list[Path]:
-    """Remove the files `<prefix><pid>.<anything><suffix>` in `directory` whose process `pid` is no longer running;
-    returns them. Files of this process count as stale too, unless `own_in_use` (it may still be using them)."""
+def remove_unowned_files(directory, prefix: str, suffix: str) -> list[Path]:
+    """Remove the files `<prefix><pid>.*<suffix>` in `directory` that no process holds locked (`create_owned_file`):
+    those a process left behind when it was killed, on this host or any other; returns them. A file whose lock cannot
+    be taken, or cannot be tested (a file system without locks), or that is another user's, is kept."""
     removed = []
-    for tmp in Path(directory).glob(f"{glob.escape(prefix)}*{glob.escape(suffix)}"):
-        pid = tmp.name[len(prefix):].split(".", 1)[0]
-        if pid.isdigit() and not (own_in_use and int(pid) == os.getpid()) and not _process_alive(int(pid)):
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-                removed.append(tmp)
+    for candidate in Path(directory).glob(f"{glob.escape(prefix)}*{glob.escape(suffix)}"):
+        if not candidate.name[len(prefix):].split(".", 1)[0].isdigit():
+            continue  # not named the way cyclr names its files
+        try:
+            fd = os.open(candidate, os.O_RDONLY | NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+        except OSError:
+            continue  # gone already, a link, or not ours to read
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode) and try_lock(fd) and still_names(fd, candidate):
+                os.unlink(candidate)  # we hold its lock: nobody owns it, and nobody can take it up now
+                removed.append(candidate)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
     return removed
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # our own leftovers: an exception between write and rename was cleaned up already
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
 
 
 def atomic_torch_save(obj, path) -> Path:
