@@ -1,0 +1,309 @@
+"""Weight averaging: `SWA` (stochastic weight averaging, Izmailov et al. 2018) and `EMA` (an exponential moving
+average of the weights), both on torch's `torch.optim.swa_utils` (`AveragedModel`, `update_bn`,
+`get_ema_multi_avg_fn`).
+
+Both keep their averaged copy beside the model (`swa.model`, `ema.model`), save it in `state_dict()` so that a
+checkpoint taken mid-fit resumes exactly, sit out the LR finder's sweep, and add columns to the epoch table: how many
+weights have been averaged so far (`swa_n`, `ema_n`: 0 while averaging has not started) and the averaged model's
+validation loss and metrics (`swa_valid_loss`, `swa_<metric>`; `ema_...`), NaN where it was not validated.
+
+    learn.fit_one_cycle(10, 1e-2, cbs=[SWA(start=0.75)])   # the last 25% averaged; learn.model ends averaged
+    ema = EMA(decay=0.999)
+    learn.fit(5, cbs=[ema])
+    with ema.applied(learn):                                 # the EMA weights for this block only
+        learn.validate()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import numbers
+import warnings
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from ..data.checks import int_at_least, positive, real
+from .core import Callback
+from .weights import exchange_weights, recompute_batch_norm, validate_with, validation_columns
+
+__all__ = ["SWA", "EMA", "ema_decay"]
+
+
+def _epoch_row(learn) -> dict | None:
+    """This epoch's row of the epoch table, written by the Recorder (order 50) just before our after_epoch."""
+    rows = learn.recorder.epoch_rows
+    if rows and rows[-1]["epoch"] == learn.epoch and rows[-1]["fit"] == learn.recorder.fit_index:
+        return rows[-1]
+    return None
+
+
+class _Averaging(Callback):
+    """What SWA and EMA share: the averaged copy (`self.averaged`, an AveragedModel), its state in checkpoints (kept
+    aside when loaded before the fit has built the copy: a resumed fit loads states before `before_fit`), exchanging
+    it with the learner's weights for a block, and the epoch table's columns."""
+
+    prefix = ""
+    # The LR finder takes callbacks that declare `writes_files` off the learner for its sweep (callbacks/lr_finder.py):
+    # declared here so that no swept weight is ever averaged.
+    writes_files = True
+
+    def __init__(self):
+        self.averaged: AveragedModel | None = None
+        self.n = 0  # weights averaged so far in this fit (a Python int: reading AveragedModel.n_averaged would sync)
+        self._pending: dict | None = None
+
+    @property
+    def model(self):
+        """The averaged weights as a module of the model's architecture (None before the first fit)."""
+        return None if self.averaged is None else self.averaged.module
+
+    def _new_average(self, learn) -> AveragedModel:
+        raise NotImplementedError
+
+    def before_fit(self, learn):
+        if learn.resuming and self._pending is not None:
+            self.averaged = self._new_average(learn)
+            self._load_pending()
+            return
+        self.averaged, self.n = self._new_average(learn), 0
+
+    @contextlib.contextmanager
+    def applied(self, learn):
+        """`learn.model` holds the averaged weights inside the block and exactly its own again after it (they are
+        exchanged, bit for bit, even after an error). Inside or outside a fit; `learn.validate()`,
+        `learn.get_preds()` in the block use the averaged weights."""
+        if self.averaged is None:
+            raise RuntimeError(f"{self.name} has no averaged weights yet: fit with it attached first")
+        exchange_weights(learn.model, self.averaged.module)
+        try:
+            yield learn
+        finally:
+            exchange_weights(learn.model, self.averaged.module)
+
+    def _validated(self, learn) -> dict[str, float]:
+        with self.applied(learn):
+            return validate_with(learn, self.prefix)
+
+    def _fill_row(self, learn, validation: dict | None) -> None:
+        row = _epoch_row(learn)
+        if row is None:
+            return
+        row[f"{self.prefix}_n"] = self.n
+        row.update(validation_columns(learn, self.prefix))
+        row.update(validation or {})
+
+    def state_dict(self) -> dict:
+        weights = None if self.averaged is None else dict(self.averaged.state_dict())
+        return {"n": self.n, "averaged": weights, **self._extra_state()}
+
+    def _extra_state(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._pending = dict(state)
+        if self.averaged is not None:
+            self._load_pending()
+
+    def _load_pending(self) -> None:
+        state, self._pending = self._pending, None
+        self.n = int(state["n"])
+        if state["averaged"] is not None:
+            self.averaged.load_state_dict(state["averaged"])
+        self._load_extra(state)
+
+    def _load_extra(self, state: dict) -> None:
+        pass
+
+
+class SWA(_Averaging):
+    """Stochastic Weight Averaging: the plain mean of the weights at the averaging points from `start` to the end of
+    the fit, with the batch-norm statistics recomputed for the mean at the end.
+
+    - `start`: a fraction of the fit in (0, 1) (0.75: the last quarter of the optimizer steps) or an epoch index
+      (int: from that epoch on).
+    - `every`: 'epoch' averages the weights at the end of each training epoch after `start` (the paper's); an int n
+      every n optimizer steps after it.
+    - at the end of the last epoch the mean's batch-norm statistics are recomputed over one pass of the training data
+      (torch's `update_bn`, momentum None; RNGs and loaders put back, so a resume stays exact; averaged over the
+      processes when data-parallel) and it is validated: `swa_valid_loss` and `swa_<metric>` in the last row of the
+      epoch table. `swap=True` (default) then copies it into `learn.model`; `swa.model` keeps it either way.
+
+    The learning rate while averaging is the schedule's: to average at a constant or cyclical rate, give the
+    schedule that tail (the paper's constant rate: `combine([0.75, 0.25], [Cos(lr, lr/10), Const(lr/10)])`).
+    """
+
+    order = 52  # after the Recorder (50) wrote the epoch's row; before the loggers (57-58), table (60), checkpoints (90)
+    prefix = "swa"
+
+    def __init__(self, start: float | int = 0.75, every: str | int = "epoch", swap: bool = True):
+        super().__init__()
+        if isinstance(start, bool) or not isinstance(start, numbers.Real):
+            raise TypeError(f"start must be a fraction of the fit in (0, 1) or an epoch index (int), got {start!r}")
+        if isinstance(start, numbers.Integral):
+            int_at_least("start (an epoch index)", start, 0)
+        elif not 0 < real("start", start) < 1:
+            raise ValueError(f"start must be a fraction of the fit in (0, 1) (0.75: average the last quarter) or an "
+                             f"epoch index (int), got {start!r}")
+        if every != "epoch":
+            int_at_least("every (optimizer steps between averaging points, or 'epoch')", every, 1)
+        self.start, self.every, self.swap = start, every, bool(swap)
+        self.start_step = 0  # averaging points come after this many optimizer steps of the fit
+        self.finalized = False
+
+    def __repr__(self) -> str:
+        return f"SWA(start={self.start!r}, every={self.every!r}, swap={self.swap})"
+
+    def fit_config(self) -> dict:
+        return {"start": self.start, "every": self.every, "swap": self.swap}
+
+    def _new_average(self, learn) -> AveragedModel:
+        # Parameters only: the buffers (batch-norm statistics) are recomputed for the mean at the end.
+        return AveragedModel(learn.model, use_buffers=False)
+
+    def before_fit(self, learn):
+        steps_per_epoch = learn.n_train_iters // learn.n_epoch
+        if isinstance(self.start, numbers.Integral):
+            if self.start >= learn.n_epoch:
+                raise ValueError(f"SWA start={self.start} is an epoch index after the end of this fit of "
+                                 f"{learn.n_epoch} epochs: pass an epoch < {learn.n_epoch} or a fraction in (0, 1)")
+            start_step = self.start * steps_per_epoch
+        else:
+            start_step = round(self.start * learn.n_train_iters)
+        n_points = (learn.n_train_iters - start_step) // (steps_per_epoch if self.every == "epoch" else self.every)
+        if n_points < 1:
+            raise ValueError(f"SWA(start={self.start!r}, every={self.every!r}) has no averaging point in this fit of "
+                             f"{learn.n_train_iters} optimizer steps ({steps_per_epoch} an epoch): start earlier "
+                             "or average more often")
+        self.start_step = start_step
+        if not learn.resuming:
+            self.finalized = False
+        super().before_fit(learn)
+
+    def _average(self, learn) -> None:
+        self.averaged.update_parameters(learn.model)
+        self.n += 1
+
+    def after_step(self, learn):
+        if self.every != "epoch":
+            done = learn.train_iter + 1 - self.start_step
+            if done > 0 and done % self.every == 0:
+                self._average(learn)
+
+    def after_train(self, learn):
+        if self.every == "epoch" and (learn.epoch + 1) * (learn.n_train_iters // learn.n_epoch) > self.start_step:
+            self._average(learn)
+
+    def after_epoch(self, learn):
+        last = learn.epoch == learn.n_epoch - 1
+        self._fill_row(learn, self._finalize(learn) if last else None)
+
+    def after_fit(self, learn):
+        if not self.finalized:  # the fit stopped early (EarlyStoppingCallback, a NaN loss): no last epoch's row
+            self._finalize(learn)
+
+    def _finalize(self, learn) -> dict:
+        """Batch-norm statistics for the mean, its validation, and with `swap` the mean copied into the model."""
+        self.finalized = True
+        if self.n == 0:
+            warnings.warn("SWA: the fit stopped before the first averaging point; nothing was averaged and the model "
+                          "is left as trained", stacklevel=2)
+            return {}
+        with self.applied(learn):
+            recompute_batch_norm(learn)
+            results = validate_with(learn, self.prefix) if learn.dls.valid is not None else {}
+        if self.swap:
+            with torch.no_grad():
+                learn.model.load_state_dict(self.averaged.module.state_dict())
+        return results
+
+    def _extra_state(self) -> dict:
+        return {"finalized": self.finalized}
+
+    def _load_extra(self, state: dict) -> None:
+        self.finalized = bool(state["finalized"])
+
+
+def ema_decay(step: int, decay: float, warmup: bool = True, warmup_gamma: float = 1.0,
+              warmup_power: float = 2 / 3) -> float:
+    """The decay of the EMA's update number `step` (0 for the first, which copies the weights): `decay`, or with
+    `warmup` timm's ModelEmaV3 warm-up, `min(decay, 1 - (1 + step / warmup_gamma) ** -warmup_power)`, so that the
+    average forgets its start quickly early in training (0.63 at step 1, 0.9 at about 30, 0.999 at about 30 000
+    with the defaults)."""
+    if not warmup:
+        return decay
+    return min(decay, 1 - (1 + step / warmup_gamma) ** -warmup_power)
+
+
+class EMA(_Averaging):
+    """An exponential moving average of the weights, updated after every `every`-th optimizer step:
+    `ema = d * ema + (1 - d) * weights`, with `d = ema_decay(update, decay, warmup, ...)` (timm's warm-up of the decay
+    by default). Buffers: floating-point ones (batch-norm running statistics) are averaged like the weights, as timm
+    does by default; integer ones (`num_batches_tracked`) are copied. Data-parallel: each process averages its own
+    batch-norm statistics, and the EMA's are averaged over the processes at the end of each training epoch, so they
+    agree everywhere.
+
+    `validate=True` validates the EMA weights at the end of every epoch too (`ema_valid_loss`, `ema_<metric>` in the
+    epoch table), exchanging them with the model's for the validation only. After the fit `learn.model` keeps the
+    trained weights unless `swap_at_end=True`; `with ema.applied(learn):` uses the EMA weights for a block.
+    """
+
+    order = 53  # after SWA (52): both read the epoch's row from the Recorder (50)
+    prefix = "ema"
+
+    def __init__(self, decay: float = 0.999, warmup: bool = True, warmup_gamma: float = 1.0,
+                 warmup_power: float = 2 / 3, every: int = 1, validate: bool = True, swap_at_end: bool = False):
+        super().__init__()
+        if not 0 < real("decay", decay) < 1:
+            raise ValueError(f"decay must be in (0, 1) (the weight the average keeps at each update; 0.999 forgets "
+                             f"over about 1000 updates), got {decay!r}")
+        self.decay, self.warmup = float(decay), bool(warmup)
+        self.warmup_gamma, self.warmup_power = positive("warmup_gamma", warmup_gamma), positive("warmup_power",
+                                                                                                 warmup_power)
+        self.every = int_at_least("every", every, 1)
+        self.validate, self.swap_at_end = bool(validate), bool(swap_at_end)
+        self._current_decay = 0.0
+
+    def __repr__(self) -> str:
+        return f"EMA(decay={self.decay}, warmup={self.warmup}, every={self.every})"
+
+    def fit_config(self) -> dict:
+        return {"decay": self.decay, "warmup": self.warmup, "warmup_gamma": self.warmup_gamma,
+                "warmup_power": self.warmup_power, "every": self.every}
+
+    def _new_average(self, learn) -> AveragedModel:
+        return AveragedModel(learn.model, multi_avg_fn=self._lerp, use_buffers=True)
+
+    def _lerp(self, averaged: list, current: list, _n) -> None:
+        # AveragedModel groups the tensors by dtype: integer buffers are copied, floating ones averaged.
+        if averaged[0].is_floating_point() or averaged[0].is_complex():
+            get_ema_multi_avg_fn(self._current_decay)(averaged, current, _n)
+        else:
+            for a, c in zip(averaged, current, strict=True):
+                a.copy_(c)
+
+    def decay_at(self, step: int) -> float:
+        return ema_decay(step, self.decay, self.warmup, self.warmup_gamma, self.warmup_power)
+
+    def after_step(self, learn):
+        if (learn.train_iter + 1) % self.every == 0:
+            self._current_decay = self.decay_at(self.n)
+            self.averaged.update_parameters(learn.model)
+            self.n += 1
+
+    def after_train(self, learn):
+        if learn.is_distributed:
+            with torch.no_grad():
+                for b in self.averaged.module.buffers():
+                    if b.is_floating_point():
+                        b.copy_(learn.all_reduce_mean(b))
+
+    def after_epoch(self, learn):
+        wanted = self.validate and self.n > 0 and learn.dls.valid is not None
+        self._fill_row(learn, self._validated(learn) if wanted else None)
+
+    def after_fit(self, learn):
+        if self.swap_at_end and self.n > 0:
+            with torch.no_grad():
+                learn.model.load_state_dict(self.averaged.module.state_dict())
+
