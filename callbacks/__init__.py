@@ -18,6 +18,7 @@ from .progress import ProgressCallback
 from .recorder import Recorder
 from .scheduler import CyclicLRCallback, FlatCosCallback, OneCycleCallback, ParamScheduler, SGDRCallback
 from .training import CSVLogger, GradientAccumulation, GradientClip, TerminateOnNaNCallback
+from .tuning import OptunaPruning, tune_lr
 
 __all__ = [
     "EVENTS", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException",
@@ -26,4 +27,5 @@ __all__ = [
     "stack_runs",
     "SaveModelCallback", "EarlyStoppingCallback", "ReduceLROnPlateau", "TerminateOnNaNCallback", "GradientClip",
     "GradientAccumulation", "CSVLogger", "MixedPrecision", "TensorBoardCallback", "MLflowCallback",
+    "OptunaPruning", "tune_lr",
 ]
