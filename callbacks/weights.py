@@ -105,7 +105,10 @@ def recompute_batch_norm(learn) -> None:
 def validate_with(learn, prefix: str) -> dict[str, float]:
     """`learn.validate()` on the weights now in the model, named `<prefix>_valid_loss`, `<prefix>_<metric>`. The
     Recorder's last validation is cleared afterwards: the epoch table's own columns never take these values."""
+    event = learn.event
     results = learn.validate()
+    # Called from a hook: the rest of that event's hooks (a checkpoint reads where it is) see their own event again.
+    learn.event = event
     learn.recorder.last_validation = {}
     return {f"{prefix}_{name}": value for name, value in results.items()}
 

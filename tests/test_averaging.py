@@ -1,0 +1,282 @@
+"""SWA and EMA (callbacks/averaging.py): the averages against hand-computed ones, batch-norm statistics recomputed
+for the SWA mean (against a fresh pass) without disturbing the RNGs or the loader, exact swaps, bad arguments
+refused before training, the LR finder leaving them untouched, and SIGKILL mid-averaging then resume bitwise equal to
+the uninterrupted run."""
+
+import copy
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from cyclr.callbacks import Callback
+from cyclr.callbacks.averaging import EMA, SWA, ema_decay
+from cyclr.callbacks.ensembles import SnapshotEnsemble
+from cyclr.callbacks.weights import exchange_weights, recompute_batch_norm
+from cyclr.data.core import DataLoaders
+from cyclr.data.state import rng_state
+from cyclr.data.synthetic import synthetic_classification
+from cyclr.learner import Learner, accuracy
+
+STEPS_PER_EPOCH = 6  # 96 samples in batches of 16
+
+
+def learner(bn=False, dtype=torch.float32, **kwargs):
+    torch.manual_seed(0)
+    dls = synthetic_classification(n_train=96, n_valid=48, bs=16, seed=0)
+    if dtype != torch.float32:
+        dls = DataLoaders.from_tensors(dls.train.x.to(dtype), dls.train.y, dls.valid.x.to(dtype), dls.valid.y, bs=16)
+    layers = [nn.Linear(8, 16), *([nn.BatchNorm1d(16)] if bn else []), nn.ReLU(), nn.Linear(16, 3)]
+    model = nn.Sequential(*layers).to(dtype)
+    kwargs.setdefault("progress", False)
+    return Learner(model, dls, nn.CrossEntropyLoss(), opt_func=torch.optim.SGD, lr=0.05, metrics=[accuracy],
+                   device="cpu", **kwargs)
+
+
+def weights(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+class WeightsAfterEachStep(Callback):
+    """The model's state after every optimizer step and at the end of every training epoch."""
+
+    order = 80
+
+    def __init__(self):
+        self.steps, self.epoch_ends = [], []
+
+    def after_step(self, learn):
+        self.steps.append(weights(learn.model))
+
+    def after_train(self, learn):
+        self.epoch_ends.append(weights(learn.model))
+
+
+def mean_of(states, key):
+    return torch.stack([s[key] for s in states]).mean(0)
+
+
+# ----- SWA: the mean, its points, batch norm --------------------------------------------------------------------------
+@pytest.mark.parametrize(("start", "every", "points"), [
+    (0.5, 4, [28, 32, 36, 40, 44, 48]),  # 8 epochs of 6 steps: after step 24, every 4 steps
+    (5, "epoch", [36, 42, 48]),  # from epoch 5 on: the ends of epochs 5, 6 and 7
+    (0.75, "epoch", [42, 48]),  # the last quarter: the ends of epochs 6 and 7
+])
+def test_swa_is_the_mean_of_the_weights_at_the_averaging_points(start, every, points):
+    learn = learner(dtype=torch.float64)
+    probe, swa = WeightsAfterEachStep(), SWA(start=start, every=every, swap=False)
+    learn.fit(8, cbs=[swa, probe])
+    at_points = [probe.steps[p - 1] for p in points]
+    assert swa.n == len(points)
+    for name, value in swa.model.named_parameters():
+        # float64: the running mean torch keeps equals the plain mean to rounding
+        torch.testing.assert_close(value.detach(), mean_of(at_points, name), rtol=0, atol=1e-12)
+    assert torch.equal(learn.model.state_dict()["0.weight"], probe.steps[-1]["0.weight"])  # swap=False
+    assert [r["swa_n"] for r in learn.recorder.epoch_rows] == [sum(p <= 6 * (e + 1) for p in points)
+                                                               for e in range(8)]
+
+
+def test_swa_swaps_the_mean_in_and_reports_its_validation_in_the_last_row():
+    learn = learner()
+    swa = SWA(start=0.5)
+    learn.fit(4, cbs=[swa])
+    for name, value in swa.model.state_dict().items():
+        assert torch.equal(learn.model.state_dict()[name], value)
+    rows = learn.recorder.epoch_rows
+    assert all(math.isnan(r["swa_valid_loss"]) for r in rows[:-1])
+    assert rows[-1]["swa_valid_loss"] == pytest.approx(learn.validate()["valid_loss"], rel=1e-6)
+    assert rows[-1]["swa_accuracy"] == learn.validate()["accuracy"]
+    assert rows[-1]["valid_loss"] != rows[-1]["swa_valid_loss"]  # the epoch's own column: the last trained weights
+
+
+def test_batch_norm_is_recomputed_for_the_mean_and_it_validates_well_above_chance():
+    learn = learner(bn=True)
+    swa = SWA(start=0.5, every=2)
+    learn.fit(6, cbs=[swa])
+    # recompute_batch_norm put the loader back, so the next pass draws the batches update_bn saw.
+    batches = list(learn.dls.train)
+    lin, bn = learn.model[0], learn.model[1]
+    with torch.no_grad():
+        h = [lin(x) for x, _ in batches]
+    # momentum None: the plain average over batches of each batch's mean and unbiased variance
+    torch.testing.assert_close(bn.running_mean, torch.stack([b.mean(0) for b in h]).mean(0))
+    torch.testing.assert_close(bn.running_var, torch.stack([b.var(0) for b in h]).mean(0))
+    assert bn.momentum == 0.1  # put back after update_bn
+    assert learn.validate()["accuracy"] > 0.9  # 3 classes: chance is 1/3
+
+
+def test_recomputing_batch_norm_leaves_the_rngs_and_the_loaders_as_they_were():
+    learn = learner(bn=True)
+    learn.fit(1)
+    rngs, loaders = rng_state(), copy.deepcopy(learn.dls.state_dict())
+    recompute_batch_norm(learn)
+    assert torch.equal(rng_state()["torch"], rngs["torch"])
+    assert rng_state()["random"] == rngs["random"]
+    assert repr(learn.dls.state_dict()) == repr(loaders)
+
+
+# ----- EMA -------------------------------------------------------------------------------------------------------------
+def test_ema_decay_warms_up_as_timm():
+    assert ema_decay(0, 0.999) == 0.0  # the first update copies
+    assert ema_decay(1, 0.999) == pytest.approx(1 - 2 ** (-2 / 3))
+    assert ema_decay(10 ** 6, 0.999) == 0.999
+    assert ema_decay(5, 0.9, warmup=False) == 0.9
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_ema_equals_the_hand_computed_average_of_weights_and_buffers(warmup):
+    learn = learner(bn=True, dtype=torch.float64)
+    probe, ema = WeightsAfterEachStep(), EMA(decay=0.8, warmup=warmup, validate=False)
+    learn.fit(2, cbs=[ema, probe])
+    expected = dict(probe.steps[0])
+    for t, state in enumerate(probe.steps[1:], start=1):
+        d = min(0.8, 1 - (1 + t) ** (-2 / 3)) if warmup else 0.8
+        expected = {k: d * expected[k] + (1 - d) * v if v.is_floating_point() else v for k, v in state.items()}
+    assert ema.n == len(probe.steps) == 12
+    for k, v in ema.model.state_dict().items():
+        if v.is_floating_point():  # weights and batch-norm statistics averaged
+            torch.testing.assert_close(v, expected[k], rtol=0, atol=1e-12)
+        else:  # num_batches_tracked copied
+            assert torch.equal(v, probe.steps[-1][k])
+
+
+def test_ema_validation_each_epoch_leaves_the_weights_exactly_as_trained():
+    class AfterValidation(Callback):
+        order = 80
+
+        def after_train(self, learn):
+            self.trained = weights(learn.model)
+
+        def after_epoch(self, learn):
+            for k, v in learn.model.state_dict().items():
+                assert torch.equal(v, self.trained[k]), k
+
+    learn = learner(bn=True)
+    ema = EMA(decay=0.9)
+    learn.fit(2, cbs=[ema, AfterValidation()])
+    rows = learn.recorder.epoch_rows
+    assert [r["ema_n"] for r in rows] == [6, 12]
+    trained = weights(learn.model)
+    with ema.applied(learn):  # outside the fit: the EMA weights for this block only
+        inside = learn.validate()
+    assert inside["valid_loss"] == pytest.approx(rows[-1]["ema_valid_loss"], rel=1e-6)
+    for k, v in learn.model.state_dict().items():
+        assert torch.equal(v, trained[k])
+    assert learn.validate()["valid_loss"] == pytest.approx(rows[-1]["valid_loss"], rel=1e-6)
+
+
+def test_a_failing_block_still_puts_the_weights_back():
+    learn = learner()
+    ema = EMA(decay=0.9, validate=False)
+    learn.fit(1, cbs=[ema])
+    before = weights(learn.model)
+    with pytest.raises(RuntimeError, match="boom"), ema.applied(learn):
+        raise RuntimeError("boom")
+    for k, v in learn.model.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_exchange_weights_twice_is_the_identity_and_refuses_other_architectures():
+    a, b = nn.Linear(3, 2), nn.Linear(3, 2)
+    wa, wb = weights(a), weights(b)
+    exchange_weights(a, b)
+    assert torch.equal(a.weight, wb["weight"]) and torch.equal(b.weight, wa["weight"])
+    exchange_weights(a, b)
+    assert torch.equal(a.weight, wa["weight"]) and torch.equal(b.weight, wb["weight"])
+    with pytest.raises(ValueError, match="different architectures"):
+        exchange_weights(a, nn.Linear(3, 4))
+
+
+# ----- bad arguments, before training ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(("make", "match"), [
+    (lambda: SWA(start=1.5), r"start must be a fraction of the fit in \(0, 1\)"),
+    (lambda: SWA(start=0.0), r"start must be a fraction"),
+    (lambda: SWA(start=-1), "start"),
+    (lambda: SWA(every=0), "every"),
+    (lambda: EMA(decay=1.0), r"decay must be in \(0, 1\)"),
+    (lambda: EMA(decay=0), r"decay must be in \(0, 1\)"),
+    (lambda: EMA(decay=1.5), r"decay must be in \(0, 1\)"),
+    (lambda: EMA(every=0), "every"),
+])
+def test_bad_arguments_are_refused_when_the_callback_is_made(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+@pytest.mark.parametrize(("cb", "match"), [
+    (SWA(start=3), "after the end of this fit of 3 epochs"),
+    (SWA(start=0.9, every=10), "no averaging point"),
+])
+def test_a_start_after_the_end_is_refused_before_any_step(cb, match):
+    learn = learner()
+    before = weights(learn.model)
+    with pytest.raises(ValueError, match=match):
+        learn.fit(3, cbs=[cb])
+    assert learn.train_iter == 0
+    for k, v in learn.model.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_applied_before_any_fit_is_refused():
+    with pytest.raises(RuntimeError, match="no averaged weights yet"), EMA().applied(learner()):
+        pass
+
+
+# ----- the LR finder ---------------------------------------------------------------------------------------------------
+class CountedEMA(EMA):
+    steps_seen = 0
+
+    def after_step(self, learn):
+        self.steps_seen += 1
+        super().after_step(learn)
+
+
+def test_lr_find_leaves_the_averages_and_snapshots_untouched():
+    learn = learner(bn=True)
+    swa, ema, ens = SWA(start=0.5, swap=False), CountedEMA(decay=0.9), SnapshotEnsemble()
+    learn.add_cbs([swa, ema, ens])
+    learn.fit_sgdr(2, 1, 0.05, cycle_mult=1)
+    states = [copy.deepcopy(cb.state_dict()) for cb in (swa, ema, ens)]
+    learn.lr_find(num_it=10)
+    assert ema.steps_seen == 12  # the fit's steps only: it sat the sweep out
+    for cb, state in zip((swa, ema, ens), states, strict=True):
+        assert cb in learn.cbs
+        assert repr(cb.state_dict()) == repr(state)  # tensors printed in full: equal values
+        for (k, v), w in zip(cb.state_dict().items(), state.values(), strict=True):
+            if isinstance(v, dict):
+                assert all(torch.equal(v[n], w[n]) for n in v), k
+
+
+# ----- SIGKILL mid-averaging, then resume --------------------------------------------------------------------------------
+WORKER = Path(__file__).with_name("averaging_worker.py")
+
+
+def run_worker(tmp: Path, name: str, *args: str) -> dict | None:
+    out = tmp / f"{name}.pt"
+    proc = subprocess.run([sys.executable, str(WORKER), "--out", str(out), "--snapshots", str(tmp / f"{name}-snaps"),
+                           *args], capture_output=True, text=True, timeout=300)
+    if proc.returncode not in (0, -9):
+        raise AssertionError(f"worker {name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return torch.load(out, weights_only=True) if proc.returncode == 0 else None
+
+
+def test_sigkill_mid_averaging_then_resume_is_bitwise_equal_to_the_uninterrupted_run(tmp_path):
+    full = run_worker(tmp_path, "full", "--ckpt", str(tmp_path / "full.ckpt"))
+    ckpt = str(tmp_path / "ckpt.pt")
+    # Killed after step 31: SWA has averaged after steps 24, 27 and 30, the ensemble holds the snapshots after
+    # steps 6 and 18; the last checkpoint is after step 28 (every 4 steps).
+    assert run_worker(tmp_path, "run", "--ckpt", ckpt, "--kill-at-step", "31") is None
+    resumed = run_worker(tmp_path, "run", "--ckpt", ckpt, "--resume")
+    assert full["taken"] == resumed["taken"] == [18, 42]
+    assert full["files"] == resumed["files"] == ["snapshot-00000018.pt", "snapshot-00000042.pt"]
+    assert full["swa_n"] == resumed["swa_n"] == 7 and full["ema_n"] == resumed["ema_n"] == 42
+    for part in ("weights", "swa", "ema"):
+        for k, v in full[part].items():
+            assert torch.equal(resumed[part][k], v), (part, k)
+    for a, b in zip(full["snapshots"], resumed["snapshots"], strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert repr(resumed["epoch_rows"]) == repr(full["epoch_rows"])  # repr: NaN columns compare equal
