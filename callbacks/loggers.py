@@ -7,13 +7,18 @@ What they log, both the same way:
   schedules them;
 - per epoch (the Recorder's epoch rows): `epoch/train_loss`, `epoch/valid_loss` and `epoch/<metric>`, at the step of
   the epoch's last optimizer step, so every series shares one x axis;
-- at the start: the fit's hyperparameters (epochs, batches, batch size, optimizer, loss, model, schedules);
+- at the start: what the fit really used (callbacks/tracker.py `fit_hyperparameters`): epochs, steps, batch size,
+  optimizer, wd, `lr` (per group `lr_<i>`) when no scheduler sets it, else `lr_schedule` and each scheduler's
+  arguments as params of their own (`one_cycle.max_lr`, `one_cycle.pct_start`, ..., per group `one_cycle.max_lr_0`);
 - an `lr_find` run with the logger attached: its curve as a run of its own (`lr_find/loss`, `lr_find/smooth_loss`,
   `lr_find/lr` against the sweep's iteration), never mixed with the training series;
 - with `log_figures=True`, the Recorder's plots at the end of each fit.
 
 Values are written once per epoch, when the Recorder turns the epoch's losses into floats: logging adds no host
-sync to the batch loop. Only the main process logs (data-parallel runs).
+sync to the batch loop. Only the main process logs (data-parallel runs). A fit interrupted mid-epoch (Ctrl-C, an
+error) logs the steps it took, as the Recorder keeps them. A tracker that cannot write (a full disk, a read-only
+folder) fails the fit only once the epoch's checkpoint is written (callbacks/tracker.py); an MLflow run ends FAILED
+even in a SQLite store whose disk is full.
 
 One callback is one run: a second fit goes on at the step after the first fit's last, and a fit resumed from a
 checkpoint (`fit(..., resume=path)`) appends to the same run (the checkpoint holds the run's id or folder and how
@@ -23,226 +28,61 @@ them (`purge_step`), MLflow, which cannot delete metrics, keeps the first values
 
 from __future__ import annotations
 
-import importlib.util
+import contextlib
+import errno
 import math
 import os
-import sys
+import secrets
+import shutil
 import time
 from pathlib import Path
 
 from .checkpoint import SaveModelCallback
-from .core import Callback
 from .hypers import get_hyper
-from .lr_finder import LRFinderCallback
-from .scheduler import ParamScheduler
+from .tracker import TrackerCallback, lr_find_series, require
 
-TRACK_EXTRA = "pip install 'cyclr[track]'"
-# Hyperparameters the Recorder does not record, logged per step only when a ParamScheduler changes them.
-_EXTRA_HYPERS = ("wd", "beta2")
-# Callbacks every learner carries: not part of what makes one fit differ from another.
-_DEFAULT_CALLBACKS = ("Recorder", "ProgressCallback", "TerminateOnNaNCallback")
-
-
-def require(module: str, package: str, callback: str) -> None:
-    """An ImportError naming the extra to install, raised when the callback is created rather than mid-fit."""
-    if importlib.util.find_spec(module) is None:
-        raise ImportError(f"{callback} needs the {package!r} package, which is not installed: {TRACK_EXTRA}")
-
-
-class TrackerCallback(Callback):
-    """What both trackers share: which fits to log, the step of each row, the hyperparameters, the LR finder.
-
-    Subclasses write: `_open(learn)`, `_write(metrics)` with `metrics` a list of (key, value, step),
-    `_write_params(params)`, `_write_figure(name, fig, step)`, `_write_lr_find(learn, finder)`, `_close(status)`."""
-
-    # After the Recorder (50), which writes the rows read here, and CSVLogger (57); before SaveModelCallback (90),
-    # so a checkpoint holds how far this run was logged.
-    order = 58
-
-    def __init__(self, log_figures: bool = False):
-        self.log_figures = bool(log_figures)
-        self.fit_offset = 0  # the run's step at train_iter 0 of this fit: a second fit goes on after the first
-        self.logged_until = 0  # one past the last step logged
-        self.rows_logged = self.epochs_logged = 0  # the Recorder's rows already logged
-        self.n_fits = 0
-        self._logging = self._finished = False
-        self._finder: LRFinderCallback | None = None
-        self._extra_names: list[str] = []
-        self._extra: dict[int, dict[str, list[float]]] = {}
-
-    # ----- hooks -------------------------------------------------------------------------------------------------
-    def before_fit(self, learn):
-        self._logging = self._finished = False
-        self._finder = None
-        if not getattr(learn, "is_main_process", True):
-            return
-        self._finder = next((cb for cb in learn.cbs if isinstance(cb, LRFinderCallback)), None)
-        if self._finder is not None:
-            return  # an LR-finder sweep: logged as a run of its own at its end, none of it into the training run
-        self._logging = True
-        scheduled = {name for cb in learn.cbs if isinstance(cb, ParamScheduler) for name in cb.scheds}
-        self._extra_names = [n for n in _EXTRA_HYPERS if n in scheduled]
-        if not learn.resuming:
-            self.fit_offset = self.logged_until
-            self.rows_logged, self.epochs_logged = len(learn.recorder.batch_rows), len(learn.recorder.epoch_rows)
-            self._extra = {}
-        self._open(learn)
-        if not learn.resuming:
-            prefix = f"fit{self.n_fits}/" if self.n_fits else ""
-            self._write_params({prefix + k: v for k, v in fit_hyperparameters(learn, self).items()})
-            self.n_fits += 1
-
-    def before_step(self, learn):
-        if self._logging and self._extra_names:
-            groups = learn.opt.param_groups
-            self._extra[learn.train_iter] = {n: [get_hyper(g, n) for g in groups] for n in self._extra_names}
-
-    def after_epoch(self, learn):
-        if self._logging:
-            self._log_new_rows(learn, epoch_step=self.fit_offset + max(learn.train_iter - 1, 0))
-
-    def after_fit(self, learn):
-        if self._finder is not None and self._finder.lrs:
-            self._write_lr_find(learn, self._finder)
-        if not self._logging:
-            return
-        self._log_new_rows(learn, epoch_step=None)  # a fit cancelled mid-epoch: the batches it did train
-        self.logged_until = max(self.logged_until, self.fit_offset + learn.train_iter)
-        if self.log_figures:
-            self._log_recorder_figures(learn)
-        self._finished = True
-
-    def cleanup_fit(self, learn):
-        # Reached from the fit's `finally`: after an exception or Ctrl-C too, with the exception still in flight.
-        if not self._logging:
-            return
-        self._logging = False
-        if self._finished:
-            status = "FINISHED"
-        else:
-            error = sys.exc_info()[1]
-            status = "FAILED" if isinstance(error, Exception) or error is None else "KILLED"
-        self._close(status)
-
-    # ----- rows -> (key, value, step) ---------------------------------------------------------------------------
-    def _log_new_rows(self, learn, epoch_step: int | None) -> None:
-        rows = learn.recorder.batch_rows[self.rows_logged:]
-        metrics = []
-        for row in rows:
-            step = self.fit_offset + int(row["train_iter"])
-            metrics += [(f"train/{k}", row[k], step) for k in row if k not in ("fit", "epoch", "train_iter", "pct")]
-            for name, values in self._extra.pop(int(row["train_iter"]), {}).items():
-                metrics += ([(f"train/{name}", values[-1], step)] if len(values) == 1 else
-                            [(f"train/{name}_{i}", v, step) for i, v in enumerate(values)])
-            self.logged_until = max(self.logged_until, step + 1)
-        self.rows_logged += len(rows)
-        if epoch_step is not None and len(learn.recorder.epoch_rows) > self.epochs_logged:
-            row = learn.recorder.epoch_rows[-1]
-            metrics += [(f"epoch/{k}", row[k], epoch_step) for k in row if k not in ("fit", "epoch", "time")]
-            metrics.append(("epoch/epoch", row["epoch"], epoch_step))
-            self.epochs_logged = len(learn.recorder.epoch_rows)
-            self.logged_until = max(self.logged_until, epoch_step + 1)
-        metrics = [(k, float(v), s) for k, v, s in metrics if not math.isnan(float(v))]  # a missing momentum
-        if metrics:
-            self._write(metrics)
-
-    def _log_recorder_figures(self, learn) -> None:
-        import matplotlib.pyplot as plt
-
-        step = max(self.logged_until - 1, 0)
-        for name, draw in (("loss", learn.recorder.plot_loss), ("schedule", learn.recorder.plot_sched),
-                           ("metrics", learn.recorder.plot_metrics)):
-            fig = draw()
-            try:
-                self._write_figure(f"figures/{name}", fig, step)
-            finally:
-                plt.close(fig)
-
-    # ----- checkpoints ------------------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {"fit_offset": self.fit_offset, "logged_until": self.logged_until, "rows_logged": self.rows_logged,
-                "epochs_logged": self.epochs_logged, "n_fits": self.n_fits,
-                "extra": {int(k): {n: list(v) for n, v in d.items()} for k, d in self._extra.items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.fit_offset, self.logged_until = int(state["fit_offset"]), int(state["logged_until"])
-        self.rows_logged, self.epochs_logged = int(state["rows_logged"]), int(state["epochs_logged"])
-        self.n_fits = int(state["n_fits"])
-        self._extra = {int(k): {n: list(v) for n, v in d.items()} for k, d in state.get("extra", {}).items()}
-
-    def __getstate__(self) -> dict:
-        # A checkpoint's trial restore deep-copies callbacks: the open writer / client (threads, connections) stay out.
-        return {k: (None if k in ("writer", "_client") else v) for k, v in self.__dict__.items()}
-
-    # ----- what subclasses write --------------------------------------------------------------------------------
-    def _open(self, learn) -> None:
-        raise NotImplementedError
-
-    def _write(self, metrics: list[tuple[str, float, int]]) -> None:
-        raise NotImplementedError
-
-    def _write_params(self, params: dict) -> None:
-        raise NotImplementedError
-
-    def _write_figure(self, name: str, fig, step: int) -> None:
-        raise NotImplementedError
-
-    def _write_lr_find(self, learn, finder: LRFinderCallback) -> None:
-        raise NotImplementedError
-
-    def _close(self, status: str) -> None:
-        raise NotImplementedError
-
-
-def fit_hyperparameters(learn, tracker=None) -> dict:
-    """The fit's settings as plain values: its length, the data, the optimizer and every schedule."""
-    params = {"n_epoch": learn.n_epoch, "batches_per_epoch": len(learn.dls.train),
-              "bs": getattr(learn.dls.train, "bs", None), "optimizer": type(learn.opt).__name__,
-              "lr": learn.lr, "wd": learn.wd, "loss_func": _name(learn.loss_func), "model": type(learn.model).__name__,
-              "n_param_groups": len(learn.opt.param_groups)}
-    for cb in learn.cbs:
-        if cb is tracker or isinstance(cb, TrackerCallback) or cb.name in _DEFAULT_CALLBACKS:
-            continue
-        params[f"cb/{cb.name}"] = repr(cb)[:500]  # a schedule's repr holds all of its parameters
-    return {k: ("None" if v is None else v) for k, v in params.items()}
-
-
-def _name(obj) -> str:
-    return getattr(obj, "__name__", None) or type(obj).__name__
-
-
-def lr_find_series(finder: LRFinderCallback) -> list[tuple[str, float, int]]:
-    """The sweep's curve, one point per iteration."""
-    return [(f"lr_find/{name}", float(v), i) for name, values in
-            (("loss", finder.losses), ("smooth_loss", finder.smooth_losses), ("lr", finder.lrs))
-            for i, v in enumerate(values) if math.isfinite(v)]
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks
+    fcntl = None
 
 
 # ----- TensorBoard --------------------------------------------------------------------------------------------------
 class TensorBoardCallback(TrackerCallback):
-    """Log the fit to TensorBoard event files in `log_dir` (default `runs/cyclr-<date>-<time>`); see the module
-    docstring. An `lr_find` curve goes to `log_dir/lr_find` (`lr_find_1`, ... for later sweeps): a run of its own.
-    Open them with `tensorboard --logdir <log_dir>`."""
+    """Log the fit to TensorBoard event files in `log_dir` (default `runs/cyclr-<date>-<time>-<random>`, a folder
+    of its own for each run, even for runs started in the same second); see the module docstring. An `lr_find` curve
+    goes to `log_dir/lr_find` (`lr_find_1`, ... for later sweeps): a run of its own. Events are flushed at the end of
+    each epoch. Open them with `tensorboard --logdir <log_dir>`."""
 
     def __init__(self, log_dir: str | os.PathLike | None = None, log_figures: bool = False):
         require("tensorboard", "tensorboard", "TensorBoardCallback")
         if log_dir is not None and not isinstance(log_dir, (str, os.PathLike)):
             raise TypeError(f"log_dir must be a folder path (str or os.PathLike) or None, got {type(log_dir).__name__}")
         super().__init__(log_figures)
-        log_dir = log_dir if log_dir is not None else Path("runs") / time.strftime("cyclr-%Y%m%d-%H%M%S")
+        self._default_dir = log_dir is None  # created by the first fit, as a new folder: never another run's
+        log_dir = default_run_dir() if log_dir is None else log_dir
         self.log_dir = os.fspath(Path(log_dir).resolve())  # absolute: a resume from another folder finds it
         self.writer = None
 
     def _open(self, learn) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
+        if self._default_dir:
+            self.log_dir = make_new_folder(self.log_dir)
+            self._default_dir = False
         # Resumed: events a crashed run wrote at or after the first step not logged before its checkpoint are
         # hidden by TensorBoard's readers, so the run reads as one continuous series.
         self.writer = SummaryWriter(self.log_dir, purge_step=self.logged_until if learn.resuming else None)
 
+    def _where(self) -> str:
+        return _with_free_space(self.log_dir)
+
     def _write(self, metrics) -> None:
         for key, value, step in metrics:
             self.writer.add_scalar(key, value, step)
+        # Written by a thread of TensorBoard's: flushed here, the epoch is on disk (and a failure to write it is
+        # raised now, not minutes later) before the checkpoint records it as logged.
+        self.writer.flush()
 
     def _write_params(self, params: dict) -> None:
         from torch.utils.tensorboard.summary import hparams
@@ -266,16 +106,45 @@ class TensorBoardCallback(TrackerCallback):
                 writer.add_scalar(key, value, step)
 
     def _close(self, status: str) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.writer = None
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            writer.close()
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "log_dir": self.log_dir}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self.log_dir = state.get("log_dir", self.log_dir)
+        if "log_dir" in state:
+            self.log_dir, self._default_dir = state["log_dir"], False  # the checkpoint's run: appended to
+
+
+def default_run_dir() -> Path:
+    """`runs/cyclr-<date>-<time>-<random>`: sortable by start time, and unique for runs started in the same second
+    (in one process or several; `make_new_folder` settles the rest)."""
+    return Path("runs") / f"{time.strftime('cyclr-%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+def make_new_folder(path: str) -> str:
+    """Create `path` as a new folder; where one exists already (another run's), a new random suffix: two runs never
+    share a default folder."""
+    folder = Path(path)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            folder.mkdir()
+            return os.fspath(folder)
+        except FileExistsError:
+            folder = folder.with_name(f"{folder.name.rsplit('-', 1)[0]}-{secrets.token_hex(3)}")
+
+
+def _with_free_space(path: str) -> str:
+    """`path`, with the free space of its file system when it is nearly full (the usual cause of a failed write)."""
+    try:
+        free = shutil.disk_usage(path if os.path.isdir(path) else os.path.dirname(path) or ".").free
+    except OSError:
+        return path
+    return f"{path} ({free:,} bytes free)" if free < 64 * 2**20 else path
 
 
 # ----- MLflow -------------------------------------------------------------------------------------------------------
@@ -312,14 +181,23 @@ class MLflowCallback(TrackerCallback):
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
 
+    @property
+    def _sqlite_path(self) -> Path | None:
+        """The database file of a SQLite store, else None."""
+        prefix = "sqlite:///"
+        return Path(self.tracking_uri[len(prefix):]) if self.tracking_uri.startswith(prefix) else None
+
     def _experiment_id(self) -> str:
-        found = self.client.get_experiment_by_name(self.experiment)
-        if found is not None:
-            return found.experiment_id
-        location = None
-        if self.tracking_uri.startswith("sqlite:///"):  # artifacts beside the database, not in the current folder
-            location = (Path(self.tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-        return self.client.create_experiment(self.experiment, artifact_location=location)
+        # Runs started at once on a new SQLite file would each create its tables (MLflow's migrations are not safe
+        # to run twice at the same time): the first creates them under the lock, the others then find them.
+        with store_lock(self._sqlite_path):
+            found = self.client.get_experiment_by_name(self.experiment)
+            if found is not None:
+                return found.experiment_id
+            location = None
+            if self._sqlite_path is not None:  # artifacts beside the database, not in the current folder
+                location = (self._sqlite_path.parent / "mlartifacts").resolve().as_uri()
+            return self.client.create_experiment(self.experiment, artifact_location=location)
 
     def _open(self, learn) -> None:
         self._skip = {}
@@ -352,10 +230,7 @@ class MLflowCallback(TrackerCallback):
     def _write_figure(self, name: str, fig, step: int) -> None:
         self.client.log_figure(self.run_id, fig, f"{name}.png")
 
-    def after_fit(self, learn):
-        super().after_fit(learn)
-        if not self._logging:
-            return
+    def _finish_run(self, learn) -> None:
         if self.log_history:
             for kind in ("batches", "epochs"):
                 text = learn.recorder.to_df(kind).to_csv(index=False)
@@ -383,8 +258,25 @@ class MLflowCallback(TrackerCallback):
         self.client.set_terminated(run.info.run_id, "FINISHED")
 
     def _close(self, status: str) -> None:
-        if self.run_id is not None:
+        if self.run_id is None:
+            return
+        try:
             self.client.set_terminated(self.run_id, status)
+        except Exception as e:
+            if self._sqlite_path is None or not _store_full(e):
+                raise
+            end_run_in_full_store(self._sqlite_path, self.run_id, status)  # else it would stay RUNNING for ever
+
+    def _where(self) -> str:
+        store = _with_free_space(os.fspath(self._sqlite_path)) if self._sqlite_path else self.tracking_uri
+        return f"the MLflow store {store}" + (f", run {self.run_id}" if self.run_id else "")
+
+    def _reason(self, error: Exception) -> str:
+        # MLflow wraps the database's error in SQLAlchemy's, whose message runs to pages of SQL: the root says it.
+        root = error
+        while root.__cause__ is not None or root.__context__ is not None:
+            root = root.__cause__ or root.__context__
+        return f"{type(root).__name__}: {str(root).splitlines()[0][:300] if str(root) else ''}"
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "run_id": self.run_id, "tracking_uri": self.tracking_uri,
@@ -396,3 +288,46 @@ class MLflowCallback(TrackerCallback):
         self.tracking_uri = state.get("tracking_uri", self.tracking_uri)
         self.experiment = state.get("experiment", self.experiment)
         self._client = None  # the restored store may be another one
+
+
+def _store_full(error: BaseException | None) -> bool:
+    while error is not None:
+        if "database or disk is full" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def end_run_in_full_store(db_path: Path, run_id: str, status: str) -> None:
+    """End a run whose SQLite store has no space left. MLflow's own UPDATE needs a rollback journal, a new file on
+    the full disk; the run's row exists already, so the same UPDATE with the journal kept in memory rewrites it in
+    place (one page: nothing is lost but the atomicity of that one page's write)."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db_path, timeout=30)) as db:
+        db.execute("PRAGMA journal_mode=MEMORY")
+        db.execute("UPDATE runs SET status = ?, end_time = ? WHERE run_uuid = ?",
+                   (status, int(time.time() * 1000), run_id))
+        db.commit()
+
+
+@contextlib.contextmanager
+def store_lock(db_path: Path | None):
+    """Hold an exclusive advisory lock on `<db>.cyclr-lock` beside a SQLite store (no-op for other stores, or
+    where the file system has no locks: MLflow's own checks then apply). Never removed: a lock file removed while
+    another process waits on it would let a third one lock a new file at the same time."""
+    if db_path is None or fcntl is None:
+        yield
+        return
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = db_path.with_name(f".{db_path.name}.cyclr-lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # waits while another process creates the store
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP):  # a file system without locks: MLflow's own checks
+                raise
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -87,7 +87,7 @@ def test_tensorboard_writes_the_recorders_history_step_by_step_and_the_lr_find_c
 
     learn = make_learner(cbs=[TensorBoardCallback(tmp_path / "tb")])
     finder = learn.lr_find(num_it=12)
-    learn.fit_one_cycle(2, 0.05)
+    learn.fit_one_cycle(2, 0.05, pct_start=0.4)
     read, acc = read_tensorboard(tmp_path / "tb")
     # Event files keep float32: equal to the Recorder's floats to float32 precision.
     assert_series_equal(read, expected_series(learn), rel=1e-6)
@@ -97,7 +97,9 @@ def test_tensorboard_writes_the_recorders_history_step_by_step_and_the_lr_find_c
     hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
     assert hparams["n_epoch"].number_value == 2 and hparams["batches_per_epoch"].number_value == STEPS_PER_EPOCH
     assert hparams["optimizer"].string_value == type(learn.opt).__name__ and hparams["bs"].number_value == 16
-    assert "OneCycle" in hparams["cb/OneCycleCallback"].string_value
+    # What the fit used (not learn.lr, 1e-2): the schedule's arguments, each a param of its own.
+    assert "lr" not in hparams and hparams["lr_schedule"].string_value == "one_cycle"
+    assert hparams["one_cycle.max_lr"].number_value == 0.05 and hparams["one_cycle.pct_start"].number_value == 0.4
 
     sweep, _ = read_tensorboard(tmp_path / "tb" / "lr_find")
     assert [s for s, _ in sweep["lr_find/lr"]] == list(range(len(finder.lrs)))
@@ -110,12 +112,14 @@ def test_tensorboard_resumed_fit_leaves_one_continuous_series(tmp_path):
     ref.fit_one_cycle(3, 0.05)
 
     ckpt, log_dir = tmp_path / "ckpt.pt", tmp_path / "tb"
-    # Checkpoint after step 3 (mid epoch 0); interrupted after step 10, when epoch 0 (steps 0-5) was already logged:
-    # the resumed fit logs steps 0-5 again, and TensorBoard must show them once.
+    # Checkpoint after step 3 (mid epoch 0); interrupted (Ctrl-C) after step 10: the run holds the 10 steps the
+    # Recorder kept (0-9, the interrupted epoch's too); the resumed fit logs steps 3-9 again, shown once.
     killed = make_learner(cbs=[TensorBoardCallback(log_dir)])
     with pytest.raises(KeyboardInterrupt):
         killed.fit_one_cycle(3, 0.05, cbs=[SaveAt(ckpt, 3), Raise(10, KeyboardInterrupt())])
-    assert [s for s, _ in read_tensorboard(log_dir)[0]["train/loss"]] == list(range(STEPS_PER_EPOCH))
+    logged = read_tensorboard(log_dir)[0]["train/loss"]
+    assert [s for s, _ in logged] == killed.recorder.to_df("batches")["train_iter"].tolist() == list(range(10))
+    assert [v for _, v in logged] == pytest.approx(killed.recorder.to_df("batches")["loss"].tolist(), rel=1e-6)
 
     resumed = make_learner(cbs=[TensorBoardCallback(tmp_path / "elsewhere")])  # the checkpoint names the run
     resumed.fit_one_cycle(3, 0.05, resume=ckpt)
@@ -192,8 +196,11 @@ def test_mlflow_run_ends_failed_or_killed_when_the_fit_does_not_end(store, error
     with pytest.raises(type(error)):
         learn.fit(2, cbs=[Raise(8, error)])
     assert client.get_run(cb.run_id).info.status == status
-    # What was logged before the error stays: the first epoch.
-    assert [s for s, _ in read_mlflow(client, cb.run_id)["train/loss"]] == list(range(STEPS_PER_EPOCH))
+    # Every step the Recorder kept is in the run, the interrupted epoch's too (steps 6 and 7), as the Recorder has it.
+    logged = read_mlflow(client, cb.run_id)["train/loss"]
+    batches = learn.recorder.to_df("batches")
+    assert [s for s, _ in logged] == batches["train_iter"].tolist() == list(range(8))
+    assert [v for _, v in logged] == batches["loss"].tolist()
 
 
 def test_mlflow_resumed_fit_appends_to_the_same_run_without_duplicates(store, tmp_path):
@@ -215,3 +222,42 @@ def test_mlflow_resumed_fit_appends_to_the_same_run_without_duplicates(store, tm
     runs = client.search_runs([client.get_experiment_by_name("resume").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert_series_equal(read_mlflow(client, cb.run_id), expected_series(ref), rel=1e-12)
+
+
+# ----- what the fit really used (issue 23.1) -------------------------------------------------------------------------
+def two_group_learner(cbs=()):
+    learn = make_learner(cbs=cbs)
+    learn.splitter = lambda model: [list(model[0].parameters()), list(model[2].parameters())]
+    return learn
+
+
+def test_params_record_the_rates_the_fit_used_not_learn_lr(store):
+    uri, client = store
+    constant = MLflowCallback(uri, experiment="params")
+    learn = make_learner(cbs=[constant])  # learn.lr is 1e-2
+    learn.fit(1, lr=1e-4, wd=0.05)
+    params = client.get_run(constant.run_id).data.params
+    assert params["lr"] == "0.0001" and params["lr_schedule"] == "constant" and params["wd"] == "0.05"
+    assert (params["n_epoch"], params["n_steps"], params["bs"]) == ("1", str(STEPS_PER_EPOCH), "16")
+
+    one_cycle = MLflowCallback(uri, experiment="params")
+    learn = two_group_learner(cbs=[one_cycle])
+    learn.fit_one_cycle(2, slice(1e-3, 1e-1), pct_start=0.4, div_factor=20.0)
+    params = client.get_run(one_cycle.run_id).data.params
+    assert "lr" not in params and params["lr_schedule"] == "one_cycle"
+    assert params["one_cycle.max_lr"] == repr(slice(1e-3, 1e-1))
+    assert float(params["one_cycle.max_lr_0"]) == 1e-3 and float(params["one_cycle.max_lr_1"]) == 1e-1
+    assert params["one_cycle.pct_start"] == "0.4" and params["one_cycle.div_factor"] == "20.0"
+    assert params["n_epoch"] == "2" and params["n_param_groups"] == "2" and params["optimizer"] == "AdamW"
+    assert not any(k.startswith("cb/") for k in params)  # no truncated reprs where the arguments are logged
+
+
+def test_tensorboard_hparams_of_a_plain_fit_give_its_lr(tmp_path):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    learn = make_learner(cbs=[TensorBoardCallback(tmp_path / "tb")])  # learn.lr is 1e-2
+    learn.fit(1, lr=3e-4)
+    _, acc = read_tensorboard(tmp_path / "tb")
+    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    assert hparams["lr_schedule"].string_value == "constant" and hparams["lr"].number_value == 3e-4

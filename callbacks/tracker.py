@@ -1,0 +1,355 @@
+"""What the experiment trackers (callbacks/loggers.py: TensorBoardCallback, MLflowCallback) share: which fits they
+log, the step of each row, the fit's hyperparameters, the LR finder's curve, and what happens when a tracker fails.
+
+A tracker that fails (a full disk under its folder or store, a read-only file system, a store that refuses a write)
+must not cost the epoch's checkpoint: trackers run before SaveModelCallback (the checkpoint records how far they
+logged), so the failure is held, the tracker stops writing, and `TrackerError` is raised at the next event, once the
+epoch's checkpoint is written (the next epoch's `before_epoch`, or `after_fit`). The checkpoint then holds the
+tracker's state as of its last good write: a fit resumed from it logs the missing steps again.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+import warnings
+
+from .core import Callback
+from .hypers import get_hyper
+from .lr_finder import LRFinderCallback
+from .scheduler import ParamScheduler
+
+__all__ = ["TrackerCallback", "TrackerError", "fit_hyperparameters", "lr_find_series", "require"]
+
+TRACK_EXTRA = "pip install 'cyclr[track]'"
+# Hyperparameters the Recorder does not record, logged per step only when a ParamScheduler changes them.
+_EXTRA_HYPERS = ("wd", "beta2")
+# Callbacks every learner carries: not part of what makes one fit differ from another.
+_DEFAULT_CALLBACKS = ("Recorder", "ProgressCallback", "TerminateOnNaNCallback", "OptimizerModes")
+
+
+def require(module: str, package: str, callback: str) -> None:
+    """An ImportError naming the extra to install, raised when the callback is created rather than mid-fit."""
+    if importlib.util.find_spec(module) is None:
+        raise ImportError(f"{callback} needs the {package!r} package, which is not installed: {TRACK_EXTRA}")
+
+
+class TrackerError(RuntimeError):
+    """A tracker could not write: raised once the epoch's checkpoint is written (the original error is its cause)."""
+
+
+class TrackerCallback(Callback):
+    """What both trackers share: which fits to log, the step of each row, the hyperparameters, the LR finder, and
+    holding a failure until the checkpoint is written (module docstring).
+
+    Subclasses write: `_open(learn)`, `_write(metrics)` with `metrics` a list of (key, value, step),
+    `_write_params(params)`, `_write_figure(name, fig, step)`, `_write_lr_find(learn, finder)`, `_close(status)`,
+    and say where they write (`_where()`) and why a write failed (`_reason(error)`)."""
+
+    # After the Recorder (50), which writes the rows read here, and CSVLogger (57); before SaveModelCallback (90),
+    # so a checkpoint holds how far this run was logged.
+    order = 58
+
+    def __init__(self, log_figures: bool = False):
+        self.log_figures = bool(log_figures)
+        self.fit_offset = 0  # the run's step at train_iter 0 of this fit: a second fit goes on after the first
+        self.logged_until = 0  # one past the last step logged
+        self.rows_logged = self.epochs_logged = 0  # the Recorder's rows already logged
+        self.n_fits = 0
+        self._logging = self._finished = False
+        self._failure: TrackerError | None = None  # held until the epoch's checkpoint is written
+        self._finder: LRFinderCallback | None = None
+        self._extra_names: list[str] = []
+        self._extra: dict[int, dict[str, list[float]]] = {}
+
+    # ----- hooks -------------------------------------------------------------------------------------------------
+    def before_fit(self, learn):
+        self._logging = self._finished = False
+        self._failure = None
+        self._finder = None
+        if not getattr(learn, "is_main_process", True):
+            return
+        self._finder = next((cb for cb in learn.cbs if isinstance(cb, LRFinderCallback)), None)
+        if self._finder is not None:
+            return  # an LR-finder sweep: logged as a run of its own at its end, none of it into the training run
+        scheduled = {name for cb in learn.cbs if isinstance(cb, ParamScheduler) for name in cb.scheds}
+        self._extra_names = [n for n in _EXTRA_HYPERS if n in scheduled]
+        if not learn.resuming:
+            self.fit_offset = self.logged_until
+            self.rows_logged, self.epochs_logged = len(learn.recorder.batch_rows), len(learn.recorder.epoch_rows)
+            self._extra = {}
+        self._logging = True  # from here on cleanup_fit ends the run, whatever fails next
+        # Nothing is trained yet: a failure here is raised at once.
+        self._guarded("the start of the fit", lambda: self._start_run(learn))
+        self._raise_held_failure()
+
+    def _start_run(self, learn) -> None:
+        self._open(learn)
+        if not learn.resuming:
+            prefix = f"fit{self.n_fits}/" if self.n_fits else ""
+            self._write_params({prefix + k: v for k, v in fit_hyperparameters(learn, self).items()})
+            self.n_fits += 1
+
+    def before_epoch(self, learn):
+        self._raise_held_failure()  # the previous epoch's checkpoint is written by now
+
+    def before_step(self, learn):
+        if self._logging and self._extra_names:
+            groups = learn.opt.param_groups
+            self._extra[learn.train_iter] = {n: [get_hyper(g, n) for g in groups] for n in self._extra_names}
+
+    def after_epoch(self, learn):
+        if self._logging:
+            step = self.fit_offset + max(learn.train_iter - 1, 0)
+            self._guarded(f"epoch {learn.epoch}", lambda: self._log_new_rows(learn, epoch_step=step))
+
+    def after_fit(self, learn):
+        if self._finder is not None and self._finder.lrs:
+            self._write_lr_find(learn, self._finder)
+        if not self._logging:
+            return
+        # A fit cancelled mid-epoch: the batches it did train.
+        self._guarded("the end of the fit", lambda: self._finish(learn))
+        self._raise_held_failure()  # the last epoch's checkpoint is written by now
+
+    def _finish(self, learn) -> None:
+        self._log_new_rows(learn, epoch_step=None)
+        self.logged_until = max(self.logged_until, self.fit_offset + learn.train_iter)
+        if self.log_figures:
+            self._log_recorder_figures(learn)
+        self._finish_run(learn)
+        self._finished = True
+
+    def _finish_run(self, learn) -> None:
+        """What a subclass adds at the end of a fit that ended normally (artifacts)."""
+
+    def cleanup_fit(self, learn):
+        # Reached from the fit's `finally`: after an exception or Ctrl-C too, with the exception still in flight.
+        if not self._logging:
+            return
+        self._logging = False
+        error = sys.exc_info()[1]
+        if not self._finished and self._failure is None:
+            # Interrupted mid-epoch (Ctrl-C, an error): the Recorder (order 50) kept the steps taken; so does the run.
+            self._guarded("the steps of the interrupted epoch", lambda: self._log_new_rows(learn, epoch_step=None))
+        if self._finished:
+            status = "FINISHED"
+        else:
+            status = "FAILED" if isinstance(error, Exception) or error is None else "KILLED"
+        try:
+            self._close(status)
+        except Exception as e:  # noqa: BLE001 - raising here would hide the fit's own exception
+            failure = self._failure or self._make_failure(f"its run (ending it as {status})", e)
+            self._failure = failure
+        if self._failure is not None and self._failure is not error:
+            # The fit ended on another error (or the failure was held past the fit's end): say it, never hide either.
+            warnings.warn(str(self._failure), RuntimeWarning, stacklevel=2)
+
+    # ----- failures ----------------------------------------------------------------------------------------------
+    def _guarded(self, what: str, write) -> None:
+        """Call `write()`; a failure is held (the first one only: nothing more is written after it)."""
+        if self._failure is not None:
+            return
+        try:
+            write()
+        except Exception as e:  # noqa: BLE001 - any failure of the tracker must wait for the checkpoint
+            self._failure = self._make_failure(what, e)
+
+    def _make_failure(self, what: str, error: Exception) -> TrackerError:
+        if what == "the start of the fit":
+            then = "Nothing was trained yet: fix the tracker's location (or remove the tracker) and fit again"
+        else:
+            then = ("Training itself went on until this error was raised, once the epoch's checkpoint (if any) was "
+                    "written; the tracker's state in that checkpoint is that of its last complete write (steps "
+                    f"below {self.logged_until}), so a fit resumed from it logs the rest again. Free space or fix "
+                    "the tracker's location, then resume, or remove the tracker to train without it")
+        failure = TrackerError(f"{self.name} could not log {what} to {self._where()}: {self._reason(error)}. {then}")
+        failure.__cause__ = error
+        return failure
+
+    def _raise_held_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def _where(self) -> str:
+        raise NotImplementedError
+
+    def _reason(self, error: Exception) -> str:
+        return f"{type(error).__name__}: {error}"
+
+    # ----- rows -> (key, value, step) ---------------------------------------------------------------------------
+    def _log_new_rows(self, learn, epoch_step: int | None) -> None:
+        """Write the Recorder's rows not logged yet; the counters move only once the write succeeded, so what a
+        checkpoint records as logged was logged."""
+        rows = learn.recorder.batch_rows[self.rows_logged:]
+        metrics, logged_until = [], self.logged_until
+        for row in rows:
+            step = self.fit_offset + int(row["train_iter"])
+            metrics += [(f"train/{k}", row[k], step) for k in row if k not in ("fit", "epoch", "train_iter", "pct")]
+            for name, values in self._extra.get(int(row["train_iter"]), {}).items():
+                metrics += ([(f"train/{name}", values[-1], step)] if len(values) == 1 else
+                            [(f"train/{name}_{i}", v, step) for i, v in enumerate(values)])
+            logged_until = max(logged_until, step + 1)
+        new_epoch = epoch_step is not None and len(learn.recorder.epoch_rows) > self.epochs_logged
+        if new_epoch:
+            row = learn.recorder.epoch_rows[-1]
+            metrics += [(f"epoch/{k}", row[k], epoch_step) for k in row if k not in ("fit", "epoch", "time")]
+            metrics.append(("epoch/epoch", row["epoch"], epoch_step))
+            logged_until = max(logged_until, epoch_step + 1)
+        metrics = [(k, float(v), s) for k, v, s in metrics if not math.isnan(float(v))]  # a missing momentum
+        if metrics:
+            self._write(metrics)
+        for row in rows:
+            self._extra.pop(int(row["train_iter"]), None)
+        self.rows_logged += len(rows)
+        self.epochs_logged = len(learn.recorder.epoch_rows) if new_epoch else self.epochs_logged
+        self.logged_until = logged_until
+
+    def _log_recorder_figures(self, learn) -> None:
+        import matplotlib.pyplot as plt
+
+        step = max(self.logged_until - 1, 0)
+        for name, draw in (("loss", learn.recorder.plot_loss), ("schedule", learn.recorder.plot_sched),
+                           ("metrics", learn.recorder.plot_metrics)):
+            fig = draw()
+            try:
+                self._write_figure(f"figures/{name}", fig, step)
+            finally:
+                plt.close(fig)
+
+    # ----- checkpoints ------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"fit_offset": self.fit_offset, "logged_until": self.logged_until, "rows_logged": self.rows_logged,
+                "epochs_logged": self.epochs_logged, "n_fits": self.n_fits,
+                "extra": {int(k): {n: list(v) for n, v in d.items()} for k, d in self._extra.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.fit_offset, self.logged_until = int(state["fit_offset"]), int(state["logged_until"])
+        self.rows_logged, self.epochs_logged = int(state["rows_logged"]), int(state["epochs_logged"])
+        self.n_fits = int(state["n_fits"])
+        self._extra = {int(k): {n: list(v) for n, v in d.items()} for k, d in state.get("extra", {}).items()}
+
+    def __getstate__(self) -> dict:
+        # A checkpoint's trial restore deep-copies callbacks: the open writer / client (threads, connections) stay out.
+        return {k: (None if k in ("writer", "_client") else v) for k, v in self.__dict__.items()}
+
+    # ----- what subclasses write --------------------------------------------------------------------------------
+    def _open(self, learn) -> None:
+        raise NotImplementedError
+
+    def _write(self, metrics: list[tuple[str, float, int]]) -> None:
+        raise NotImplementedError
+
+    def _write_params(self, params: dict) -> None:
+        raise NotImplementedError
+
+    def _write_figure(self, name: str, fig, step: int) -> None:
+        raise NotImplementedError
+
+    def _write_lr_find(self, learn, finder: LRFinderCallback) -> None:
+        raise NotImplementedError
+
+    def _close(self, status: str) -> None:
+        raise NotImplementedError
+
+
+# ----- the fit's hyperparameters -------------------------------------------------------------------------------------
+def fit_hyperparameters(learn, tracker=None) -> dict:
+    """What the fit really used, as plain values: its length, the data, the optimizer, the rates per group and every
+    scheduler's arguments as params of their own (`one_cycle.max_lr`, `one_cycle.pct_start`, ...).
+
+    Read from `learn.fit_config` (recorded as the fit starts, learner/fit_config.py) and the optimizer's groups.
+    `lr` (and `lr_<i>` per group when there are several) is logged only when no scheduler sets the rate: a
+    scheduled fit's rates are its scheduler's arguments, and `lr_schedule` names the scheduler (or 'constant')."""
+    config = getattr(learn, "fit_config", None) or {}
+    described = config.get("callbacks", {})
+    groups = learn.opt.param_groups
+    params = {"n_epoch": learn.n_epoch, "n_steps": learn.n_train_iters,
+              "batches_per_epoch": len(learn.dls.train) if hasattr(learn.dls.train, "__len__") else None,
+              "bs": config.get("train_batch_size", getattr(learn.dls.train, "bs", None)),
+              "optimizer": config.get("optimizer") or type(learn.opt).__name__,
+              "wd": _wd(groups), "loss_func": _name(learn.loss_func), "model": type(learn.model).__name__,
+              "n_param_groups": len(groups)}
+    lr_schedulers = [_short_name(key) for key, cfg in described.items() if _schedules_lr(cfg)]
+    lr_schedulers += [_short_name(cb.name) for cb in learn.cbs if isinstance(cb, ParamScheduler)
+                      and "lr" in cb.scheds and _short_name(cb.name) not in lr_schedulers]
+    if lr_schedulers:
+        params["lr_schedule"] = ", ".join(lr_schedulers)
+    else:
+        params["lr_schedule"] = "constant"
+        lrs = [float(g["lr"]) for g in groups]  # what this fit set (its lr, or the groups' own)
+        params["lr"] = lrs[-1]
+        if len(set(lrs)) > 1:
+            params.update({f"lr_{i}": v for i, v in enumerate(lrs)})
+    for key, cfg in described.items():
+        params.update(_scheduler_params(_short_name(key), cfg, len(groups)))
+    for cb in learn.cbs:
+        if cb is tracker or isinstance(cb, TrackerCallback) or cb.name in _DEFAULT_CALLBACKS:
+            continue
+        if not any(_short_name(key).startswith(_short_name(cb.name)) for key in described):
+            params[f"cb/{cb.name}"] = repr(cb)[:500]  # a callback that does not describe itself: its repr
+    return {k: ("None" if v is None else v) for k, v in params.items()}
+
+
+# Arguments of cyclr's schedulers that are learning rates (a number, one per group, or a slice): logged per group too.
+_LR_ARGUMENTS = ("lr", "max_lr", "base_lr")
+
+
+def _wd(groups) -> float | None:
+    """The weight decay the fit starts with (the last group's, as `lr`): fit(wd=...) or the optimizer's own."""
+    return float(groups[-1]["weight_decay"]) if "weight_decay" in groups[-1] else None
+
+
+def _schedules_lr(cfg: dict) -> bool:
+    return any(name in cfg for name in _LR_ARGUMENTS)
+
+
+def _scheduler_params(prefix: str, cfg: dict, n_groups: int) -> dict:
+    params = {}
+    for name, value in cfg.items():
+        plain = isinstance(value, (int, float, str, bool)) or value is None
+        params[f"{prefix}.{name}"] = value if plain else str(value)  # a list: one param, as given
+        per_group = _per_group(value, n_groups) if name in _LR_ARGUMENTS else None
+        if per_group is not None:
+            params.update({f"{prefix}.{name}_{i}": v for i, v in enumerate(per_group)})
+    return params
+
+
+def _per_group(value, n_groups: int) -> list[float] | None:
+    """A rate given per group (a list, or a slice as its repr in a fit's config) spread over the groups."""
+    from .scheduler import lrs_per_group
+
+    if isinstance(value, str) and value.startswith("slice("):
+        parts = [p.strip() for p in value[len("slice("):-1].split(",")]
+        try:
+            value = slice(*(None if p == "None" else float(p) for p in parts))
+        except ValueError:
+            return None
+    if not isinstance(value, (list, slice)) or n_groups < 2:
+        return None
+    try:
+        return [float(v) for v in lrs_per_group(value, n_groups)]
+    except (TypeError, ValueError):
+        return None
+
+
+def _short_name(key: str) -> str:
+    """'OneCycleCallback_0' -> 'one_cycle', 'SGDRCallback_1' -> 'sgdr_1', 'GradientAccumulation_0' ->
+    'gradient_accumulation': the fit config's key of a callback, as a param prefix."""
+    name, _, index = key.rpartition("_") if key.rpartition("_")[2].isdigit() else (key, "", "")
+    name = name.removesuffix("Callback") or name
+    snake = "".join(("_" + c.lower()) if c.isupper() and i and not name[i - 1].isupper() else c.lower()
+                    for i, c in enumerate(name))
+    return snake if index in ("", "0") else f"{snake}_{index}"
+
+
+def _name(obj) -> str:
+    return getattr(obj, "__name__", None) or type(obj).__name__
+
+
+def lr_find_series(finder: LRFinderCallback) -> list[tuple[str, float, int]]:
+    """The sweep's curve, one point per iteration."""
+    return [(f"lr_find/{name}", float(v), i) for name, values in
+            (("loss", finder.losses), ("smooth_loss", finder.smooth_losses), ("lr", finder.lrs))
+            for i, v in enumerate(values) if math.isfinite(v)]
