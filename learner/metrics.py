@@ -1,13 +1,17 @@
 """Metrics. A batch metric is a function of (model output, target) returning a scalar tensor (kept on the device);
 the Recorder averages it over the samples of the epoch. An epoch-level metric is an object with `update(pred,
 target)`, `compute()` and `reset()`: a torchmetrics `Metric`, or `AccumMetric(func)`, which computes `func` once on
-the epoch's concatenated outputs and targets (F1, AUC and the like, whose batch average is not their value)."""
+the epoch's concatenated outputs and targets (F1, AUC and the like, whose batch average is not their value).
+`Metric(metric, target='mask', output='seg')` gives either kind one part of dict (or tuple) targets and outputs."""
 
 from __future__ import annotations
 
 import functools
 
 import torch
+from torch import nn
+
+from ..callbacks.recorder import metric_name
 
 
 def accuracy(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -72,6 +76,75 @@ class AccumMetric:
 
     def __repr__(self) -> str:
         return f"AccumMetric({self.name})"
+
+
+class Metric(nn.Module):
+    """`metric` given one part of the targets and of the model's output instead of the whole: `target` and
+    `output` name a dict's key (or a tuple's index, or an output's attribute); None passes that side whole.
+    E.g. batches `(image, {'mask': m, 'edges': e})`: `Metric(torchmetrics.JaccardIndex(task='multiclass',
+    num_classes=3), target='mask')`. The output is what every metric sees (its `logits` when it has some).
+
+    `metric` is a batch metric (a function of (output, target), averaged over the samples) or an epoch-level one
+    (update/compute/reset: a torchmetrics `Metric`, an `AccumMetric`), and the wrapper is of the same kind. It is
+    a torch Module holding `metric`, so a torchmetrics object inside moves to the learner's device with it. The
+    tables name it as `metric` is named, unless `name` is given."""
+
+    def __init__(self, metric, target=None, output=None, name: str | None = None):
+        super().__init__()
+        epoch_level = all(callable(getattr(metric, m, None)) for m in ("update", "compute", "reset"))
+        if not callable(metric) and not epoch_level:
+            raise TypeError(
+                f"Metric(metric): metric must be callable as metric(pred, target), or an object with "
+                f"update/compute/reset (a torchmetrics Metric), got {metric!r}"
+            )
+        for side, key in (("target", target), ("output", output)):
+            if key is not None and (isinstance(key, bool) or not isinstance(key, (str, int))):
+                raise TypeError(f"Metric({side}=...) must be a key (str), an index (int) or None, got {key!r}")
+        self.metric, self.target, self.output = metric, target, output
+        self.name = name or metric_name(metric)
+        if epoch_level:  # only then does the Recorder see update/compute/reset and treat it as epoch-level
+            self.update, self.compute, self.reset = self._update, self._compute, self._reset
+
+    def forward(self, pred, target):
+        return self.metric(*self.parts(pred, target))
+
+    # Methods of the wrapper, not the metric's own, so that a copy of the wrapper (the pre-flight's) uses its copy.
+    def _update(self, pred, target) -> None:
+        self.metric.update(*self.parts(pred, target))
+
+    def _compute(self):
+        return self.metric.compute()
+
+    def _reset(self) -> None:
+        self.metric.reset()
+
+    def parts(self, pred, target) -> tuple:
+        """(the output's part, the targets' part) this metric reads."""
+        return _part(pred, self.output, "output", self), _part(target, self.target, "target", self)
+
+    def extra_repr(self) -> str:
+        return f"target={self.target!r}, output={self.output!r}"
+
+
+def _part(value, key, side: str, metric: Metric):
+    if key is None:
+        return value
+    if isinstance(value, dict):
+        if key in value:
+            return value[key]
+        found = f"a dict with keys {sorted(value, key=str)}"
+    elif isinstance(value, (tuple, list)) and isinstance(key, int):
+        if -len(value) <= key < len(value):
+            return value[key]
+        found = f"a {type(value).__name__} of {len(value)}"
+    elif isinstance(key, str) and not isinstance(value, (torch.Tensor, tuple, list)) and hasattr(value, key):
+        return getattr(value, key)  # an output object with attributes (HF ModelOutput)
+    else:
+        found = f"a {type(value).__name__}" + (f" of shape {tuple(value.shape)}" if hasattr(value, "shape") else "")
+    raise ValueError(
+        f"{metric.name}: Metric({side}={key!r}) reads {side} part {key!r}, but the {side} is {found}: pass "
+        f"{side}= one of its keys (indices), or None for the whole"
+    )
 
 
 def _function_name(func) -> str:

@@ -11,7 +11,10 @@ from cyclr.data import DataLoaders
 from cyclr.learner import Learner
 
 
-def quiet(model, dls, loss_func=nn.CrossEntropyLoss(), **kwargs):
+CE = nn.CrossEntropyLoss()
+
+
+def quiet(model, dls, loss_func=CE, **kwargs):
     kwargs.setdefault("progress", False)
     kwargs.setdefault("device", "cpu")
     return Learner(model, dls, loss_func, **kwargs)
