@@ -10,7 +10,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from cyclr.data import DataLoaders
 from cyclr.learner import Learner
 
-
 CE = nn.CrossEntropyLoss()
 
 
