@@ -25,6 +25,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..data.checks import int_at_least, positive, real
 from .core import Callback
+from .ensembles import cycle_ends, lr_per_step
 from .weights import exchange_weights, recompute_batch_norm, validate_with, validation_columns
 
 __all__ = ["SWA", "EMA", "ema_decay"]
@@ -122,15 +123,19 @@ class SWA(_Averaging):
 
     - `start`: a fraction of the fit in (0, 1) (0.75: the last quarter of the optimizer steps) or an epoch index
       (int: from that epoch on).
-    - `every`: 'epoch' averages the weights at the end of each training epoch after `start` (the paper's); an int n
-      every n optimizer steps after it.
+    - `every`: 'epoch' averages the weights at the end of each training epoch after `start` (the paper's with a
+      constant rate); 'cycle' at the end of each cycle of the lr schedule after it (the paper's cyclical rate, which
+      averages at the cycle minima; the cycle ends are read from the schedule, as `SnapshotEnsemble` reads them); an
+      int n every n optimizer steps after it.
     - at the end of the last epoch the mean's batch-norm statistics are recomputed over one pass of the training data
       (torch's `update_bn`, momentum None; RNGs and loaders put back, so a resume stays exact; averaged over the
       processes when data-parallel) and it is validated: `swa_valid_loss` and `swa_<metric>` in the last row of the
       epoch table. `swap=True` (default) then copies it into `learn.model`; `swa.model` keeps it either way.
 
     The learning rate while averaging is the schedule's: to average at a constant or cyclical rate, give the
-    schedule that tail (the paper's constant rate: `combine([0.75, 0.25], [Cos(lr, lr/10), Const(lr/10)])`).
+    schedule that tail, e.g. the paper's constant rate `combine([0.75, 0.25], [Cos(lr, swa_lr), Const(swa_lr)])`, or
+    its cyclical one, K short cycles from a1 down to a2, `combine([0.75, *[0.25 / K] * K], [Cos(lr, a1),
+    *[Lin(a1, a2)] * K])` with `every='cycle'`.
     """
 
     order = 52  # after the Recorder (50) wrote the epoch's row; before the loggers (57-58), table (60), checkpoints (90)
@@ -145,10 +150,11 @@ class SWA(_Averaging):
         elif not 0 < real("start", start) < 1:
             raise ValueError(f"start must be a fraction of the fit in (0, 1) (0.75: average the last quarter) or an "
                              f"epoch index (int), got {start!r}")
-        if every != "epoch":
-            int_at_least("every (optimizer steps between averaging points, or 'epoch')", every, 1)
+        if every not in ("epoch", "cycle"):
+            int_at_least("every (optimizer steps between averaging points, or 'epoch' or 'cycle')", every, 1)
         self.start, self.every, self.swap = start, every, bool(swap)
         self.start_step = 0  # averaging points come after this many optimizer steps of the fit
+        self.points: set[int] = set()  # every='cycle' or n: the optimizer steps done at each averaging point
         self.finalized = False
 
     def __repr__(self) -> str:
@@ -170,7 +176,15 @@ class SWA(_Averaging):
             start_step = self.start * steps_per_epoch
         else:
             start_step = round(self.start * learn.n_train_iters)
-        n_points = (learn.n_train_iters - start_step) // (steps_per_epoch if self.every == "epoch" else self.every)
+        n = learn.n_train_iters
+        if self.every == "epoch":
+            self.points = set()
+            n_points = (n - start_step) // steps_per_epoch
+        else:
+            ends = [t + 1 for t in cycle_ends(lr_per_step(learn))] if self.every == "cycle" else range(n + 1)
+            step = 1 if self.every == "cycle" else self.every
+            self.points = {p for p in ends if p > start_step and (p - start_step) % step == 0}
+            n_points = len(self.points)
         if n_points < 1:
             raise ValueError(f"SWA(start={self.start!r}, every={self.every!r}) has no averaging point in this fit of "
                              f"{learn.n_train_iters} optimizer steps ({steps_per_epoch} an epoch): start earlier "
@@ -185,10 +199,8 @@ class SWA(_Averaging):
         self.n += 1
 
     def after_step(self, learn):
-        if self.every != "epoch":
-            done = learn.train_iter + 1 - self.start_step
-            if done > 0 and done % self.every == 0:
-                self._average(learn)
+        if learn.train_iter + 1 in self.points:
+            self._average(learn)
 
     def after_train(self, learn):
         if self.every == "epoch" and (learn.epoch + 1) * (learn.n_train_iters // learn.n_epoch) > self.start_step:
@@ -228,7 +240,7 @@ def ema_decay(step: int, decay: float, warmup: bool = True, warmup_gamma: float 
               warmup_power: float = 2 / 3) -> float:
     """The decay of the EMA's update number `step` (0 for the first, which copies the weights): `decay`, or with
     `warmup` timm's ModelEmaV3 warm-up, `min(decay, 1 - (1 + step / warmup_gamma) ** -warmup_power)`, so that the
-    average forgets its start quickly early in training (0.63 at step 1, 0.9 at about 30, 0.999 at about 30 000
+    average forgets its start quickly early in training (0.37 at step 1, 0.9 at about 31, 0.999 at about 31 600
     with the defaults)."""
     if not warmup:
         return decay

@@ -16,6 +16,8 @@ from torch import nn
 from cyclr.callbacks import Callback
 from cyclr.callbacks.averaging import EMA, SWA, ema_decay
 from cyclr.callbacks.ensembles import SnapshotEnsemble
+from cyclr.callbacks.scheduler import ParamScheduler
+from cyclr.callbacks.schedules import Cos, Lin, combine
 from cyclr.callbacks.weights import exchange_weights, recompute_batch_norm
 from cyclr.data.core import DataLoaders
 from cyclr.data.state import rng_state
@@ -78,6 +80,21 @@ def test_swa_is_the_mean_of_the_weights_at_the_averaging_points(start, every, po
     assert torch.equal(learn.model.state_dict()["0.weight"], probe.steps[-1]["0.weight"])  # swap=False
     assert [r["swa_n"] for r in learn.recorder.epoch_rows] == [sum(p <= 6 * (e + 1) for p in points)
                                                                for e in range(8)]
+
+
+def test_swa_every_cycle_averages_at_the_minima_of_a_cyclical_tail():
+    # 8 epochs of 6 steps: cosine down over the first 24 steps, then 4 cycles of 6 steps from 0.05 down to 0.005.
+    tail = [Lin(0.05, 0.005)] * 4
+    sched = ParamScheduler({"lr": combine([0.5, *[0.125] * 4], [Cos(0.1, 0.05), *tail])})
+    learn = learner(dtype=torch.float64)
+    probe, swa = WeightsAfterEachStep(), SWA(start=0.5, every="cycle", swap=False)
+    learn.fit(8, cbs=[sched, swa, probe])
+    assert sorted(swa.points) == [30, 36, 42, 48]
+    lrs = learn.recorder.lrs
+    assert [lrs[p - 1] for p in sorted(swa.points)] == pytest.approx([0.005 + 0.045 / 6] * 4)  # each cycle's lowest
+    for name, value in swa.model.named_parameters():
+        torch.testing.assert_close(value.detach(), mean_of([probe.steps[p - 1] for p in (30, 36, 42, 48)], name),
+                                   rtol=0, atol=1e-12)
 
 
 def test_swa_swaps_the_mean_in_and_reports_its_validation_in_the_last_row():
