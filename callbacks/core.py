@@ -6,11 +6,45 @@ receives the learner explicitly: ``def after_batch(self, learn): ...``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 EVENTS = (
     "before_fit", "before_epoch", "before_train", "before_batch", "after_pred", "after_loss",
     "before_backward", "before_step", "after_step", "after_batch", "after_train",
     "before_validate", "after_validate", "after_epoch", "after_fit", "cleanup_fit",
 )
+
+
+@dataclass(frozen=True)
+class CallbackOrders:
+    """Every callback's `order`, in one table: lower runs first at every event (ties keep the order they were added).
+    A callback of cyclr takes its order from here (`order = ORDER.scheduler`); a new one gets a row here, with why.
+    Gaps are left on purpose: a user's callback at the default 0 runs after the learner's own set-up (distributed,
+    optimizer modes) and before everything that reads a batch's results.
+    """
+
+    distributed: int = -100  # learner/distributed.py: wraps the model before anyone's before_batch, unwraps after
+    optimizer_modes: int = -10  # train/eval mode of schedule-free optimizers, before anything sees the weights
+    nan_guard: int = 2  # tests loss and gradients in before_step, before a step is cancelled or the scaler skips it
+    gradient_accumulation: int = 3  # cancels non-final micro-batches' steps; sets n_train_iters before schedulers
+    mixed_precision: int = 5  # unscales the gradients before they are clipped
+    scheduler: int = 10  # ParamScheduler and its recipes: write the scheduled values in before_batch
+    torch_scheduler: int = 11  # a torch lr_scheduler a user brings: after cyclr's schedules, before clipping
+    gradient_clip: int = 15  # clips the unscaled, averaged gradients just before the step
+    lr_finder: int = 20  # sets the sweep's rate in before_batch, stops at a non-finite loss in after_loss
+    recorder: int = 50  # records what the step used; writes the epoch's row in after_epoch
+    swa: int = 52  # callbacks/averaging.py: reads the epoch's row
+    ema: int = 53  # callbacks/averaging.py: after SWA
+    snapshot_ensemble: int = 54  # callbacks/ensembles.py: after SWA and EMA, before the checkpoints
+    early_stopping: int = 55  # reads the epoch's row
+    reduce_lr_on_plateau: int = 56  # reads the epoch's row
+    csv_logger: int = 57  # writes the epoch's row
+    trackers: int = 58  # callbacks/tracker.py (TensorBoard, MLflow): write the epoch's row
+    progress: int = 60  # prints the row once everything above has filled it
+    checkpoint: int = 90  # saves once every other callback has updated its state
+    pruning: int = 95  # callbacks/tuning.py: decides on the epoch the trackers and checkpoints wrote
+
+ORDER = CallbackOrders()
 
 
 class CancelBatchException(Exception):

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..data.checks import in_unit_interval, int_at_least, one_of, positive
-from .core import Callback, CancelFitException, CancelValidException
+from .core import ORDER, Callback, CancelFitException, CancelValidException
 from .hypers import set_group_hyper
 from .lr_result import LRFinderPlots, LRFinderResult, LRFinderSweep
 from .lr_suggest import (
@@ -92,7 +92,7 @@ class LRFinderCallback(Callback):
 
     # After the schedulers (ParamScheduler: 10), so the sweep's rate is the one used; before the Recorder (50),
     # which reads the rate in before_step.
-    order = 20
+    order = ORDER.lr_finder
 
     def __init__(self, start_lr: float = LR_FIND.start_lr, end_lr: float = LR_FIND.end_lr,
                  num_it: int = LR_FIND.num_it, step_mode: str = LR_FIND.step_mode, stop_div: bool = LR_FIND.stop_div,

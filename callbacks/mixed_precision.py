@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..data.checks import int_at_least, positive
-from .core import Callback, CancelBatchException
+from .core import ORDER, Callback, CancelBatchException
 
 DTYPES = (torch.bfloat16, torch.float16)
 
@@ -40,7 +40,7 @@ class MixedPrecision(Callback):
 
     # Before GradientClip (15), which must see unscaled gradients, and after GradientAccumulation (3), which
     # cancels the steps of non-final micro-batches: the gradients are unscaled once, right before the real step.
-    order = 5
+    order = ORDER.mixed_precision
 
     def __init__(self, dtype: torch.dtype = torch.bfloat16, init_scale: float = 2.0**16, growth_interval: int = 2000):
         if dtype not in DTYPES:

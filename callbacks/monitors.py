@@ -8,7 +8,7 @@ import math
 import warnings
 
 from ..data.checks import int_at_least, non_negative, real
-from .core import Callback, CancelFitException
+from .core import ORDER, Callback, CancelFitException
 from .hypers import set_group_hyper
 from .recorder import metric_name
 
@@ -70,7 +70,7 @@ class EarlyStoppingCallback(Monitor):
     uninterrupted one would. `stopped_epoch` is the last epoch trained, `best_epoch` the best one.
     """
 
-    order = 55
+    order = ORDER.early_stopping
 
     def __init__(self, monitor: str = "valid_loss", min_delta: float = 0.0, patience: int = 1, mode: str = "auto",
                  check_finite: bool = True):
@@ -127,7 +127,7 @@ class ReduceLROnPlateau(Monitor):
     scheduler the base rate never compounds. `scale` (the product of the reductions so far) is in its state.
     """
 
-    order = 56
+    order = ORDER.reduce_lr_on_plateau
 
     def __init__(self, monitor: str = "valid_loss", factor: float = 0.1, patience: int = 1, min_lr: float = 0.0,
                  min_delta: float = 0.0, mode: str = "auto"):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from .core import Callback
+from .core import ORDER, Callback
 from .hypers import get_hyper, has_hyper
 
 __all__ = ["has_modes", "in_train_mode", "evaluating", "effective_lrs", "OptimizerModes"]
@@ -64,7 +64,7 @@ class OptimizerModes(Callback):
 
     # Before every other callback of a phase: the mixed-precision, gradient and LR-finder callbacks (orders 2-20)
     # and the Recorder (50) must all see the weights of the phase they are in.
-    order = -10
+    order = ORDER.optimizer_modes
 
     def before_train(self, learn) -> None:
         if has_modes(learn.opt):

@@ -12,7 +12,7 @@ import math
 import shutil
 import sys
 
-from .core import Callback
+from .core import ORDER, Callback
 
 
 def _format(value) -> str:
@@ -36,7 +36,7 @@ class ProgressCallback(Callback):
     the lr on a second axis, under the bar after each epoch: one figure per fit.
     """
 
-    order = 60
+    order = ORDER.progress
 
     def __init__(self, show_table: bool = True, show_bars: bool | None = None, show_graph: bool = True):
         self.show_table = show_table

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from . import recorder_plots
-from .core import Callback
+from .core import ORDER, Callback
 from .history import BatchHistory, BatchRows, append_history_file, history_file_name
 from .hypers import get_hyper
 from .optimizer_modes import effective_lrs
@@ -80,7 +80,7 @@ class Recorder(Callback):
     it in a side file beside the checkpoint, appended to at each save, so checkpoints do not grow with the run.
     """
 
-    order = 50
+    order = ORDER.recorder
 
     def __init__(self, train_metrics: bool = False, beta: float = 0.98):
         # Hooks may be skipped by another callback's cancellation, so every piece of state has a default.

@@ -1,7 +1,7 @@
 """ParamScheduler: set any optimizer hyperparameter from a schedule before every training batch.
 
 `ParamScheduler({'lr': f, 'mom': g, 'wd': h}, unit='pct')` calls each schedule with the position of the batch about
-to run and writes the value into the optimizer through `learn.set_hyper`:
+to run and writes the value into the optimizer's parameter groups (through callbacks/hypers.py, the one writer):
 
 - unit='pct':   the fraction of the fit done, `learn.pct_train` (batch i of N sees i/N);
 - unit='batch': the global training batch index of this fit, `learn.train_iter` (0, 1, ...);
@@ -11,19 +11,22 @@ to run and writes the value into the optimizer through `learn.set_hyper`:
 A value may be one callable for every parameter group, or a list with one callable per group (discriminative
 learning rates). Any callable works; the schedule objects of `callbacks.schedules` also save and plot themselves.
 `OneCycleCallback`, `FlatCosCallback`, `SGDRCallback` and `CyclicLRCallback` are ParamSchedulers with their
-schedules built for you.
+schedules built for you (their defaults are declared once, on the schedules).
+
+Every value a fit will write is computed and checked in `before_fit`, at exactly the positions the loop will feed:
+a schedule that leaves its range anywhere in the fit is refused before the first step, naming the hyperparameter,
+the position and the value. Per batch the scheduler only evaluates and writes.
 """
 
 from __future__ import annotations
 
-import math
 import numbers
 import warnings
 from collections.abc import Callable, Sequence
 
 from ..data.checks import in_unit_interval, int_at_least, non_negative, positive
-from .core import Callback
-from .hypers import has_hyper
+from .core import ORDER, Callback
+from .hypers import has_hyper, out_of_range, writer
 from .schedules import (
     CYCLICAL,
     FLAT_COS,
@@ -33,23 +36,28 @@ from .schedules import (
     Schedule,
     cyclical,
     flat_cos,
-    schedule_from_state,
+    scheds_from_state,
+    scheds_state,
     sgdr,
 )
 
 UNITS = ("pct", "batch", "epoch")
 
 
-def _describe(sched) -> str:
+def describe(sched) -> str:
     return repr(sched) if isinstance(sched, Schedule) else getattr(sched, "__qualname__", None) or repr(sched)
 
 
 class ParamScheduler(Callback):
     """Schedules hyperparameters per training batch: `scheds` maps a name ('lr', 'mom', 'wd', 'beta2' or any
-    param_group key) to a schedule, or to a list of schedules, one per parameter group. See the module docstring."""
+    param_group key) to a schedule, or to a list of schedules, one per parameter group. See the module docstring.
 
-    # Sets values in before_batch; the Recorder (order 50) reads what the optimizer uses in before_step.
-    order = 10
+    Everything is resolved and checked once, in `before_fit`: the group count, that the optimizer has each key, and
+    every value the fit will write (each schedule called at exactly the positions the loop will feed it, from the
+    resume point on), so a schedule that leaves its range late in the fit is refused before the first step. Per
+    batch it only evaluates and writes."""
+
+    order = ORDER.scheduler
 
     def __init__(self, scheds: dict, unit: str = "pct"):
         if unit not in UNITS:
@@ -58,7 +66,7 @@ class ParamScheduler(Callback):
             raise TypeError(f"scheds must be a non-empty dict like {{'lr': sched}}, got {scheds!r}")
         self.unit = unit
         self.scheds = {name: self._checked(name, value) for name, value in scheds.items()}
-        self._active: dict = {}
+        self._writes: list[tuple] = []  # (write, schedule) for each value set before a batch: built in before_fit
 
     def _checked(self, name, value):
         if not isinstance(name, str):
@@ -89,45 +97,47 @@ class ParamScheduler(Callback):
     def __repr__(self) -> str:
         return f"{self.name}(unit={self.unit!r}, " + ", ".join(f"{k}={v!r}" for k, v in self.scheds.items()) + ")"
 
+    def group_scheds(self, n_groups: int) -> dict:
+        """The schedules of a fit over `n_groups` parameter groups: `scheds` as given (the recipes build theirs)."""
+        return self.scheds
+
     # ----- hooks -------------------------------------------------------------------------------------------------
     def before_fit(self, learn) -> None:
         groups = learn.opt.param_groups
-        self._active = {}
-        for name, value in self.scheds.items():
+        opt_name = type(learn.opt).__name__
+        scheds = self.group_scheds(len(groups))
+        plan = []  # (name, group index or None for all, schedule, write)
+        for name, value in scheds.items():
             if name == "mom" and not all(has_hyper(g, "mom") for g in groups):
-                warnings.warn(
-                    f"{type(learn.opt).__name__} has no momentum or betas: the 'mom' schedule is ignored in this fit",
-                    stacklevel=2,
-                )
+                warnings.warn(f"{opt_name} has no momentum or betas: the 'mom' schedule is ignored in this fit",
+                              stacklevel=2)
                 continue
-            if name != "mom":
-                missing = [i for i, g in enumerate(groups) if not has_hyper(g, name)]
-                if missing:
-                    raise ValueError(
-                        f"cannot schedule {name!r}: {type(learn.opt).__name__} has no {name!r} in parameter group(s) "
-                        f"{missing}; its keys are {sorted(groups[missing[0]])}"
-                    )
-            if isinstance(value, list) and len(value) != len(groups):
-                raise ValueError(
-                    f"{len(value)} schedules for {name!r} but the optimizer has {len(groups)} parameter groups; "
-                    "give one schedule per group, or a single schedule for all"
-                )
-            self._active[name] = value
-        for pos in self._sample_positions(learn):
-            for name, value in self._active.items():
-                for sched in value if isinstance(value, list) else [value]:
-                    self._value(sched, pos, name)
+            missing = [i for i, g in enumerate(groups) if not has_hyper(g, name)]
+            if missing:
+                raise ValueError(f"cannot schedule {name!r}: {opt_name} has no {name!r} in parameter group(s) "
+                                 f"{missing}; its keys are {sorted(groups[missing[0]])}")
+            if not isinstance(value, list):
+                plan.append((name, None, value, writer(groups, name, opt_name)))
+                continue
+            if len(value) != len(groups):
+                raise ValueError(f"{len(value)} schedules for {name!r} but the optimizer has {len(groups)} parameter "
+                                 "groups; give one schedule per group, or a single schedule for all")
+            plan += [(name, i, sched, writer([groups[i]], name, opt_name)) for i, sched in enumerate(value)]
+        for name, group, sched, _ in plan:
+            self._check_values(learn, name, group, sched)
+        self.scheds = scheds  # what this fit runs, and what its checkpoints save
+        # A schedule object's `value` directly: its clock's range was checked with every position above.
+        self._writes = [(write, sched.value if isinstance(sched, Schedule) else sched) for *_, sched, write in plan]
 
     def before_batch(self, learn) -> None:
         if not learn.training:
             return
         pos = self.position(learn)
-        for name, value in self._active.items():
-            if isinstance(value, list):
-                for group, sched in enumerate(value):
-                    learn.set_hyper(name, self._value(sched, pos, name), group)
-            else:
-                learn.set_hyper(name, self._value(value, pos, name))
+        for write, value_at in self._writes:
+            write(float(value_at(pos)))
+
+    def cleanup_fit(self, learn) -> None:
+        self._writes = []  # they hold the optimizer's groups
 
     # ----- positions and values ------------------------------------------------------------------------------------
     def position(self, learn) -> float:
@@ -138,28 +148,33 @@ class ParamScheduler(Callback):
             return learn.train_iter
         return learn.epoch
 
-    def _sample_positions(self, learn) -> list:
-        """The first position and a few others, checked before training so a bad schedule fails before any step."""
+    def positions(self, learn):
+        """Every position the loop will feed the schedules in this fit, from where it starts (a resumed fit: the
+        checkpoint's step); batch i of N runs at pct i/N, computed as `pct_train` computes it."""
         if self.unit == "epoch":
-            return sorted({0, learn.n_epoch // 2, learn.n_epoch - 1})
+            return range(learn.start_epoch, learn.n_epoch)
+        steps = range(learn.train_iter, learn.n_train_iters)
+        if self.unit == "batch":
+            return steps
         n = learn.n_train_iters
-        iters = sorted({0, n // 4, n // 2, 3 * n // 4, max(0, n - 1)})
-        return [i / n for i in iters] if self.unit == "pct" else iters
+        return [i / n for i in steps]
 
-    @staticmethod
-    def _value(sched: Callable, pos, name: str) -> float:
-        value = sched(pos)
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(
-                f"the schedule for {name!r} ({_describe(sched)}) must return a float, got "
-                f"{type(value).__name__} ({value!r}) at position {pos!r}"
-            )
-        if not math.isfinite(value):
-            raise ValueError(
-                f"the schedule for {name!r} ({_describe(sched)}) returned {value!r} at position {pos!r}; "
-                "hyperparameters must be finite"
-            )
-        return float(value)
+    def _check_values(self, learn, name: str, group: int | None, sched: Callable) -> None:
+        for k, pos in enumerate(self.positions(learn)):
+            value = sched(pos)
+            problem = out_of_range(name, value)
+            if problem is None:
+                continue
+            if self.unit == "epoch":
+                where = f"position {pos} (epoch {pos} of {learn.n_epoch})"
+            else:
+                where = f"position {pos!r} (step {learn.train_iter + k} of {learn.n_train_iters} in this fit)"
+            whose = f"{name!r}" + ("" if group is None else f" of parameter group {group}")
+            what, fix = f"the schedule for {whose} ({describe(sched)})", "checked before any step, nothing was changed"
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"{what} must return a float, got {type(value).__name__} ({value!r}) at {where}; "
+                                f"{fix}")
+            raise ValueError(f"{what} returned {value!r} at {where}; {problem}; {fix}")
 
     # ----- checkpoints ---------------------------------------------------------------------------------------------
     def fit_config(self) -> dict:
@@ -167,7 +182,7 @@ class ParamScheduler(Callback):
         look alike), recorded when a fit starts and compared on resume (learner/fit_config.py)."""
         config = {"unit": self.unit}
         for name, value in self.scheds.items():
-            config[name] = [_describe(s) for s in value] if isinstance(value, list) else _describe(value)
+            config[name] = [describe(s) for s in value] if isinstance(value, list) else describe(value)
         return config
 
     def state_dict(self) -> dict:
@@ -177,42 +192,12 @@ class ParamScheduler(Callback):
         On `fit(..., resume=path)` the checkpoint's schedules are compared with this fit's first (`fit_config`):
         the same, they are loaded as saved; allowed to differ (`allow_config_change`), this fit's schedules are
         kept and used from the resume point on, at the checkpoint's position, as a one-cycle's new `max_lr` is."""
-
-        def entry(sched):
-            if isinstance(sched, Schedule):
-                return sched.state_dict()
-            return {"kind": "callable", "repr": _describe(sched)}
-
-        return {
-            "unit": self.unit,
-            "scheds": {
-                name: [entry(s) for s in value] if isinstance(value, list) else entry(value)
-                for name, value in self.scheds.items()
-            },
-        }
+        return {"unit": self.unit, "scheds": {name: scheds_state(v, describe) for name, v in self.scheds.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         if state["unit"] not in UNITS:
             raise ValueError(f"state has unit {state['unit']!r}; expected one of {UNITS}")
-
-        def rebuild(name, saved, current):
-            if saved["kind"] != "callable":
-                return schedule_from_state(saved)
-            if current is None or isinstance(current, Schedule):
-                raise ValueError(
-                    f"the saved schedule for {name!r} was a plain callable ({saved['repr']}), which cannot be "
-                    "rebuilt from a checkpoint: create the ParamScheduler with that same callable, then load"
-                )
-            return current
-
-        scheds = {}
-        for name, saved in state["scheds"].items():
-            current = self.scheds.get(name)
-            if isinstance(saved, list):
-                currents = current if isinstance(current, list) and len(current) == len(saved) else [None] * len(saved)
-                scheds[name] = [rebuild(name, s, c) for s, c in zip(saved, currents, strict=True)]
-            else:
-                scheds[name] = rebuild(name, saved, None if isinstance(current, list) else current)
+        scheds = {name: scheds_from_state(name, v, self.scheds.get(name)) for name, v in state["scheds"].items()}
         self.unit = state["unit"]
         self.scheds = {name: self._checked(name, value) for name, value in scheds.items()}
 
@@ -240,12 +225,17 @@ def lrs_per_group(lr, n_groups: int, name: str = "max_lr") -> list[float]:
     return [lr] * n_groups
 
 
-def _plain_lr(value):
-    """A rate as a checkpoint keeps it: a `slice` (not a plain value) as its repr."""
-    return repr(value) if isinstance(value, slice) else value
+def one_or_per_group(lr, n_groups: int | None, name: str = "max_lr"):
+    """A number stays one number (one schedule for all groups); a list or slice gives one lr per group, or with
+    `n_groups=None` (before any fit) the last group's."""
+    if isinstance(lr, numbers.Real):
+        return lr
+    if n_groups is None:
+        return lr.stop if isinstance(lr, slice) else lr[-1]
+    return lrs_per_group(lr, n_groups, name)
 
 
-def _check_lr_spec(name: str, lr, check=positive) -> None:
+def check_lr_spec(name: str, lr, check=positive) -> None:
     """Refuse a bad learning rate (number, list or slice) at construction, before the groups are known."""
     if isinstance(lr, slice):
         lrs_per_group(lr, 2, name)
@@ -258,34 +248,18 @@ def _check_lr_spec(name: str, lr, check=positive) -> None:
         check(name, lr)
 
 
-class _PerGroupScheduler(ParamScheduler):
-    """A ParamScheduler whose lr schedules are rebuilt for the optimizer's groups at the start of each fit, from the
-    arguments named in `config_names` (what `fit_config` records)."""
+class RecipeScheduler(ParamScheduler):
+    """A ParamScheduler built from a recipe's arguments, named in `config_names` (what `fit_config` records, a
+    `slice` as its repr). Rates given as numbers make one schedule for every group, built once at construction; a
+    list or slice makes one per group, built in `before_fit` when the groups are known."""
 
     config_names: tuple[str, ...] = ()
 
     def fit_config(self) -> dict:
-        return {name: _plain_lr(getattr(self, name)) for name in self.config_names}
-
-    def before_fit(self, learn) -> None:
-        self.scheds = self._make_scheds(len(learn.opt.param_groups))
-        super().before_fit(learn)
-
-    def _make_scheds(self, n_groups: int | None) -> dict:
-        """n_groups None: before any fit, one schedule when the lr is a number, else the last group's."""
-        raise NotImplementedError
-
-    @staticmethod
-    def _lrs(lr, n_groups, name="max_lr"):
-        """A number stays one number (one schedule for all groups); a list or slice gives one lr per group."""
-        if isinstance(lr, numbers.Real):
-            return lr
-        if n_groups is None:
-            return lr.stop if isinstance(lr, slice) else lr[-1]
-        return lrs_per_group(lr, n_groups, name)
+        return {name: repr(v) if isinstance(v := getattr(self, name), slice) else v for name in self.config_names}
 
 
-class OneCycleCallback(_PerGroupScheduler):
+class OneCycleCallback(RecipeScheduler):
     """Smith's one-cycle policy (fastai v1's fit_one_cycle, on fastai v2's clock): see `callbacks.schedules.OneCycle`.
 
     `max_lr` may be a number, a list (one per parameter group) or `slice(lo, hi)`. `moms=None`, or an optimizer
@@ -298,52 +272,53 @@ class OneCycleCallback(_PerGroupScheduler):
     def __init__(self, max_lr, div_factor: float = ONE_CYCLE.div_factor, pct_start: float = ONE_CYCLE.pct_start,
                  final_div: float | None = ONE_CYCLE.final_div, moms: Sequence[float] | None = ONE_CYCLE.moms,
                  anneal_strategy: str = ONE_CYCLE.anneal_strategy, three_phase: bool = ONE_CYCLE.three_phase):
-        _check_lr_spec("max_lr", max_lr)
+        check_lr_spec("max_lr", max_lr)
         self.max_lr, self.div_factor, self.pct_start, self.final_div, self.moms = (
             max_lr, div_factor, pct_start, final_div, moms)
         self.anneal_strategy, self.three_phase = anneal_strategy, three_phase
-        # The schedule of the last (or only) group: validates every other argument now, and is what `plot` shows.
-        self.one_cycle = self._cycle(self._lrs(max_lr, None))
-        super().__init__(self._make_scheds(None), unit="pct")
+        # The last (or only) group's cycle: checks every other argument now, is what `plot` shows, and is the
+        # schedule of every fit when max_lr is one number.
+        self.one_cycle = self._cycle(one_or_per_group(max_lr, None))
+        super().__init__(self.one_cycle.scheds(), unit="pct")
 
     def _cycle(self, lr: float) -> OneCycle:
         return OneCycle(lr, self.div_factor, self.pct_start, self.final_div, self.moms, self.anneal_strategy,
                         self.three_phase)
 
-    def _make_scheds(self, n_groups):
-        lrs = self._lrs(self.max_lr, n_groups)
-        scheds = {"lr": [self._cycle(lr).lr for lr in lrs] if isinstance(lrs, list) else self._cycle(lrs).lr}
-        if self.one_cycle.mom is not None:
-            scheds["mom"] = self.one_cycle.mom
-        return scheds
+    def group_scheds(self, n_groups: int) -> dict:
+        if isinstance(self.max_lr, numbers.Real):
+            return self.one_cycle.scheds()
+        lrs = lrs_per_group(self.max_lr, n_groups)
+        scheds = {"lr": [self._cycle(lr).lr for lr in lrs]}
+        return scheds if self.one_cycle.mom is None else {**scheds, "mom": self.one_cycle.mom}
 
     def plot(self, n: int = 100, ax=None):
         """The last group's lr and momentum, at pct i/n; `ax` may be a pair of axes. Returns the Figure."""
         return self.one_cycle.plot(n, ax=ax)
 
 
-class FlatCosCallback(_PerGroupScheduler):
+class FlatCosCallback(RecipeScheduler):
     """fastai's `fit_flat_cos`: each group's rate flat for `pct_start` of training, then half a cosine down to
     `lr / div_final` (see `callbacks.schedules.flat_cos`). `lr` may be a number, a list or `slice(lo, hi)`."""
 
     config_names = ("lr", "pct_start", "div_final")
 
     def __init__(self, lr, pct_start: float = FLAT_COS.pct_start, div_final: float = FLAT_COS.div_final):
-        _check_lr_spec("lr", lr)
+        check_lr_spec("lr", lr)
         self.lr, self.pct_start, self.div_final = lr, pct_start, div_final
-        self.flat_cos = flat_cos(self._lrs(lr, None, "lr"), pct_start, div_final)  # validates the rest now
-        super().__init__(self._make_scheds(None), unit="pct")
+        self.flat_cos = flat_cos(one_or_per_group(lr, None, "lr"), pct_start, div_final)  # checks the rest now
+        super().__init__({"lr": self.flat_cos}, unit="pct")
 
-    def _make_scheds(self, n_groups):
-        lrs = self._lrs(self.lr, n_groups, "lr")
-        make = lambda lr: flat_cos(lr, self.pct_start, self.div_final)  # noqa: E731
-        return {"lr": [make(lr) for lr in lrs] if isinstance(lrs, list) else make(lrs)}
+    def group_scheds(self, n_groups: int) -> dict:
+        if isinstance(self.lr, numbers.Real):
+            return {"lr": self.flat_cos}
+        return {"lr": [flat_cos(lr, self.pct_start, self.div_final) for lr in lrs_per_group(self.lr, n_groups, "lr")]}
 
     def plot(self, n: int = 100, ax=None):
         return self.flat_cos.plot(n, ax=ax)
 
 
-class SGDRCallback(_PerGroupScheduler):
+class SGDRCallback(RecipeScheduler):
     """SGDR (cosine annealing with warm restarts): see `callbacks.schedules.SGDR`. Fit for `total_epochs` epochs;
     with another fit length the cycles stretch to fill it (a warning says so)."""
 
@@ -351,19 +326,20 @@ class SGDRCallback(_PerGroupScheduler):
 
     def __init__(self, max_lr, n_cycles: int, cycle_len: int, cycle_mult: int = SGDR_DEFAULTS.cycle_mult,
                  eta_min: float = SGDR_DEFAULTS.eta_min):
-        _check_lr_spec("max_lr", max_lr)
+        check_lr_spec("max_lr", max_lr)
         self.max_lr, self.n_cycles, self.cycle_len, self.cycle_mult, self.eta_min = (
             max_lr, n_cycles, cycle_len, cycle_mult, eta_min)
-        self.sgdr = self._sgdr(self._lrs(max_lr, None))
+        self.sgdr = self._sgdr(one_or_per_group(max_lr, None))
         self.total_epochs = self.sgdr.total_epochs
-        super().__init__(self._make_scheds(None), unit="pct")
+        super().__init__({"lr": self.sgdr}, unit="pct")
 
     def _sgdr(self, lr):
         return sgdr(lr, self.n_cycles, self.cycle_len, self.cycle_mult, self.eta_min)
 
-    def _make_scheds(self, n_groups):
-        lrs = self._lrs(self.max_lr, n_groups)
-        return {"lr": [self._sgdr(lr) for lr in lrs] if isinstance(lrs, list) else self._sgdr(lrs)}
+    def group_scheds(self, n_groups: int) -> dict:
+        if isinstance(self.max_lr, numbers.Real):
+            return {"lr": self.sgdr}
+        return {"lr": [self._sgdr(lr) for lr in lrs_per_group(self.max_lr, n_groups)]}
 
     def before_fit(self, learn) -> None:
         if learn.n_epoch != self.total_epochs:
@@ -378,7 +354,7 @@ class SGDRCallback(_PerGroupScheduler):
         return self.sgdr.plot(n, ax=ax)
 
 
-class CyclicLRCallback(_PerGroupScheduler):
+class CyclicLRCallback(RecipeScheduler):
     """Smith's cyclical learning rates per batch ('triangular', 'triangular2', 'exp_range'), as torch's CyclicLR.
 
     With `cycle_momentum`, momentum cycles inversely between max_momentum and base_momentum; an optimizer without
@@ -389,35 +365,35 @@ class CyclicLRCallback(_PerGroupScheduler):
 
     config_names = ("base_lr", "max_lr", "step_size", "step_size_down", "mode", "gamma", "cycle_momentum",
                     "base_momentum", "max_momentum")
+    per_group_names = ("base_lr", "max_lr", "base_momentum", "max_momentum")
 
     def __init__(self, base_lr, max_lr, step_size: int, mode: str = CYCLICAL.mode, gamma: float = CYCLICAL.gamma,
                  cycle_momentum: bool = True, base_momentum=CYCLICAL.base_momentum,
                  max_momentum=CYCLICAL.max_momentum, step_size_down: int | None = None):
-        _check_lr_spec("base_lr", base_lr, check=non_negative)
-        _check_lr_spec("max_lr", max_lr)
+        check_lr_spec("base_lr", base_lr, check=non_negative)
+        check_lr_spec("max_lr", max_lr)
         int_at_least("step_size", step_size, 1)
         if step_size_down is not None:
             int_at_least("step_size_down", step_size_down, 1)
         if cycle_momentum:
-            _check_lr_spec("base_momentum", base_momentum, check=in_unit_interval)
-            _check_lr_spec("max_momentum", max_momentum, check=in_unit_interval)
+            check_lr_spec("base_momentum", base_momentum, check=in_unit_interval)
+            check_lr_spec("max_momentum", max_momentum, check=in_unit_interval)
         self.base_lr, self.max_lr, self.step_size, self.mode, self.gamma = base_lr, max_lr, step_size, mode, gamma
         self.step_size_down = step_size_down
         self.cycle_momentum, self.base_momentum, self.max_momentum = cycle_momentum, base_momentum, max_momentum
-        super().__init__(self._make_scheds(None), unit="batch")
+        # With every rate and momentum a number, these are every fit's schedules; else the last group's.
+        self.shared = self._scheds(*(one_or_per_group(getattr(self, n), None, n) for n in self.per_group_names))
+        super().__init__(self.shared, unit="batch")
 
-    def _cyclical(self, base_lr, max_lr):
-        return cyclical(base_lr, max_lr, self.step_size, self.mode, self.gamma, self.step_size_down)
+    def _scheds(self, base_lr, max_lr, base_momentum, max_momentum) -> dict:
+        lr = cyclical(base_lr, max_lr, self.step_size, self.mode, self.gamma, self.step_size_down)
+        return {"lr": lr, "mom": lr.momentum(base_momentum, max_momentum)} if self.cycle_momentum else {"lr": lr}
 
-    def _make_scheds(self, n_groups):
-        values = {name: self._lrs(getattr(self, name), n_groups, name)
-                  for name in ("base_lr", "max_lr", "base_momentum", "max_momentum")}
-        if any(isinstance(v, list) for v in values.values()):  # only once n_groups is known
-            values = {k: v if isinstance(v, list) else [v] * n_groups for k, v in values.items()}
-            lr = [self._cyclical(b, m) for b, m in zip(values["base_lr"], values["max_lr"], strict=True)]
-            mom = [s.momentum(b, m) for s, b, m in zip(lr, values["base_momentum"], values["max_momentum"],
-                                                       strict=True)]
-        else:
-            lr = self._cyclical(values["base_lr"], values["max_lr"])
-            mom = lr.momentum(values["base_momentum"], values["max_momentum"])
-        return {"lr": lr, "mom": mom} if self.cycle_momentum else {"lr": lr}
+    def group_scheds(self, n_groups: int) -> dict:
+        values = [getattr(self, name) for name in self.per_group_names]
+        if all(isinstance(v, numbers.Real) for v in values):
+            return self.shared
+        per_group = [one_or_per_group(v, n_groups, name) for v, name in zip(values, self.per_group_names, strict=True)]
+        per_group = [v if isinstance(v, list) else [v] * n_groups for v in per_group]
+        groups = [self._scheds(*group_values) for group_values in zip(*per_group, strict=True)]
+        return {name: [g[name] for g in groups] for name in groups[0]}

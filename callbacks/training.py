@@ -2,17 +2,7 @@
 a CSV log of the epoch table; early stopping and LR reduction on a plateau (callbacks/monitors.py) are re-exported
 here.
 
-Orders, and why (lower runs first at every event):
-
-- 2   TerminateOnNaNCallback: reads its test of the loss in before_step, before any callback cancels or skips a step.
-- 3   GradientAccumulation: cancels the step of a non-final micro-batch before anything else looks at it.
-- 5   MixedPrecision (callbacks.mixed_precision): unscales the gradients before they are clipped.
-- 10  ParamScheduler (callbacks.scheduler): sets the scheduled values in before_batch.
-- 15  GradientClip: clips the unscaled, averaged gradients, just before the step.
-- 20  LRFinderCallback: stops its sweep at a non-finite loss itself, in after_loss.
-- 50  Recorder: writes the epoch's row in after_epoch.
-- 55-57 EarlyStoppingCallback, ReduceLROnPlateau, CSVLogger: read that row in after_epoch.
-- 90  SaveModelCallback (callbacks.checkpoint): saves once every other callback has updated its state.
+Their orders, and why, are in the one table of every callback's order, `callbacks.core.ORDER`.
 
 Every callback here keeps its state in `state_dict()` (plain values), so a resumed fit continues exactly.
 """
@@ -27,7 +17,7 @@ import warnings
 import torch
 
 from ..data.checks import int_at_least, positive
-from .core import Callback, CancelBatchException, CancelFitException
+from .core import ORDER, Callback, CancelBatchException, CancelFitException
 from .mixed_precision import MixedPrecision
 
 
@@ -51,7 +41,7 @@ class TerminateOnNaNCallback(Callback):
     # before_step before GradientAccumulation (3), which cancels the step of non-final micro-batches, and before
     # MixedPrecision (5), whose scaler would take a NaN loss for an overflow and skip the step without stopping.
     # after_loss only computes the test: the LR finder (20) still stops its sweep at a non-finite loss itself.
-    order = 2
+    order = ORDER.nan_guard
 
     def __init__(self, check_grads: bool = True):
         self.check_grads = bool(check_grads)
@@ -126,7 +116,7 @@ class GradientClip(Callback):
     `last_norm` is the total norm before clipping at the last step, a tensor left on the device (no host sync).
     """
 
-    order = 15
+    order = ORDER.gradient_clip
 
     def __init__(self, max_norm: float = 1.0, norm_type: float = 2.0):
         self.max_norm = positive("max_norm", max_norm)
@@ -154,7 +144,7 @@ class GradientAccumulation(Callback):
       `train_loss` averages every micro-batch, sample-weighted, as without accumulation).
     """
 
-    order = 3
+    order = ORDER.gradient_accumulation
 
     def __init__(self, n_batches: int):
         self.n_batches = int_at_least("n_batches", n_batches, 1)

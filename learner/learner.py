@@ -14,6 +14,7 @@ from torch import nn
 
 from ..callbacks import core
 from ..callbacks.core import EVENTS, Callback
+from ..callbacks.hypers import restore_hypers, saved_hypers
 from ..callbacks.optimizer_modes import OptimizerModes
 from ..callbacks.progress import ProgressCallback
 from ..callbacks.recorder import Recorder
@@ -76,9 +77,9 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
         self.epoch = self.n_epoch = self.iter = 0
         self.train_iter = self.n_train_iters = 0
         self.dl = self.xb = self.yb = self.pred = self.loss = self.event = None
-        # in_fit: inside fit(). stepped: this batch took an optimizer step (train_iter counts only those).
-        # resuming: this fit goes on from a checkpoint, at epoch start_epoch, after its first skip_batches batches.
-        self.in_fit = self.stepped = self.resuming = False
+        # in_fit: inside fit(); fit_started: its before_fit passed. stepped: this batch stepped (train_iter counts
+        # those only). resuming: from a checkpoint, at epoch start_epoch, after its first skip_batches batches.
+        self.in_fit = self.fit_started = self.stepped = self.resuming = False
         self.start_epoch = self.skip_batches = 0
 
         # Launched by torchrun, this process joins the others now (learner/distributed.py).
@@ -136,6 +137,7 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
             self.train_iter = self.start_epoch = self.skip_batches = 0
         if self.opt is None:
             self.create_opt()
+        hypers_before = saved_hypers(self.opt)  # put back if before_fit refuses the fit (a schedule out of range)
         if resume is None and lr is None:  # as in fastai: start at learn.lr, not where a schedule or load left it
             self.reset_lrs()
         for name, value in (("lr", lr), ("wd", wd)):
@@ -145,11 +147,14 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
         self.fit_config = describe_fit(self, lr, wd, cbs)  # what this fit starts with: its checkpoints record it
         self.add_cbs(cbs)
         try:
-            self.zero_grad()  # gradients an interrupted fit left behind must not reach this one's first step
             self.in_fit, self.resuming = True, resume is not None
             self._with_events(self._do_fit, "fit")
+        except BaseException:
+            if not self.fit_started:
+                restore_hypers(self.opt, hypers_before)
+            raise
         finally:
-            self.in_fit = self.resuming = False
+            self.in_fit = self.resuming = self.fit_started = False
             self.skip_batches = 0
             try:
                 self("cleanup_fit")
@@ -182,6 +187,8 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
             pass
 
     def _do_fit(self) -> None:
+        self.fit_started = True
+        self.zero_grad()  # gradients an interrupted fit left behind must not reach this one's first step
         for epoch in range(self.start_epoch, self.n_epoch):
             self.epoch = epoch
             self._with_events(self._do_epoch, "epoch")

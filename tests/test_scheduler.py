@@ -286,9 +286,63 @@ def test_non_finite_schedule_is_refused_before_any_step():
     assert torch.equal(before, learn.model.weight) and learn.recorder.batch_rows == []
 
 
+def optimizer_hypers(learn):
+    return [(g["lr"], g["weight_decay"], g.get("momentum"), g.get("betas")) for g in learn.opt.param_groups]
+
+
+@pytest.mark.parametrize("name, sched, unit", [
+    ("lr", Lin(0.1, -0.01), "pct"),  # 0.1 - 0.11 * pct < 0 from pct 0.909: step 37 of 40
+    ("wd", lambda pct: 1e-2 if pct < 0.9 else -1e-3, "pct"),  # a user's function: no known extremes
+    ("mom", lambda t: 0.9 if t < 36 else 1.0, "batch"),
+])
+def test_a_schedule_leaving_its_range_late_in_the_fit_is_refused_before_any_weight_changes(name, sched, unit):
+    learn = make_learner(n_train=160, bs=16)  # 10 batches an epoch, 4 epochs: 40 steps
+    learn.fit(1)  # momentum buffers and rates a fit left behind
+    weights = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    opt_state, hypers, n_rows = learn.opt.state_dict(), optimizer_hypers(learn), len(learn.recorder.batch_rows)
+    with pytest.raises(ValueError, match=rf"schedule for '{name}' .* at position \S+ \(step 3\d of 40 in this fit\)"):
+        learn.fit(4, lr=0.05, wd=1e-3, cbs=[ParamScheduler({name: sched}, unit=unit)])  # lr, wd given: put back
+    for key, value in learn.model.state_dict().items():
+        assert torch.equal(value, weights[key]), key
+    assert optimizer_hypers(learn) == hypers  # bitwise: the fit's lr and wd were put back
+    after = learn.opt.state_dict()["state"]
+    assert all(torch.equal(after[i]["momentum_buffer"], b["momentum_buffer"]) for i, b in opt_state["state"].items())
+    assert len(learn.recorder.batch_rows) == n_rows
+    assert not any(isinstance(cb, ParamScheduler) for cb in learn.cbs)  # the fit's callbacks are gone
+
+
+def test_every_position_the_loop_feeds_is_checked_and_no_other():
+    seen = []
+
+    def spy(pct):
+        seen.append(pct)
+        return 0.01
+
+    learn = make_learner()
+    learn.fit(2, cbs=[ParamScheduler({"lr": spy})])
+    n = 8
+    assert seen[:n] == [i / n for i in range(n)]  # before_fit: the whole fit, at exactly the pcts the loop feeds
+    assert seen[n:] == [i / n for i in range(n)]  # then once per batch, the same positions
+    epochs = []
+    learn.fit(3, cbs=[ParamScheduler({"lr": lambda e: epochs.append(e) or 0.01}, unit="epoch")])
+    assert epochs[:3] == [0, 1, 2]
+
+
+def test_schedule_values_are_written_as_floats_into_every_group():
+    learn = make_learner(model=nn.Sequential(nn.Linear(N_FEATURES, 8), nn.ReLU(), nn.Linear(8, N_CLASSES)),
+                         splitter=two_layer_splitter, opt_func=torch.optim.AdamW)
+    import numpy as np
+
+    learn.fit(1, cbs=[ParamScheduler({"lr": lambda pct: np.float32(0.25), "mom": [Const(0.8), Const(0.7)]})])
+    assert [type(g["lr"]) for g in learn.opt.param_groups] == [float, float]
+    assert [g["lr"] for g in learn.opt.param_groups] == [float(np.float32(0.25))] * 2
+    assert [g["betas"] for g in learn.opt.param_groups] == [(0.8, 0.999), (0.7, 0.999)]
+
+
 def test_schedule_returning_a_non_number_is_refused():
     learn = make_learner()
-    with pytest.raises(TypeError, match="must return a float, got Tensor"):
+    expected = r"must return a float, got Tensor .* at position 0.0 \(step 0 of 4 in this fit\); checked before any"
+    with pytest.raises(TypeError, match=expected):
         learn.fit(1, cbs=[ParamScheduler({"lr": lambda pct: torch.tensor(0.1)})])
 
 

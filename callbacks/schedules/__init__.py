@@ -31,6 +31,8 @@ from .base import (
     Schedule,
     check_schedule,
     combine,
+    scheds_from_state,
+    scheds_state,
     schedule_from_state,
     schedule_kinds,
 )
@@ -71,7 +73,7 @@ from .decay import (
 
 __all__ = [
     "Configured", "Schedule", "Lin", "Cos", "Exp", "Poly", "Const", "Combine", "combine", "check_schedule",
-    "schedule_from_state", "schedule_kinds", "BOUNDARY_TOL",
+    "schedule_from_state", "schedule_kinds", "scheds_state", "scheds_from_state", "BOUNDARY_TOL",
     "OneCycle", "one_cycle", "SGDR", "sgdr", "Cyclical", "cyclical", "triangular", "triangular2", "exp_range",
     "CYCLIC_MODES", "ONE_CYCLE", "SGDR_DEFAULTS", "CYCLICAL", "OneCycleDefaults", "SGDRDefaults", "CyclicalDefaults",
     "flat_cos", "FLAT_COS", "FlatCosDefaults", "ANNEAL_STRATEGIES",

@@ -207,7 +207,7 @@ class Combine(Schedule):
         phase = max(0, min(len(self.scheds) - 1, bisect.bisect_right(self._starts, pct + BOUNDARY_TOL) - 1))
         start, end = self._starts[phase], self._ends[phase]
         local = min(1.0, max(0.0, (pct - start) / (end - start)))
-        return self.scheds[phase](local)
+        return self.scheds[phase].value(local)  # `local` is in [0, 1] by construction: no range check per call
 
 
 def combine(pcts: Sequence[float], scheds: Sequence[Schedule]) -> Combine:
@@ -244,3 +244,31 @@ def _rebuild(value):
     if isinstance(value, list):
         return [_rebuild(v) for v in value]
     return value
+
+
+def scheds_state(value, describe) -> dict | list[dict]:
+    """A scheduler's entry (one schedule or a list, one per group) as plain values: a schedule object as its state
+    dict, any other callable as `{'kind': 'callable', 'repr': describe(it)}`, which cannot be rebuilt."""
+    def entry(sched):
+        return sched.state_dict() if isinstance(sched, Schedule) else {"kind": "callable", "repr": describe(sched)}
+
+    return [entry(s) for s in value] if isinstance(value, list) else entry(value)
+
+
+def scheds_from_state(name: str, saved, current):
+    """The entry `scheds_state` saved for hyperparameter `name`, rebuilt; a saved plain callable is taken from
+    `current` (the scheduler's own entry), which must be a callable in the same place."""
+    def rebuild(saved_one, current_one):
+        if saved_one["kind"] != "callable":
+            return schedule_from_state(saved_one)
+        if current_one is None or isinstance(current_one, Schedule):
+            raise ValueError(
+                f"the saved schedule for {name!r} was a plain callable ({saved_one['repr']}), which cannot be "
+                "rebuilt from a checkpoint: create the ParamScheduler with that same callable, then load"
+            )
+        return current_one
+
+    if isinstance(saved, list):
+        currents = current if isinstance(current, list) and len(current) == len(saved) else [None] * len(saved)
+        return [rebuild(s, c) for s, c in zip(saved, currents, strict=True)]
+    return rebuild(saved, None if isinstance(current, list) else current)
