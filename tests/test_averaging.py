@@ -297,3 +297,32 @@ def test_sigkill_mid_averaging_then_resume_is_bitwise_equal_to_the_uninterrupted
     for a, b in zip(full["snapshots"], resumed["snapshots"], strict=True):
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert repr(resumed["epoch_rows"]) == repr(full["epoch_rows"])  # repr: NaN columns compare equal
+
+
+# ----- the reproduction, quick ------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_the_averaging_reproduction_quick_writes_every_variant_and_the_claims(tmp_path):
+    from experiments.averaging import TRAININGS, VARIANTS, main
+
+    assert main(["--quick", "--seeds", "0", "--out", str(tmp_path), "--threads", "1"]) == 0
+    table = (tmp_path / "averaging_table.md").read_text()
+    for variant in VARIANTS:
+        assert f"| {variant} |" in table
+    assert "QUICK SMOKE RUN" in table and "beats its best single snapshot" in table
+    assert (tmp_path / "averaging_accuracy.png").stat().st_size > 0
+    assert (tmp_path / "averaging_schedules.png").stat().st_size > 0
+    rows = (tmp_path / "averaging_runs.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(VARIANTS) and {r.split(",")[1] for r in rows[1:]} == set(TRAININGS)
+    # a second call trains nothing again: every (training, seed) is in the CSV already
+    assert main(["--quick", "--seeds", "0", "--out", str(tmp_path)]) == 0
+    assert len((tmp_path / "averaging_runs.csv").read_text().splitlines()) == 1 + len(VARIANTS)
+
+
+def test_expected_calibration_error_by_hand():
+    from experiments.averaging import expected_calibration_error
+
+    probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.45, 0.55]])
+    targets = torch.tensor([0, 1, 1, 1])
+    # bins of width 1/15: 0.9 -> bin 13 (1 right), 0.8 -> bin 12 (wrong), 0.7 -> bin 10 (right), 0.55 -> bin 8 (right)
+    expected = (abs(1 - 0.9) + abs(0 - 0.8) + abs(1 - 0.7) + abs(1 - 0.55)) / 4
+    assert expected_calibration_error(probs, targets) == pytest.approx(expected)
