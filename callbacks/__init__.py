@@ -17,6 +17,7 @@ from .monitors import EarlyStoppingCallback, ReduceLROnPlateau
 from .progress import ProgressCallback
 from .recorder import Recorder
 from .scheduler import CyclicLRCallback, FlatCosCallback, OneCycleCallback, ParamScheduler, SGDRCallback
+from .torch_scheduler import TorchScheduler
 from .training import CSVLogger, GradientAccumulation, GradientClip, TerminateOnNaNCallback
 from .tuning import OptunaPruning, tune_lr
 
@@ -24,7 +25,7 @@ __all__ = [
     "EVENTS", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException",
     "CancelTrainException", "CancelValidException", "ProgressCallback", "Recorder",
     "ParamScheduler", "OneCycleCallback", "SGDRCallback", "CyclicLRCallback", "FlatCosCallback", "compare_runs",
-    "stack_runs",
+    "stack_runs", "TorchScheduler",
     "SaveModelCallback", "EarlyStoppingCallback", "ReduceLROnPlateau", "TerminateOnNaNCallback", "GradientClip",
     "GradientAccumulation", "CSVLogger", "MixedPrecision", "TensorBoardCallback", "MLflowCallback",
     "OptunaPruning", "tune_lr",
