@@ -274,7 +274,10 @@ class EMA(_Averaging):
                                                                                                  warmup_power)
         self.every = int_at_least("every", every, 1)
         self.validate, self.swap_at_end = bool(validate), bool(swap_at_end)
-        self._current_decay = 0.0
+        # Positions of the averaged (floating-point) and copied tensors, and ours of each: set at the first update.
+        self._floats: list[int] | None = None
+        self._others: list[int] = []
+        self._ours: tuple[list, list] = ([], [])
 
     def __repr__(self) -> str:
         return f"EMA(decay={self.decay}, warmup={self.warmup}, every={self.every})"
@@ -284,23 +287,37 @@ class EMA(_Averaging):
                 "warmup_power": self.warmup_power, "every": self.every}
 
     def _new_average(self, learn) -> AveragedModel:
-        return AveragedModel(learn.model, multi_avg_fn=self._lerp, use_buffers=True)
+        # The container: the copy (`module`), its count and its state dict. The per-step update is `_update`.
+        self._floats = None
+        return AveragedModel(learn.model, use_buffers=True)
 
-    def _lerp(self, averaged: list, current: list, _n) -> None:
-        # AveragedModel groups the tensors by dtype: integer buffers are copied, floating ones averaged.
-        if averaged[0].is_floating_point() or averaged[0].is_complex():
-            get_ema_multi_avg_fn(self._current_decay)(averaged, current, _n)
+    @torch.no_grad()
+    def _update(self, model) -> None:
+        """One update with torch's `get_ema_multi_avg_fn`, given the tensors directly: AveragedModel's own
+        `update_parameters` reads its count on the host twice per call (two syncs a step on a GPU) and groups the
+        tensors by dtype every time (about three times the time of this on a small MLP)."""
+        theirs = [*model.parameters(), *model.buffers()]
+        if self._floats is None:  # our tensors never change: which are averaged (floating point), which copied
+            ours = [*self.averaged.module.parameters(), *self.averaged.module.buffers()]
+            self._floats = [i for i, t in enumerate(ours) if t.is_floating_point() or t.is_complex()]
+            self._others = [i for i in range(len(ours)) if i not in set(self._floats)]
+            self._ours = ([ours[i].detach() for i in self._floats], [ours[i].detach() for i in self._others])
+        averaged, copied = self._ours
+        if self.n == 0:  # the first update copies (decay 0)
+            for a, i in zip(averaged, self._floats, strict=True):
+                a.copy_(theirs[i])
         else:
-            for a, c in zip(averaged, current, strict=True):
-                a.copy_(c)
+            get_ema_multi_avg_fn(self.decay_at(self.n))(averaged, [theirs[i] for i in self._floats], None)
+        for a, i in zip(copied, self._others, strict=True):
+            a.copy_(theirs[i])
+        self.averaged.n_averaged += 1
 
     def decay_at(self, step: int) -> float:
         return ema_decay(step, self.decay, self.warmup, self.warmup_gamma, self.warmup_power)
 
     def after_step(self, learn):
         if (learn.train_iter + 1) % self.every == 0:
-            self._current_decay = self.decay_at(self.n)
-            self.averaged.update_parameters(learn.model)
+            self._update(learn.model)
             self.n += 1
 
     def after_train(self, learn):
