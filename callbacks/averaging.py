@@ -24,7 +24,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..data.checks import int_at_least, positive, real
-from .core import Callback
+from .core import ORDER, Callback
 from .ensembles import cycle_ends, lr_per_step
 from .weights import exchange_weights, recompute_batch_norm, validate_with, validation_columns
 
@@ -138,7 +138,7 @@ class SWA(_Averaging):
     *[Lin(a1, a2)] * K])` with `every='cycle'`.
     """
 
-    order = 52  # after the Recorder (50) wrote the epoch's row; before the loggers (57-58), table (60), checkpoints (90)
+    order = ORDER.swa  # after the Recorder wrote the epoch's row; before the loggers, the table, the checkpoints
     prefix = "swa"
 
     def __init__(self, start: float | int = 0.75, every: str | int = "epoch", swap: bool = True):
@@ -260,7 +260,7 @@ class EMA(_Averaging):
     trained weights unless `swap_at_end=True`; `with ema.applied(learn):` uses the EMA weights for a block.
     """
 
-    order = 53  # after SWA (52): both read the epoch's row from the Recorder (50)
+    order = ORDER.ema  # after SWA: both read the epoch's row from the Recorder
     prefix = "ema"
 
     def __init__(self, decay: float = 0.999, warmup: bool = True, warmup_gamma: float = 1.0,

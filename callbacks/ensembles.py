@@ -25,7 +25,7 @@ import torch
 
 from ..data.checks import int_at_least
 from ..data.state import atomic_torch_save
-from .core import Callback
+from .core import ORDER, Callback
 from .weights import copy_state, loaded_weights
 
 __all__ = ["SnapshotEnsemble", "cycle_ends", "lr_per_step"]
@@ -84,7 +84,7 @@ class SnapshotEnsemble(Callback):
     removed when the fit ends (not before: a checkpoint taken mid-fit may still name them).
     """
 
-    order = 54  # after SWA (52) and EMA (53); before the checkpoints (90), which then hold the new snapshot
+    order = ORDER.snapshot_ensemble  # before the checkpoints, which then hold the new snapshot
     # The LR finder takes callbacks that declare `writes_files` off the learner for its sweep (callbacks/lr_finder.py).
     writes_files = True
 

@@ -149,17 +149,19 @@ def _variants(training: str, learn: Learner, cbs: dict) -> dict[str, dict]:
 
 
 def run(out: str | Path = "results/averaging", seeds: Sequence[int] = (0, 1, 2), epochs: int = EPOCHS,
-        quick: bool = False, device=None, log: Callable[[str], None] = print, command: str | None = None) -> dict:
+        quick: bool = False, n_train: int | None = None, device=None, log: Callable[[str], None] = print,
+        command: str | None = None) -> dict:
     """Train the four runs per seed (skipping those already in `out`), append one row per variant to
     averaging_runs.csv as each training finishes, then write averaging_summary.csv, averaging_table.md and the
-    plots. `quick`: 1024 training / 512 test images, 6 epochs: a smoke test, not a result."""
+    plots. `n_train`: the first n training images (default all 60000; the test set is always whole). `quick`: 1024
+    training / 512 test images, 6 epochs: a smoke test, not a result."""
     seeds = check_seeds(seeds)
     if quick:
         epochs = QUICK_EPOCHS
     check_positive_int("epochs", epochs)
     if epochs < 5:
         raise ValueError(f"epochs must be >= 5 (SGDR needs 5 cycles for the 5-snapshot ensemble), got {epochs}")
-    n_train, n_valid = (1024, 512) if quick else (None, None)
+    n_train, n_valid = (1024, 512) if quick else (n_train, None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config = {"epochs": epochs, "n_train": n_train or 60000, "n_valid": n_valid or 10000}
@@ -291,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results/averaging")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=EPOCHS)
+    p.add_argument("--n-train", type=int, default=None, help="the first N training images (default: all)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     args = p.parse_args(argv)
@@ -300,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     command = "python -m experiments.averaging " + " ".join(sys.argv[1:] if argv is None else argv)
-    result = run(args.out, seeds=args.seeds, epochs=args.epochs, quick=args.quick, command=command)
+    result = run(args.out, seeds=args.seeds, epochs=args.epochs, quick=args.quick, n_train=args.n_train,
+                 command=command)
     print((Path(args.out) / "averaging_table.md").read_text())
     print(f"written to {result['out'].resolve()}")
     return 0
