@@ -26,9 +26,32 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from ..data.checks import int_at_least, positive, real
 from .core import ORDER, Callback
 from .ensembles import cycle_ends, lr_per_step
+from .schedules import Const, Lin, OneCycle, Schedule, combine
 from .weights import exchange_weights, recompute_batch_norm, validate_with, validation_columns
 
-__all__ = ["SWA", "EMA", "ema_decay"]
+__all__ = ["SWA", "EMA", "ema_decay", "swa_scheds", "swa_cycles", "SWA_START"]
+
+SWA_START = 0.75  # SWA's default start: the last quarter of the fit averaged
+
+
+def swa_scheds(head: OneCycle | Schedule, tail: Schedule, start: float = SWA_START) -> dict:
+    """Schedules (of the fraction of the fit) for a ParamScheduler: `head` over the first `start` of the fit (its
+    own pct run from 0 to 1 there), then `tail`, the rate while SWA averages. A one-cycle head brings its momentum,
+    held at its first value during the tail."""
+    if not 0 < real("start", start) < 1:
+        raise ValueError(f"start must be a fraction of the fit in (0, 1), got {start!r}")
+    lr = head.lr if isinstance(head, OneCycle) else head
+    scheds = {"lr": combine([start, 1 - start], [lr, tail])}
+    if isinstance(head, OneCycle) and head.mom is not None:
+        scheds["mom"] = combine([start, 1 - start], [head.mom, Const(head.moms[0])])
+    return scheds
+
+
+def swa_cycles(high: float, low: float, n_cycles: int) -> Schedule:
+    """The paper's cyclical averaging rate, as a tail for `swa_scheds`: `n_cycles` cycles, each linear from `high`
+    down to `low`; `SWA(every='cycle')` then averages at each cycle's lowest rate."""
+    int_at_least("n_cycles", n_cycles, 1)
+    return combine([1 / n_cycles] * n_cycles, [Lin(high, low)] * n_cycles)
 
 
 def _epoch_row(learn) -> dict | None:
@@ -132,16 +155,16 @@ class SWA(_Averaging):
       processes when data-parallel) and it is validated: `swa_valid_loss` and `swa_<metric>` in the last row of the
       epoch table. `swap=True` (default) then copies it into `learn.model`; `swa.model` keeps it either way.
 
-    The learning rate while averaging is the schedule's: to average at a constant or cyclical rate, give the
-    schedule that tail, e.g. the paper's constant rate `combine([0.75, 0.25], [Cos(lr, swa_lr), Const(swa_lr)])`, or
-    its cyclical one, K short cycles from a1 down to a2, `combine([0.75, *[0.25 / K] * K], [Cos(lr, a1),
-    *[Lin(a1, a2)] * K])` with `every='cycle'`.
+    The learning rate while averaging is the schedule's: the one ParamScheduler applies it, so give the schedule
+    that tail with `swa_scheds(head, tail, start)`: the paper's constant rate,
+    `ParamScheduler(swa_scheds(one_cycle(lr, final_div=lr / swa_lr), Const(swa_lr)))`, or its cyclical one, K short
+    cycles from a1 down to a2, `swa_scheds(..., swa_cycles(a1, a2, K))` with `every='cycle'`.
     """
 
     order = ORDER.swa  # after the Recorder wrote the epoch's row; before the loggers, the table, the checkpoints
     prefix = "swa"
 
-    def __init__(self, start: float | int = 0.75, every: str | int = "epoch", swap: bool = True):
+    def __init__(self, start: float | int = SWA_START, every: str | int = "epoch", swap: bool = True):
         super().__init__()
         if isinstance(start, bool) or not isinstance(start, numbers.Real):
             raise TypeError(f"start must be a fraction of the fit in (0, 1) or an epoch index (int), got {start!r}")

@@ -17,12 +17,7 @@ from ..data.state import rng_state, set_rng_state
 from .recorder import metric_names
 
 __all__ = ["exchange_weights", "loaded_weights", "has_batch_norm", "recompute_batch_norm", "validate_with",
-           "validation_columns", "copy_state", "SITS_OUT_LR_FIND"]
-
-# The LR finder takes the callbacks that declare `writes_files` off the learner for its sweep
-# (callbacks/lr_finder.py): the averaging callbacks declare it too, so no swept weight is ever averaged or kept.
-SITS_OUT_LR_FIND = True
-
+           "validation_columns", "copy_state"]
 
 def _tensors(module: nn.Module) -> list[torch.Tensor]:
     return [t.detach() for t in itertools.chain(module.parameters(), module.buffers())]

@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cyclr.callbacks.averaging import EMA, SWA
+from cyclr.callbacks.averaging import EMA, SWA, swa_cycles, swa_scheds
 from cyclr.callbacks.ensembles import SnapshotEnsemble
 from cyclr.callbacks.scheduler import ParamScheduler
-from cyclr.callbacks.schedules import Const, Lin, combine, one_cycle
+from cyclr.callbacks.schedules import Const, one_cycle
 from cyclr.callbacks.weights import loaded_weights
 from cyclr.learner import Learner, accuracy, sgd
 from cyclr.learner.models import lenet_bn
@@ -86,16 +86,10 @@ def _softmax(out):
 
 
 def _swa_schedules(tail_cycles: int | None) -> dict:
-    """The one-cycle head over the first SWA_START of the steps down to SWA_LR (or the cycles' top), then the tail:
-    SWA_LR held (tail_cycles None) or `tail_cycles` linear cycles CYCLIC_LR[0] -> CYCLIC_LR[1]."""
-    head = one_cycle(MAX_LR, final_div=MAX_LR / SWA_LR)
-    tail_pct = 1 - SWA_START
-    if tail_cycles is None:
-        lr = combine([SWA_START, tail_pct], [head.lr, Const(SWA_LR)])
-    else:
-        lr = combine([SWA_START, *[tail_pct / tail_cycles] * tail_cycles],
-                     [head.lr, *[Lin(*CYCLIC_LR)] * tail_cycles])
-    return {"lr": lr, "mom": combine([SWA_START, tail_pct], [head.mom, Const(head.moms[0])])}
+    """The one-cycle head over the first SWA_START of the steps down to SWA_LR, then the tail: SWA_LR held
+    (tail_cycles None) or `tail_cycles` linear cycles CYCLIC_LR[0] -> CYCLIC_LR[1]."""
+    tail = Const(SWA_LR) if tail_cycles is None else swa_cycles(*CYCLIC_LR, tail_cycles)
+    return swa_scheds(one_cycle(MAX_LR, final_div=MAX_LR / SWA_LR), tail, SWA_START)
 
 
 def _train(training: str, dls, seed: int, epochs: int, device) -> tuple[Learner, dict, list[dict]]:

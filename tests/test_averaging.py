@@ -17,7 +17,7 @@ from cyclr.callbacks import Callback
 from cyclr.callbacks.averaging import EMA, SWA, ema_decay
 from cyclr.callbacks.ensembles import SnapshotEnsemble
 from cyclr.callbacks.scheduler import ParamScheduler
-from cyclr.callbacks.schedules import Cos, Lin, combine
+from cyclr.callbacks.schedules import Const, Cos, Lin, combine
 from cyclr.callbacks.weights import exchange_weights, recompute_batch_norm
 from cyclr.data.core import DataLoaders
 from cyclr.data.state import rng_state
@@ -326,3 +326,21 @@ def test_expected_calibration_error_by_hand():
     # bins of width 1/15: 0.9 -> bin 13 (1 right), 0.8 -> bin 12 (wrong), 0.7 -> bin 10 (right), 0.55 -> bin 8 (right)
     expected = (abs(1 - 0.9) + abs(0 - 0.8) + abs(1 - 0.7) + abs(1 - 0.55)) / 4
     assert expected_calibration_error(probs, targets) == pytest.approx(expected)
+
+
+def test_swa_scheds_run_the_head_then_the_averaging_tail():
+    from cyclr.callbacks.averaging import swa_cycles, swa_scheds
+    from cyclr.callbacks.schedules import one_cycle
+
+    head = one_cycle(0.1, final_div=10)
+    scheds = swa_scheds(head, swa_cycles(0.02, 0.002, 2), start=0.5)
+    learn = learner()
+    swa = SWA(start=0.5, every="cycle", swap=False)
+    learn.fit(4, cbs=[ParamScheduler(scheds), swa])  # 24 steps: head over 12, then two cycles of 6
+    lrs, moms = learn.recorder.lrs, learn.recorder.moms
+    assert lrs[:12] == pytest.approx([head.lr(i / 12) for i in range(12)])
+    assert lrs[12:] == pytest.approx([0.02 - 0.018 * k / 6 for k in range(6)] * 2)
+    assert moms[:12] == pytest.approx([head.mom(i / 12) for i in range(12)]) and moms[12:] == [0.95] * 12
+    assert sorted(swa.points) == [18, 24]
+    with pytest.raises(ValueError, match="start must be a fraction"):
+        swa_scheds(head, Const(0.01), start=1.0)
