@@ -23,24 +23,20 @@ from .mixed_precision import MixedPrecision
 
 class TerminateOnNaNCallback(Callback):
     """Stop the fit at the first training batch whose loss or gradients are NaN or infinite, before its step, so the
-    weights stay those of the last good step. A learner has one by default.
+    weights stay those of the last good step. A learner has one by default, and it tests every step.
 
-    Gradients are tested with one fused pass (the largest absolute gradient) in before_step, combined on the device
-    with the loss's test, so there is still a single host read per batch; `check_grads=False` tests the loss only
-    (on CUDA the read then waits for the forward pass alone). Under float16 MixedPrecision the gradients are left to
-    its GradScaler, which skips the steps whose scaled gradients overflow.
-
-    The loss is tested on the device in after_loss and the answer read on the host in before_step. On the CPU that
-    costs nothing. On CUDA the answer is copied to pinned host memory without blocking and the host waits, in
-    before_step, only for that copy: the forward pass is done by then, while the backward pass already queued keeps
-    the GPU busy, so the GPU does not sit idle as it would with a `loss.item()` after the forward pass (the host can
-    no longer queue work more than one backward pass ahead). Remove the callback where even that matters more than
-    stopping at the exact batch. `stopped_at` is `(epoch, batch, optimizer_step)` once it stopped a fit, else None.
+    The loss and every gradient are tested together in before_step, on the device, by torch's fused non-finite test
+    (the kernel GradScaler uses to find overflowing gradients: one pass, no host read until the end), then read on
+    the host once per step; data-parallel processes add up their answers in one all-reduce first, so all stop at
+    the same batch. `check_grads=False` tests the loss only: on CUDA its answer is copied to pinned host memory
+    without blocking in after_loss and waited for in before_step, so the host waits for the forward pass alone, not
+    the backward pass already queued. Under float16 MixedPrecision the gradients are left to its GradScaler, which
+    skips the steps whose scaled gradients overflow. `stopped_at` is `(epoch, batch, optimizer_step)` once it
+    stopped a fit, else None.
     """
 
-    # before_step before GradientAccumulation (3), which cancels the step of non-final micro-batches, and before
-    # MixedPrecision (5), whose scaler would take a NaN loss for an overflow and skip the step without stopping.
-    # after_loss only computes the test: the LR finder (20) still stops its sweep at a non-finite loss itself.
+    # before_step before GradientAccumulation, which cancels the step of non-final micro-batches, and before
+    # MixedPrecision, whose scaler would take a NaN loss for an overflow and skip the step without stopping.
     order = ORDER.nan_guard
 
     def __init__(self, check_grads: bool = True):
@@ -49,6 +45,7 @@ class TerminateOnNaNCallback(Callback):
         self._finite = self._copied = None
         self._pinned: torch.Tensor | None = None
         self._grads_checked = self.check_grads
+        self._found = self._one = None  # the fused test's count of non-finite tensors and its scale 1.0, on the device
 
     def before_fit(self, learn):
         self.stopped_at = None
@@ -57,12 +54,10 @@ class TerminateOnNaNCallback(Callback):
         self._grads_checked = self.check_grads and not scaled
 
     def after_loss(self, learn):
-        if not learn.training:
-            return
+        if not learn.training or self._grads_checked:
+            return  # the loss is tested with the gradients in before_step
         finite = torch.isfinite(learn.loss.detach()).all()
-        if self._grads_checked:
-            self._finite, self._copied = finite, None  # read with the gradients' test in before_step, in one go
-        elif finite.device.type == "cuda":
+        if finite.device.type == "cuda":
             if self._pinned is None:
                 self._pinned = torch.empty((), dtype=torch.bool, pin_memory=True)
             self._pinned.copy_(finite, non_blocking=True)
@@ -73,19 +68,17 @@ class TerminateOnNaNCallback(Callback):
             self._finite, self._copied = finite, None
 
     def before_step(self, learn):
-        if self._copied is not None:
-            self._copied.synchronize()  # waits for the forward pass and the copy, not for the backward pass
-        finite_loss = self._finite
         if self._grads_checked:
             grads = [p.grad for g in learn.opt.param_groups for p in g["params"] if p.grad is not None]
-            if grads:
-                finite_loss = finite_loss & torch.isfinite(largest_abs(grads))
-        finite = bool(finite_loss)  # the one host read per batch
+            bad = self._count_non_finite([learn.loss.detach(), *grads])
+        else:
+            if self._copied is not None:
+                self._copied.synchronize()  # waits for the forward pass and the copy, not for the backward pass
+            bad = ~self._finite
         if getattr(learn, "is_distributed", False):
             # Every process must stop at the same batch, or the others wait forever in the next collective.
-            bad = learn.all_reduce_sum(torch.tensor(0.0 if finite else 1.0, device=learn.device))
-            finite = bad.item() == 0
-        if finite:
+            bad = learn.all_reduce_sum(bad.float().to(learn.device))
+        if not bad.item():  # the one host read per step
             return
         self.stopped_at = (learn.epoch, learn.iter, learn.train_iter)
         loss = learn.loss.detach().float().flatten()[0].item()
@@ -100,11 +93,36 @@ class TerminateOnNaNCallback(Callback):
         )
         raise CancelFitException()
 
+    def _count_non_finite(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """Non-zero (a 1-element tensor on the device) when any of `tensors` holds a NaN or an infinity."""
+        loss = tensors[0]
+        if self._found is None or self._found.device != loss.device:
+            self._found, self._one = torch.zeros(1, device=loss.device), torch.ones(1, device=loss.device)
+        found = self._found
+        found.zero_()
+        tensors[0] = loss.reshape(-1).to(tensors[-1].dtype)  # as the gradients' dtype: a view when it is theirs
+        if not count_non_finite(tensors, found, self._one):
+            found += (~torch.isfinite(largest_abs(tensors))).float()
+        return found
+
+
+def count_non_finite(tensors: list[torch.Tensor], found: torch.Tensor, one: torch.Tensor) -> bool:
+    """torch's fused non-finite test, the kernel GradScaler unscales gradients with: adds to `found` (a 1-element
+    float tensor) when one of `tensors` holds a NaN or an infinity, on their device, without a host read, in one
+    pass over all of them. It multiplies each tensor in place by `one` (exactly 1.0), which changes no value. False
+    (and nothing tested) when the tensors are not all of one device and dtype or this torch lacks the kernel."""
+    fused = getattr(torch, "_amp_foreach_non_finite_check_and_unscale_", None)
+    first = tensors[0]
+    if fused is None or not all(t.dtype == first.dtype and t.device == first.device for t in tensors):
+        return False
+    fused(tensors, found, one)
+    return True
+
 
 def largest_abs(grads: list[torch.Tensor]) -> torch.Tensor:
-    """The largest |gradient| (a 0-d tensor, no host read): NaN or infinite exactly when some gradient is. On CUDA
-    one fused pass (torch's foreach norm, few kernel launches); on the CPU, where the inf-norm kernel is slow,
-    |g|.max() per tensor: 75-83 us against 283-305 us for LeNet's gradients (benchmarks/nan_guard.py)."""
+    """The largest |gradient| (a 0-d tensor, no host read): NaN or infinite exactly when some gradient is. The
+    fallback of the fused test (mixed dtypes or devices): on CUDA torch's foreach inf-norm, on the CPU, where that
+    kernel is slow, |g|.max() per tensor (benchmarks/nan_guard.py)."""
     if grads[0].device.type == "cuda":
         return torch.nn.utils.get_total_norm(grads, norm_type=math.inf)
     return torch.stack([g.detach().abs().max().float() for g in grads]).max()  # .float(): grads of mixed dtypes

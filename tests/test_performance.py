@@ -159,3 +159,45 @@ def test_bad_speed_options_are_refused_at_construction(kwargs, error, match):
     x, y, xv, yv = image_data()
     with pytest.raises(error, match=match):
         Learner(small_cnn(), loaders(x, y, xv, yv, bs=8), nn.CrossEntropyLoss(), device="cpu", **kwargs)
+
+
+# ----- the NaN guard's per-step test ------------------------------------------------------------------------------
+def guard_verdict(tensors) -> bool:
+    """Whether TerminateOnNaNCallback's test of [loss, *grads] finds a non-finite value."""
+    guard = TerminateOnNaNCallback()
+    return bool(guard._count_non_finite(list(tensors)).item())
+
+
+@pytest.mark.parametrize("where", [0, 1, 4])  # the loss, a first gradient, the last one
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nan_guard_finds_any_non_finite_value_and_changes_no_bit(where, bad):
+    g = torch.Generator().manual_seed(0)
+    tensors = [torch.tensor(1.5)] + [torch.randn(*shape, generator=g) for shape in ((4, 3), (3,), (5, 2, 2), (1,))]
+    tensors[2][1] = torch.finfo(torch.float32).tiny / 4  # a subnormal: multiplied by exactly 1.0, it stays
+    before = [t.clone() for t in tensors]
+    assert not guard_verdict(tensors)
+    assert all(torch.equal(a, b) for a, b in zip(tensors, before, strict=True))
+    tensors[where].view(-1)[-1] = bad
+    assert guard_verdict(tensors)
+
+
+def test_nan_guard_falls_back_for_gradients_of_several_dtypes():
+    loss, grads = torch.tensor(0.5), [torch.ones(3), torch.ones(2, dtype=torch.bfloat16), torch.ones(2, 2)]
+    assert not guard_verdict([loss, *grads])
+    grads[1][0] = float("nan")  # only the bfloat16 gradient
+    assert guard_verdict([loss, *grads])
+
+
+def test_nan_guard_reads_one_value_per_step(monkeypatch):
+    x, y, xv, yv = image_data(n_train=4 * 6, n_valid=8)
+    learn = Learner(small_cnn(), loaders(x, y, xv, yv, bs=4), nn.CrossEntropyLoss(), opt_func=sgd, lr=0.1,
+                    device="cpu", progress=False)
+    learn.fit(1)
+    with monkeypatch.context() as patch:
+        counter = CountHostReads(patch)
+        learn.fit(1)
+    learn.remove_cbs([cb for cb in learn.cbs if isinstance(cb, TerminateOnNaNCallback)])
+    with monkeypatch.context() as patch:
+        without = CountHostReads(patch)
+        learn.fit(1)
+    assert counter.count - without.count == 6  # one read per step, loss and every gradient in it
