@@ -190,6 +190,11 @@ class TorchScheduler(Callback):
             self.scheduler.step(learn.recorder.epoch_rows[-1][self.monitor])
 
     def cleanup_fit(self, learn) -> None:
+        if self._active:
+            # The scheduler is done with the optimizer: a group keeping its `initial_lr` would read, to the next
+            # fit (and to torch's next scheduler), as one a scheduler still steps. Checkpoints keep theirs.
+            for g in learn.opt.param_groups:
+                g.pop("initial_lr", None)
         self._active = False
 
     # ----- building -------------------------------------------------------------------------------------------------

@@ -95,6 +95,15 @@ def test_a_later_fit_builds_its_scheduler_at_that_fits_rate():
     assert learn.recorder.lrs == torch_rates(lambda opt: LambdaLR(opt, warmup), STEPS_PER_EPOCH, lr=0.02)[0]
 
 
+def test_a_later_fit_without_lr_starts_again_at_the_learners_rate():
+    ts = TorchScheduler(lambda opt: CosineAnnealingLR(opt, T_max=3))
+    learn = make_learner(cbs=[ts])
+    learn.fit(1)
+    assert "initial_lr" not in learn.opt.param_groups[0]  # nothing left that reads as a scheduler still attached
+    learn.fit(1)
+    assert learn.recorder.lrs == torch_rates(lambda opt: CosineAnnealingLR(opt, T_max=3), STEPS_PER_EPOCH)[0]
+
+
 def test_epoch_interval_steps_after_validation_and_a_plateau_scheduler_reads_its_monitor():
     learn = make_learner()
     learn.fit(4, cbs=[TorchScheduler(lambda opt: StepLR(opt, step_size=1, gamma=0.5), interval="epoch")])
