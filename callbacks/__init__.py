@@ -1,5 +1,6 @@
 """cyclr's callbacks: events, cancellation, the Recorder, progress bars, schedules and the LR finder."""
 
+from .averaging import EMA, SWA, swa_cycles, swa_scheds
 from .checkpoint import SaveModelCallback
 from .compare import compare_runs, stack_runs
 from .core import (
@@ -11,6 +12,7 @@ from .core import (
     CancelTrainException,
     CancelValidException,
 )
+from .ensembles import SnapshotEnsemble
 from .loggers import MLflowCallback, TensorBoardCallback
 from .mixed_precision import MixedPrecision
 from .monitors import EarlyStoppingCallback, ReduceLROnPlateau
@@ -28,5 +30,5 @@ __all__ = [
     "stack_runs", "TorchScheduler",
     "SaveModelCallback", "EarlyStoppingCallback", "ReduceLROnPlateau", "TerminateOnNaNCallback", "GradientClip",
     "GradientAccumulation", "CSVLogger", "MixedPrecision", "TensorBoardCallback", "MLflowCallback",
-    "OptunaPruning", "tune_lr",
+    "OptunaPruning", "tune_lr", "SWA", "EMA", "SnapshotEnsemble", "swa_scheds", "swa_cycles",
 ]
