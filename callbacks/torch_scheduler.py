@@ -27,6 +27,7 @@ it sits the sweep out.
 from __future__ import annotations
 
 import functools
+import inspect
 import warnings
 
 import torch
@@ -84,8 +85,6 @@ def _describe_factory(factory) -> str:
 
 
 def _takes_total_steps(factory) -> bool:
-    import inspect
-
     if isinstance(factory, functools.partial) and "total_steps" in factory.keywords:
         return False  # the user gave it
     try:

@@ -95,6 +95,22 @@ def test_a_later_fit_builds_its_scheduler_at_that_fits_rate():
     assert learn.recorder.lrs == torch_rates(lambda opt: LambdaLR(opt, warmup), STEPS_PER_EPOCH, lr=0.02)[0]
 
 
+def test_each_parameter_group_gets_torchs_rate_from_its_own_base():
+    learn = make_learner(splitter=lambda m: [m[0].parameters(), m[2].parameters()])
+    learn.set_hyper("lr", 0.01, group=0)  # discriminative rates: 0.01 and 0.05
+    learn.fit(2, cbs=[TorchScheduler(lambda opt: LambdaLR(opt, [warmup, lambda s: 0.9**s]))])
+    opt = SGD([{"params": [nn.Parameter(torch.zeros(1))], "lr": 0.01}, {"params": [nn.Parameter(torch.zeros(1))]}],
+              lr=0.05)
+    scheduler = LambdaLR(opt, [warmup, lambda s: 0.9**s])
+    want = [[], []]
+    for _ in range(2 * STEPS_PER_EPOCH):
+        for i, g in enumerate(opt.param_groups):
+            want[i].append(g["lr"])
+        opt.step()
+        scheduler.step()
+    assert learn.recorder.group_values("lr") == want
+
+
 def test_a_later_fit_without_lr_starts_again_at_the_learners_rate():
     ts = TorchScheduler(lambda opt: CosineAnnealingLR(opt, T_max=3))
     learn = make_learner(cbs=[ts])
