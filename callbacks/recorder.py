@@ -105,6 +105,7 @@ class Recorder(Callback):
         self.n_fits = 0
         self.last_validation: dict[str, float] = {}
         self.lr_find_result = None  # set by Learner.lr_find, drawn by plot_lr_find
+        self._estimates_d = False  # the optimizer estimates a step size d (Prodigy): eff_lr is recorded
 
     # ----- hooks -------------------------------------------------------------------------------------------------
     def before_fit(self, learn):
@@ -123,6 +124,7 @@ class Recorder(Callback):
         self._pending_hypers: list[tuple] = []
 
     def before_train(self, learn):
+        self._estimates_d = effective_lrs(learn.opt.param_groups) is not None  # asked once, not per step
         self._sort_metrics(learn)
         if getattr(learn, "skip_batches", 0):
             self._move_epoch_state(learn.device)  # loaded from a checkpoint on the CPU
@@ -135,7 +137,7 @@ class Recorder(Callback):
         self._pending_losses.append(learn.loss.detach())
         self._pending_hypers.append(
             (learn.epoch, learn.train_iter, learn.pct_train, [float(g["lr"]) for g in groups],
-             [get_hyper(g, "mom") for g in groups], effective_lrs(groups))
+             [get_hyper(g, "mom") for g in groups], effective_lrs(groups) if self._estimates_d else None)
         )
         if len(self._pending_losses) >= FLUSH_EVERY:
             self._flush_batches(learn)

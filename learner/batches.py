@@ -171,12 +171,15 @@ class Batches:
         return pred if isinstance(pred, torch.Tensor) else logits_of(pred)
 
     def to_device(self, b):
+        """`b` with every tensor in it on the learner's device; a batch already there comes back as it is (the
+        same tuple or list), without a call into torch per tensor."""
         if isinstance(b, torch.Tensor):
             if self.channels_last and b.dim() == 4:  # images in the weights' layout (no copy when already in it)
                 return b.to(self.device, memory_format=torch.channels_last, non_blocking=True)
-            return b.to(self.device, non_blocking=True)
+            return b if b.device == self.device else b.to(self.device, non_blocking=True)
         if isinstance(b, (list, tuple)):
-            return type(b)(self.to_device(o) for o in b)
+            moved = [self.to_device(o) for o in b]
+            return b if all(m is o for m, o in zip(moved, b, strict=True)) else type(b)(moved)
         if isinstance(b, dict):
             return {k: self.to_device(v) for k, v in b.items()}
         return b

@@ -15,7 +15,7 @@ from cyclr.callbacks import (
     CancelTrainException,
     CancelValidException,
 )
-from cyclr.data import DataLoaders
+from cyclr.data import DataLoaders, synthetic_classification
 from cyclr.learner import Learner, accuracy
 
 N_TRAIN, N_VALID, BS = 12, 6, 4  # 3 training batches, 1 validation batch (valid_bs defaults to 2*bs)
@@ -434,3 +434,16 @@ def test_epoch_rows_are_plain_floats_for_dataframes():
     assert isinstance(learn.recorder.to_df("epochs"), pd.DataFrame)
     with pytest.raises(ValueError, match="'batches' or 'epochs'"):
         learn.recorder.to_df("steps")
+
+
+def test_to_device_returns_a_batch_already_on_the_device_as_it_is():
+    learn = Learner(nn.Linear(2, 2), synthetic_classification(n_train=8, n_valid=4, n_features=2, n_classes=2, bs=4),
+                    nn.CrossEntropyLoss(), device="cpu", progress=False)
+    x, y = torch.ones(4, 2), torch.zeros(4, dtype=torch.long)
+    batch = (x, y)
+    assert learn.to_device(batch) is batch  # no new tuple, no call into torch
+    nested = {"inputs": [x, x], "labels": y}
+    moved = learn.to_device(nested)
+    assert moved["inputs"] is nested["inputs"] and moved["labels"] is y
+    listed = [x, y]
+    assert learn.to_device(listed) is listed
