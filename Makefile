@@ -53,3 +53,9 @@ $(PEERS)/.installed: pyproject.toml
 
 clean:
 	rm -rf $(VENV) runs *.egg-info
+
+# The GPU day (benchmarks/README.md): what the device image lacks, packed into .gpu-pack/, and the `run` call printed.
+# A rerun of what did not finish: make gpu-pack GPU_PACK_ARGS='--skip-done results/gpu/<day>/gpu_check.json'
+.PHONY: gpu-pack
+gpu-pack: $(STAMP)
+	$(PY) benchmarks/gpu_pack.py $(GPU_PACK_ARGS)
