@@ -1,8 +1,8 @@
-"""How long `import learner` takes beyond `import torch`, in fresh interpreters.
+"""How long `import cyclr` (the front door: every public name) takes beyond `import torch`, in fresh interpreters.
 
-Each run is a new `python` process that times `import torch`, then `import learner` (which brings `callbacks` and
-`data` with it); the medians over the runs are printed, with the slowest modules of one `-X importtime` run.
-Target (issue 7): `import learner` < 1.5 s beyond torch.
+Each run is a new `python` process that times `import torch`, then `import cyclr` (which brings `cyclr.learner`,
+`cyclr.callbacks` and `cyclr.data` with it); the medians over the runs are printed, with the slowest modules of one
+`-X importtime` run. Target (issue 22): `import cyclr` < 0.1 s beyond torch.
 
     nice .venv/bin/python benchmarks/import_time.py [--runs 7]
 """
@@ -22,16 +22,16 @@ import json, sys, time
 t0 = time.perf_counter()
 import torch
 t1 = time.perf_counter()
-import cyclr.learner
+import cyclr
 t2 = time.perf_counter()
 heavy = [m for m in ("pandas", "matplotlib", "fastprogress", "torchvision", "scipy") if m in sys.modules]
-print(json.dumps({"torch": t1 - t0, "learner": t2 - t1, "heavy": heavy}))
+print(json.dumps({"torch": t1 - t0, "cyclr": t2 - t1, "heavy": heavy}))
 """
 
 
 def slowest_modules(n: int = 8) -> list[tuple[float, str]]:
-    """The modules with the largest cumulative import time under `import learner`, torch's own excluded."""
-    done = subprocess.run([sys.executable, "-X", "importtime", "-c", "import torch; import cyclr.learner"], cwd=ROOT,
+    """The modules with the largest cumulative import time under `import cyclr`, torch's own excluded."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", "import torch; import cyclr"], cwd=ROOT,
                           capture_output=True, text=True, check=True)
     rows = []
     for line in done.stderr.splitlines():
@@ -40,7 +40,7 @@ def slowest_modules(n: int = 8) -> list[tuple[float, str]]:
         _, cumulative, name = (part.strip() for part in line.removeprefix("import time:").split("|"))
         if cumulative.isdigit() and not name.startswith(("torch", "numpy", "sympy", "typing")):
             rows.append((int(cumulative) / 1e6, name))
-    after_torch = [r for r in rows if r[1].split(".")[0] in ("learner", "callbacks", "data")]
+    after_torch = [r for r in rows if r[1].split(".")[0] == "cyclr"]
     return sorted(after_torch, reverse=True)[:n]
 
 
@@ -53,11 +53,11 @@ def main():
         done = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, check=True)
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     torch_s = statistics.median(r["torch"] for r in results)
-    learner_s = statistics.median(r["learner"] for r in results)
+    cyclr_s = statistics.median(r["cyclr"] for r in results)
     print(f"{args.runs} fresh interpreters ({sys.executable}):")
     print(f"  import torch                   median {torch_s:.3f} s")
-    print(f"  import learner, after torch    median {learner_s:.3f} s  (max {max(r['learner'] for r in results):.3f}; "
-          "target < 1.5 s)")
+    print(f"  import cyclr, after torch      median {cyclr_s:.3f} s  (max {max(r['cyclr'] for r in results):.3f}; "
+          "target < 0.1 s)")
     print(f"  heavy modules loaded by it:    {', '.join(results[-1]['heavy']) or 'none'}")
     print("  slowest of ours (cumulative, one -X importtime run):")
     for seconds, name in slowest_modules():
