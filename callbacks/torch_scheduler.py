@@ -58,7 +58,7 @@ def refuse_torch_scheduler(obj, where: str) -> None:
         name = type(obj).__name__
         raise TypeError(
             f"{where} is a torch scheduler ({name}), which cyclr cannot step as it is: pass "
-            f"cbs=[TorchScheduler(lambda opt: {name}(opt, ...))] (cyclr.callbacks.TorchScheduler), which builds it on "
+            f"cbs=[TorchScheduler(lambda opt: {name}(opt, ...))], which builds it on "
             "the optimizer the fit uses, steps it after each optimizer step (interval='step') or epoch "
             "(interval='epoch', monitor=... for ReduceLROnPlateau) and saves it in checkpoints"
         )
