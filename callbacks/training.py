@@ -70,7 +70,8 @@ class TerminateOnNaNCallback(Callback):
     def before_step(self, learn):
         if self._grads_checked:
             grads = [p.grad for g in learn.opt.param_groups for p in g["params"] if p.grad is not None]
-            bad = self._count_non_finite([learn.loss.detach(), *grads])
+            # A copy of the loss: the test writes its tensors in place, which a graph saving the loss would refuse.
+            bad = self._count_non_finite([learn.loss.detach().clone(), *grads])
         else:
             if self._copied is not None:
                 self._copied.synchronize()  # waits for the forward pass and the copy, not for the backward pass
@@ -94,35 +95,30 @@ class TerminateOnNaNCallback(Callback):
         raise CancelFitException()
 
     def _count_non_finite(self, tensors: list[torch.Tensor]) -> torch.Tensor:
-        """Non-zero (a 1-element tensor on the device) when any of `tensors` holds a NaN or an infinity."""
-        loss = tensors[0]
-        if self._found is None or self._found.device != loss.device:
-            self._found, self._one = torch.zeros(1, device=loss.device), torch.ones(1, device=loss.device)
-        found = self._found
-        found.zero_()
-        tensors[0] = loss.reshape(-1).to(tensors[-1].dtype)  # as the gradients' dtype: a view when it is theirs
-        if not count_non_finite(tensors, found, self._one):
-            found += (~torch.isfinite(largest_abs(tensors))).float()
-        return found
+        """Non-zero (a tensor on the device) when any of `tensors` holds a NaN or an infinity."""
+        device = tensors[0].device
+        if self._found is None or self._found.device != device:
+            self._found, self._one = torch.zeros(1, device=device), torch.ones(1, device=device)
+        if FUSED_NON_FINITE_TEST is not None:
+            self._found.zero_()
+            try:
+                FUSED_NON_FINITE_TEST(tensors, self._found, self._one)
+                return self._found
+            except RuntimeError:  # tensors on several devices (a model split over GPUs), gradients with a graph
+                pass
+        return ~torch.isfinite(largest_abs(tensors))
 
 
-def count_non_finite(tensors: list[torch.Tensor], found: torch.Tensor, one: torch.Tensor) -> bool:
-    """torch's fused non-finite test, the kernel GradScaler unscales gradients with: adds to `found` (a 1-element
-    float tensor) when one of `tensors` holds a NaN or an infinity, on their device, without a host read, in one
-    pass over all of them. It multiplies each tensor in place by `one` (exactly 1.0), which changes no value. False
-    (and nothing tested) when the tensors are not all of one device and dtype or this torch lacks the kernel."""
-    fused = getattr(torch, "_amp_foreach_non_finite_check_and_unscale_", None)
-    first = tensors[0]
-    if fused is None or not all(t.dtype == first.dtype and t.device == first.device for t in tensors):
-        return False
-    fused(tensors, found, one)
-    return True
+# torch's fused non-finite test, the kernel GradScaler unscales gradients with: adds to `found` (a 1-element float
+# tensor) when one of the tensors holds a NaN or an infinity, on their device, in one pass over all of them, without
+# a host read. It multiplies each tensor in place by `inv_scale` (here exactly 1.0, which changes no value).
+FUSED_NON_FINITE_TEST = getattr(torch, "_amp_foreach_non_finite_check_and_unscale_", None)
 
 
 def largest_abs(grads: list[torch.Tensor]) -> torch.Tensor:
-    """The largest |gradient| (a 0-d tensor, no host read): NaN or infinite exactly when some gradient is. The
-    fallback of the fused test (mixed dtypes or devices): on CUDA torch's foreach inf-norm, on the CPU, where that
-    kernel is slow, |g|.max() per tensor (benchmarks/nan_guard.py)."""
+    """The largest |gradient| (a 0-d tensor, no host read): NaN or infinite exactly when some gradient is. Where the
+    fused test cannot run: on CUDA torch's foreach inf-norm, on the CPU, where that kernel is slow, |g|.max() per
+    tensor (benchmarks/nan_guard.py)."""
     if grads[0].device.type == "cuda":
         return torch.nn.utils.get_total_norm(grads, norm_type=math.inf)
     return torch.stack([g.detach().abs().max().float() for g in grads]).max()  # .float(): grads of mixed dtypes

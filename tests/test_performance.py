@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from cyclr.callbacks import Callback, ProgressCallback
+from cyclr.callbacks import Callback, ProgressCallback, training
 from cyclr.callbacks.training import TerminateOnNaNCallback
 from cyclr.data import DataLoaders, InMemoryLoader
 from cyclr.learner import Learner, accuracy, sgd
@@ -181,10 +181,21 @@ def test_nan_guard_finds_any_non_finite_value_and_changes_no_bit(where, bad):
     assert guard_verdict(tensors)
 
 
-def test_nan_guard_falls_back_for_gradients_of_several_dtypes():
+def test_nan_guard_tests_gradients_of_several_dtypes():
     loss, grads = torch.tensor(0.5), [torch.ones(3), torch.ones(2, dtype=torch.bfloat16), torch.ones(2, 2)]
     assert not guard_verdict([loss, *grads])
     grads[1][0] = float("nan")  # only the bfloat16 gradient
+    assert guard_verdict([loss, *grads])
+
+
+def test_nan_guard_falls_back_when_the_fused_test_cannot_run(monkeypatch):
+    def refuses(tensors, found, inv_scale):
+        raise RuntimeError("expected all tensors to be on the same device")
+
+    monkeypatch.setattr(training, "FUSED_NON_FINITE_TEST", refuses)
+    loss, grads = torch.tensor(0.5), [torch.ones(3), torch.ones(2, 2)]
+    assert not guard_verdict([loss, *grads])
+    grads[1][1, 1] = float("inf")
     assert guard_verdict([loss, *grads])
 
 
