@@ -154,7 +154,7 @@ class TorchScheduler(Callback):
         self._active = not any(isinstance(cb, LRFinderCallback) for cb in learn.cbs)
         if not self._active:  # an lr_find sweep sets the rates itself; this scheduler is left as it was
             return
-        self._check_writers(learn)
+        self._check_writers(learn, "lr")
         self._check_monitor(learn)
         groups = learn.opt.param_groups
         before = [{k: v for k, v in g.items() if k != "params"} for g in groups]
@@ -169,6 +169,8 @@ class TorchScheduler(Callback):
                 set_group_hyper(g, "lr", g["initial_lr"])
         try:
             scheduler = self._build(learn)
+            if getattr(scheduler, "cycle_momentum", False):  # OneCycleLR, CyclicLR: the momentum is theirs too
+                self._check_writers(learn, "mom")
             if learn.resuming:
                 self._resume(learn, scheduler, saved, before)
         except BaseException:
@@ -253,20 +255,20 @@ class TorchScheduler(Callback):
                 scheduler.step()
 
     # ----- checks -----------------------------------------------------------------------------------------------------
-    def _check_writers(self, learn) -> None:
-        """Refuse a second writer of the rate in this fit."""
+    def _check_writers(self, learn, name: str) -> None:
+        """Refuse a second writer of hyperparameter `name` in this fit: another TorchScheduler or cyclr's
+        ReduceLROnPlateau (the rate), a ParamScheduler or a recipe scheduling it."""
         for cb in learn.cbs:
-            if cb is self:
-                continue
             scheds = getattr(cb, "scheds", None)
-            writes = isinstance(cb, (TorchScheduler, ReduceLROnPlateau)) or (
-                isinstance(scheds, dict) and ("lr" in scheds or "mom" in scheds))
+            writes = isinstance(scheds, dict) and name in scheds or name == "lr" and cb is not self and isinstance(
+                cb, (TorchScheduler, ReduceLROnPlateau))
             if writes:
+                what = "the learning rate" if name == "lr" else "the momentum"
                 raise ValueError(
-                    f"{cb.name} sets the learning rate (or momentum) in this fit as well as {self!r}: two writers of "
-                    "one hyperparameter. Keep one: schedule with TorchScheduler alone (combine torch schedulers with "
-                    "SequentialLR or ChainedScheduler; torch's ReduceLROnPlateau with monitor= replaces cyclr's), or "
-                    "with cyclr's (fit_one_cycle, ParamScheduler) alone"
+                    f"{cb.name} sets {what} in this fit as well as {self!r}: two writers of one hyperparameter. Keep "
+                    "one: schedule with TorchScheduler alone (combine torch schedulers with SequentialLR or "
+                    "ChainedScheduler; torch's ReduceLROnPlateau with monitor= replaces cyclr's), or with cyclr's "
+                    "(fit_one_cycle, ParamScheduler) alone"
                 )
 
     def _check_monitor(self, learn) -> None:

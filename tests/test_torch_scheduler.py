@@ -153,6 +153,10 @@ def weights(learn):
     return [p.detach().clone() for p in learn.model.parameters()]
 
 
+def one_cycle(max_lr=0.2):
+    return TorchScheduler(functools.partial(OneCycleLR, max_lr=max_lr))
+
+
 @pytest.mark.parametrize("other", ["one_cycle", "param_scheduler", "cyclr_plateau", "second_torch_scheduler"])
 def test_a_second_writer_of_the_rate_is_refused_before_any_step(other):
     learn = make_learner(cbs=[TorchScheduler(lambda opt: CosineAnnealingLR(opt, T_max=5))])
@@ -167,6 +171,17 @@ def test_a_second_writer_of_the_rate_is_refused_before_any_step(other):
             learn.fit(1, cbs=[cb])
     assert all(torch.equal(a, b) for a, b in zip(before, weights(learn), strict=True)) and learn.train_iter == 0
     assert learn.opt.param_groups[0]["lr"] == 0.05 and "initial_lr" not in learn.opt.param_groups[0]
+
+
+def test_a_cyclr_schedule_of_another_hyperparameter_runs_beside_it_and_momentum_is_one_cycles_own():
+    learn = make_learner()
+    learn.fit(1, cbs=[TorchScheduler(lambda opt: CosineAnnealingLR(opt, T_max=5)),
+                      ParamScheduler({"mom": lambda pct: 0.9 - 0.1 * pct, "wd": lambda pct: 1e-3})])
+    assert learn.recorder.lrs == torch_rates(lambda opt: CosineAnnealingLR(opt, T_max=5), STEPS_PER_EPOCH)[0]
+    assert learn.recorder.moms == pytest.approx([0.9 - 0.1 * i / STEPS_PER_EPOCH for i in range(STEPS_PER_EPOCH)])
+    with pytest.raises(ValueError, match="sets the momentum in this fit as well"):
+        learn.fit(1, cbs=[one_cycle(), ParamScheduler({"mom": lambda pct: 0.9})])
+    assert learn.opt.param_groups[0]["momentum"] == 0.9 - 0.1 * 4 / 5 and "initial_lr" not in learn.opt.param_groups[0]
 
 
 def test_bad_factories_and_settings_are_refused_before_training_saying_what_to_change():
@@ -200,10 +215,6 @@ def test_a_bare_scheduler_where_a_callback_or_schedule_goes_is_named():
 
 
 # ----- checkpoints, resume, lr_find -------------------------------------------------------------------------------
-def one_cycle(max_lr=0.2):
-    return TorchScheduler(functools.partial(OneCycleLR, max_lr=max_lr))
-
-
 def interrupted_run(tmp_path, make_ts, name="ckpt.pt"):
     path = tmp_path / name
     learn = make_learner()
