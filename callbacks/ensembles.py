@@ -127,12 +127,19 @@ class SnapshotEnsemble(Callback):
 
     def _take(self, learn, steps: int) -> None:
         self.taken.append(steps)
+        state = copy_state(learn.model)
+        if learn.is_distributed:
+            # Mid-epoch each process's batch-norm statistics are its own shard's: the snapshot takes their mean over
+            # the processes, so that it is the same everywhere (the model's own are left alone).
+            for name, buffer in learn.model.named_buffers():
+                if buffer.is_floating_point():
+                    state[name] = learn.all_reduce_mean(buffer).cpu()
         if self.path is None:
-            self.snapshots.append(copy_state(learn.model))
+            self.snapshots.append(state)
         else:
             file = str(self.path / f"snapshot-{steps:08d}.pt")
             if learn.is_main_process:
-                atomic_torch_save(copy_state(learn.model), file)
+                atomic_torch_save(state, file)
             learn.barrier()  # data-parallel: the file exists for every process before anyone reads it
             self.files.append(file)
             self.written.append(file)

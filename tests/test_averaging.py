@@ -344,3 +344,30 @@ def test_swa_scheds_run_the_head_then_the_averaging_tail():
     assert sorted(swa.points) == [18, 24]
     with pytest.raises(ValueError, match="start must be a fraction"):
         swa_scheds(head, Const(0.01), start=1.0)
+
+
+# ----- data-parallel: the same averages on every process ----------------------------------------------------------------
+def test_under_torchrun_the_averages_batch_norm_and_snapshots_agree_on_every_process(tmp_path):
+    import os
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={port}", str(Path(__file__).with_name("averaging_ddp_worker.py")), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    for part in ("swa", "ema"):
+        for k, v in ranks[0][part].items():
+            assert torch.equal(v, ranks[1][part][k]), (part, k)
+    assert len(ranks[0]["snapshots"]) == 2
+    for a, b in zip(ranks[0]["snapshots"], ranks[1]["snapshots"], strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(ranks[0]["probs"]) + len(ranks[1]["probs"]) == 64  # each process predicts on its validation shard
+    assert repr(ranks[0]["swa_row"]) == repr(ranks[1]["swa_row"])
+    assert ranks[0]["swa"]["1.running_var"].ne(1).all()  # recomputed, not the reset values
