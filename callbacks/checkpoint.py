@@ -9,8 +9,10 @@ from __future__ import annotations
 import math
 import os
 import string
+from pathlib import Path
 
 from ..data.checks import int_at_least
+from .history import history_file_name, history_writer_lock
 from .monitors import Monitor
 
 PATH_FIELDS = ("epoch", "train_iter")
@@ -70,13 +72,18 @@ class SaveModelCallback(Monitor):
             raise ValueError("load_best_at_end needs every_epoch=False: with every_epoch=True no file holds the best")
         self.best_epoch: int | None = None
         self.last_saved: str | None = None
+        self._writer_lock = None  # held from before_fit to cleanup_fit: this run's files have one writer
 
     def _file(self, learn, steps_done: int) -> str:
-        return self.path.format(epoch=learn.epoch, train_iter=steps_done) if self._templated else self.path
+        return self._format(learn.epoch, steps_done)
+
+    def _format(self, epoch: int, steps_done: int) -> str:
+        return self.path.format(epoch=epoch, train_iter=steps_done) if self._templated else self.path
 
     def before_fit(self, learn):
         if not self.every_epoch:
             self._check_monitor(learn)
+        self._claim_run_files(learn)
         if not learn.resuming:
             self._reset_best()
             self.best_epoch = None
@@ -102,6 +109,23 @@ class SaveModelCallback(Monitor):
         if self.load_best_at_end and self.best_epoch is not None:
             learn.barrier()  # data-parallel: the main process wrote the file the others read
             learn.load(self.last_saved, model_only=True)
+
+    def cleanup_fit(self, learn):
+        if self._writer_lock is not None:
+            self._writer_lock.release()
+            self._writer_lock = None
+
+    def _claim_run_files(self, learn) -> None:
+        """Refuse, before the first step, a fit whose run's history side file another process is writing (two fits
+        resumed from one checkpoint): held for the fit, the lock keeps any other process out until it ends."""
+        recorder = getattr(learn, "recorder", None)
+        folder = Path(self._format(0, 0)).parent
+        if (recorder is None or not getattr(learn, "is_main_process", True)
+                or folder != Path(self._format(1, 1)).parent):
+            return  # no side file, not the writer, or a folder per epoch: each save takes the lock for itself
+        lock = history_writer_lock(folder / history_file_name(recorder.run_id))
+        lock.acquire()
+        self._writer_lock = lock
 
     def state_dict(self) -> dict:
         # Saving every epoch tracks nothing that a resumed fit would need.

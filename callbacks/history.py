@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.state import fsync_directory
+from ..data.state import fsync_directory, open_for_write
+from ..data.writer_lock import WriterLock
 
 # Columns every row has, in the order `to_df` shows them; the others (lr_0, mom_0, eff_lr, ...) follow.
 BASE_COLUMNS = ("fit", "epoch", "train_iter", "pct", "lr", "mom", "loss", "smooth_loss")
@@ -228,6 +229,14 @@ def history_file_name(run_id: str) -> str:
     return f"cyclr-history-{run_id}.bin"
 
 
+def history_writer_lock(path) -> WriterLock:
+    """The lock that keeps a second process from writing the side file at `path` (`cyclr-history-<run>.lock` beside
+    it): two processes resuming one checkpoint would otherwise interleave their blocks and corrupt each other's
+    checkpoints. SaveModelCallback holds it for the whole fit; each append takes it too."""
+    path = Path(path)
+    return WriterLock(path.with_suffix(".lock"), f"the batch history {path}")
+
+
 def _chain(previous: bytes, payload: bytes) -> bytes:
     return hashlib.sha256(previous + hashlib.sha256(payload).digest()).digest()
 
@@ -305,8 +314,13 @@ def append_history_file(path, history: BatchHistory, known: dict | None) -> dict
     is cut off."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    created = not path.exists()
-    with open(path, "a+b") as f:
+    with history_writer_lock(path):
+        return _append(path, history, known)
+
+
+def _append(path: Path, history: BatchHistory, known: dict | None) -> dict:
+    with open_for_write(path, "a+b") as f:
+        created = os.fstat(f.fileno()).st_size == 0  # new, or made empty by a save killed before its first byte
         f.seek(0)
         if created or f.read(len(FILE_MAGIC)) != FILE_MAGIC:
             if not created:

@@ -65,12 +65,36 @@ def test_a_save_killed_mid_write_leaves_a_recognisable_temp_file_that_the_next_s
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
 
 
+LIVE_WRITER = """
+import sys
+from cyclr.data.state import atomic_write
+
+def write(f):
+    f.write(b"the other writer's checkpoint")
+    print("writing", flush=True)
+    sys.stdin.readline()
+
+atomic_write(sys.argv[1], write)
+"""
+
+
 def test_a_live_writers_temp_file_is_left_alone(tmp_path):
-    # A temp file named for this test's parent process (alive) belongs to a writer that may still be at work.
-    alive = tmp_path / f".ckpt.pt.{os.getppid()}.abc{TEMP_SUFFIX}"
-    alive.write_bytes(b"partial")
-    atomic_torch_save({"a": 1}, tmp_path / "ckpt.pt")
-    assert alive.exists()
+    # Another process in the middle of writing the same checkpoint: its temporary file is locked while in use.
+    writer = subprocess.Popen([sys.executable, "-c", LIVE_WRITER, str(tmp_path / "ckpt.pt")], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline() == "writing\n"
+        (temp,) = tmp_path.glob(f".ckpt.pt.{writer.pid}.*{TEMP_SUFFIX}")
+        atomic_torch_save({"a": 1}, tmp_path / "ckpt.pt")
+        assert temp.exists()
+        writer.stdin.write("\n")
+        writer.stdin.close()
+        assert writer.wait(timeout=60) == 0
+    finally:
+        writer.kill()
+        writer.wait(timeout=60)
+        writer.stdout.close()
+    assert (tmp_path / "ckpt.pt").read_bytes() == b"the other writer's checkpoint"  # its rename found its file
 
 
 def test_checkpoints_honour_the_umask_and_keep_an_existing_files_mode(tmp_path):
@@ -281,13 +305,35 @@ def test_numpy_scalars_are_accepted_wherever_python_numbers_are():
     assert len(learn.recorder.batch_rows) == 12
 
 
-# ----- the README's table of faults: each row names the test that attacks it (which must exist) ---------------------
+# ----- the docs' table of faults: each row names the test that attacks it (which must exist) ---------------------
 FAULTS = [
-    ("SIGKILL between writing a checkpoint and renaming it", "old checkpoint intact; the stale `.cyclr-tmp` file "
-     "(named by pid) is removed by the next save", "test_a_save_killed_mid_write_leaves_a_recognisable_temp_file_that_"
-     "the_next_save_removes"),
-    ("another live process writing the same checkpoint", "its temporary file is left alone",
-     "test_a_live_writers_temp_file_is_left_alone"),
+    ("SIGKILL between writing a checkpoint and renaming it", "old checkpoint intact; the stale `.cyclr-tmp` file, "
+     "which no process holds locked any more, is removed by the next save", "test_a_save_killed_mid_write_leaves_a_"
+     "recognisable_temp_file_that_the_next_save_removes"),
+    ("another live process writing the same checkpoint", "its temporary file, locked while in use, is left alone; "
+     "its rename succeeds", "test_a_live_writers_temp_file_is_left_alone"),
+    ("a process in another pid namespace (a container sharing the folder) holding an `lr_find` snapshot and a "
+     "checkpoint's temporary file; its pid not alive on this host", "both kept (liveness is the lock it holds, not "
+     "its pid): its sweep restores the weights exactly and its rename succeeds",
+     "test_a_process_in_another_pid_namespace_keeps_its_snapshot_and_temp_file_until_it_dies"),
+    ("that process SIGKILLed", "its lock died with it: the next snapshot and save remove its files",
+     "test_files_of_a_killed_owner_in_another_pid_namespace_are_removed"),
+    ("a symbolic link to a world-readable file planted at a checkpoint's path, saved under umask 077",
+     "the link replaced, never written through; the checkpoint 0600 (the umask's), the target untouched",
+     "test_a_link_planted_at_a_checkpoint_path_is_replaced_and_its_targets_mode_is_not_copied"),
+    ("a symbolic link planted at the history side file's path", "refused naming the link; its target untouched",
+     "test_a_link_planted_at_the_history_side_file_is_refused_and_its_target_untouched"),
+    ("a symbolic link (also dangling) or a FIFO where cyclr appends or writes a file (`data.state.open_for_write`)",
+     "refused at once naming the path; new files take the umask's mode, existing regular files keep theirs",
+     "test_open_for_write_refuses_links_and_fifos_keeps_a_regular_files_mode_and_honours_the_umask"),
+    ("two processes resuming one checkpoint with the same SaveModelCallback path", "the second refused before any "
+     "step, naming the first (pid, host); every checkpoint still reads with its history",
+     "test_two_processes_resuming_one_checkpoint_the_second_is_refused_before_any_step_naming_the_first"),
+    ("the writer of a run's files SIGKILLed", "its lock died with it: the next writer goes on",
+     "test_the_writer_lock_dies_with_its_holder"),
+    ("a file system that refuses locks (ENOLCK)", "warned; writers still excluded, by the exclusive creation of the "
+     "lock file (after a crash, removed by hand as the message says)",
+     "test_where_the_file_system_refuses_locks_writers_still_exclude_each_other"),
     ("full disk during a save", "`OSError(ENOSPC)`: no space left at PATH, previous checkpoint intact",
      "test_a_full_disk_says_no_space_left_and_keeps_the_old_checkpoint"),
     ("one flipped bit in a checkpoint's weights", "refused as corrupt (SHA-256 of every part), learner unchanged",
@@ -332,8 +378,9 @@ FAULTS = [
      "allowed, the new settings apply from the resume point for every scheduler",
      "test_another_scheduler_setting_is_refused_naming_it_and_nothing_changes"),
     ("SIGKILL during `lr_find` while its snapshot is in a temporary file (above `snapshot_memory_limit`)",
-     "the file, `cyclr-lr-find-<pid>.<random>.pt`, is removed by the next snapshot written to a file; live "
-     "processes' files are kept", "test_the_next_snapshot_removes_the_file_of_a_killed_process_and_keeps_live_ones"),
+     "the file, `cyclr-lr-find-<pid>.<random>.pt`, is removed by the next snapshot written to a file; files live "
+     "processes hold locked are kept",
+     "test_the_next_snapshot_removes_the_file_of_a_killed_process_and_keeps_live_ones"),
     ("a label out of range in a later batch of a torch DataLoader", "the loss's own exception type, chained from "
      "torch's, naming the phase, batch and epoch, the targets' range, the model's classes and what to change",
      "test_a_bad_label_in_the_third_training_batch_names_the_batch_and_the_range"),
@@ -353,9 +400,11 @@ def test_the_faults_table_is_backed_by_tests_and_up_to_date():
     assert not missing, f"the faults table names tests that do not exist: {missing}"
     table = "| fault | what happens | test |\n|---|---|---|\n" + "".join(
         f"| {fault} | {outcome} | `{name}` |\n" for fault, outcome, name in FAULTS)
-    readme_path = tests.parent / "README.md"
-    readme = readme_path.read_text()
-    start, end = readme.index(FAULTS_START) + len(FAULTS_START), readme.index(FAULTS_END)
-    if readme[start:end] != "\n" + table:
-        readme_path.write_text(readme[:start] + "\n" + table + readme[end:])
-        pytest.fail("regenerated the README's faults table from FAULTS: review and commit it")
+    repo = tests.parent
+    holders = [p for p in [repo / "README.md", *sorted((repo / "docs").rglob("*.md"))] if FAULTS_START in p.read_text()]
+    assert len(holders) == 1, f"the faults table's markers should be in one page, found in {holders}"
+    page = holders[0].read_text()
+    start, end = page.index(FAULTS_START) + len(FAULTS_START), page.index(FAULTS_END)
+    if page[start:end] != "\n" + table:
+        holders[0].write_text(page[:start] + "\n" + table + page[end:])
+        pytest.fail(f"regenerated the faults table in {holders[0].relative_to(repo)} from FAULTS: review and commit it")

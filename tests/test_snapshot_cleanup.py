@@ -1,6 +1,6 @@
-"""The LR finder's snapshot file (`TrainingSnapshot` above its memory limit) survives a SIGKILL of its process: its
-name carries the pid, and the next snapshot written to a file removes the ones whose process is gone, never those of
-a live process."""
+"""The LR finder's snapshot file (`TrainingSnapshot` above its memory limit) survives a SIGKILL of its process: the
+snapshot holds a lock on it while in use, and the next snapshot written to a file removes the ones nobody holds, never
+those of a live process (tests/test_shared_machine.py: one in another pid namespace)."""
 
 import os
 import signal
@@ -15,12 +15,14 @@ from torch import nn
 from cyclr.callbacks import Callback
 from cyclr.callbacks.snapshot import TrainingSnapshot
 from cyclr.data import synthetic_classification
+from cyclr.data.state import create_owned_file
 from cyclr.learner import Learner
 
 SNAPSHOT_THEN_SLEEP = """
 import time
 from torch import nn
 from cyclr.callbacks.snapshot import TrainingSnapshot
+from cyclr.data.state import create_owned_file
 from cyclr.data import synthetic_classification
 from cyclr.learner import Learner
 
@@ -39,20 +41,28 @@ def make_learner(**kwargs):
                    progress=False, **kwargs)
 
 
-def snapshot_of_a_killed_process(tmp_path) -> str:
-    """The path of the snapshot file a process wrote before it was SIGKILLed (so it could not remove it)."""
+def start_snapshot_owner(tmp_path) -> tuple[subprocess.Popen, str]:
+    """A process holding a snapshot file in `tmp_path`, and that file's path."""
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     child = subprocess.Popen([sys.executable, "-c", SNAPSHOT_THEN_SLEEP], env=env, stdout=subprocess.PIPE, text=True)
-    try:
-        path = child.stdout.readline().strip()
-    finally:
-        child.kill()  # SIGKILL: no finally, no atexit, no discard() runs in the child
-        child.wait(timeout=60)
-        child.stdout.close()
-    assert child.returncode == -signal.SIGKILL
+    path = child.stdout.readline().strip()
     assert os.path.dirname(path) == str(tmp_path)
     assert os.path.basename(path).startswith(f"cyclr-lr-find-{child.pid}.") and path.endswith(".pt")
     assert os.path.getsize(path) > 0
+    return child, path
+
+
+def stop(child: subprocess.Popen) -> None:
+    child.kill()  # SIGKILL: no finally, no atexit, no discard() runs in the child
+    child.wait(timeout=60)
+    child.stdout.close()
+    assert child.returncode == -signal.SIGKILL
+
+
+def snapshot_of_a_killed_process(tmp_path) -> str:
+    """The path of the snapshot file a process wrote before it was SIGKILLed (so it could not remove it)."""
+    child, path = start_snapshot_owner(tmp_path)
+    stop(child)
     return path
 
 
@@ -60,27 +70,29 @@ def test_the_next_snapshot_removes_the_file_of_a_killed_process_and_keeps_live_o
     stale = snapshot_of_a_killed_process(tmp_path)
     assert os.path.exists(stale)  # the kill left it behind
 
-    # Files of live processes: this one (another snapshot of ours may be in use) and a running child.
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    # Files in use: one this process holds open (another snapshot of ours) and a running child's snapshot.
+    live_child, theirs = start_snapshot_owner(tmp_path)
     try:
-        ours = tmp_path / f"cyclr-lr-find-{os.getpid()}.byhand.pt"
-        theirs = tmp_path / f"cyclr-lr-find-{sleeper.pid}.byhand.pt"
+        fd, ours = create_owned_file(tmp_path, f"cyclr-lr-find-{os.getpid()}.", ".pt")
+        os.write(fd, b"in use")
+        # Not named the way cyclr names its files (a pid, then a dot): never touched.
         unrelated = [tmp_path / "cyclr-lr-find-notapid.pt", tmp_path / "other-9.pt"]
-        for path in [ours, theirs, *unrelated]:
-            path.write_bytes(b"in use")
+        for path in unrelated:
+            path.write_bytes(b"someone's")
 
         monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
         snapshot = TrainingSnapshot(make_learner(), memory_limit=0)
         assert not os.path.exists(stale)
         assert os.path.basename(snapshot.path).startswith(f"cyclr-lr-find-{os.getpid()}.")
         kept = sorted(p.name for p in tmp_path.iterdir())
-        assert kept == sorted([os.path.basename(snapshot.path), ours.name, theirs.name, *(p.name for p in unrelated)])
-        assert ours.read_bytes() == theirs.read_bytes() == b"in use"
+        assert kept == sorted(os.path.basename(p) for p in [snapshot.path, ours, theirs, *unrelated])
+        os.close(fd)
     finally:
-        sleeper.kill()
-        sleeper.wait(timeout=60)
+        stop(live_child)
     snapshot.discard()
     assert not os.path.exists(snapshot.path or "") and snapshot.path is None
+    TrainingSnapshot(make_learner(), memory_limit=0).discard()  # nobody holds them any more
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in unrelated)
 
 
 def test_an_in_memory_snapshot_touches_no_file(tmp_path, monkeypatch):
