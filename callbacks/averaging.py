@@ -2,8 +2,8 @@
 average of the weights), both on torch's `torch.optim.swa_utils` (`AveragedModel`, `update_bn`,
 `get_ema_multi_avg_fn`).
 
-Both keep their averaged copy beside the model (`swa.model`, `ema.model`), save it in `state_dict()` so that a
-checkpoint taken mid-fit resumes exactly, sit out the LR finder's sweep, and add columns to the epoch table: how many
+Both keep their averaged copy beside the model (`swa.model`, `ema.model`; each fit starts its own average), save it
+in `state_dict()` so that a checkpoint taken mid-fit resumes exactly, sit out the LR finder's sweep, and add columns to the epoch table: how many
 weights have been averaged so far (`swa_n`, `ema_n`: 0 while averaging has not started) and the averaged model's
 validation loss and metrics (`swa_valid_loss`, `swa_<metric>`; `ema_...`), NaN where it was not validated.
 

@@ -251,8 +251,8 @@ def averaging_markdown(summary: list[dict], rows: list[dict], config: dict, quic
     lines += ["", "The papers' claims, measured here:", "", "| claim | measured | holds |", "|---|---|---|"]
     for claim, measured, holds in averaging_claims(rows):
         lines.append(f"| {claim} | {measured} | {'n/a' if holds is None else 'yes' if holds else 'no'} |")
-    lines += ["", "Per-step cost of the averaging callbacks: `benchmarks/averaging_cost.py` "
-              "(figures in benchmarks/README.md)."]
+    lines += ["", "Per-step cost of the averaging callbacks, side by side with the same fit without them: "
+              "`benchmarks/averaging_cost.py` (its output in averaging_cost.txt beside this table)."]
     return "\n".join(lines + [""])
 
 
