@@ -103,7 +103,8 @@ class Report:
             note = section.get("reason") or section.get("error", "")
             carried = " (carried over)" if name in self.carried else ""
             lines.append(f"{name}: {status}{carried}" + (f" -- {note}" if note else ""))
-            lines += [f"  {key}: {one_line(value)}" for key, value in section.items() if isinstance(value, dict)]
+            lines += [f"  {key}: {one_line(value)}" for key, value in section.items()
+                      if isinstance(value, dict) and one_line(value)]
         return "\n".join(lines) + "\n"
 
 

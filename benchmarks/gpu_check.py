@@ -152,7 +152,8 @@ def run_sections(ctx: Context, previous_path) -> None:
             ctx.report.finish(name, "skipped", reason=f"needs at least {floor:.0f} s to measure its first epoch; "
                                                       f"{max(left, 0):.0f} s of the budget left")
             continue
-        print(f"[plan] {name}: starting with {left:.0f} s left", flush=True)
+        if floor is not None:
+            print(f"[plan] {name}: starting with {left:.0f} s left", flush=True)
         started = time.perf_counter()
         try:
             run(ctx)

@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+from gpu_budget import load_previous
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PACK = ROOT / ".gpu-pack"
 TRAVEL_LIMIT = 64 * 2**20  # the device tool's limit on what travels: tree, shared/ and carried paths
@@ -214,6 +216,8 @@ def main(argv=None) -> None:
     if args.keep:
         print(f"kept in {keep(args.keep)}")
         return
+    if args.skip_done:
+        load_previous(args.skip_done)  # a clear error now, before anything is packed
     folder = args.pack_dir.resolve()
     if ROOT not in folder.parents:
         raise SystemExit(f"--pack-dir {folder} must be inside the repository {ROOT}: only the tree travels")
