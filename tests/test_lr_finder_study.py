@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from experiments.common import read_rows
-from experiments.lr_finder_report import summarize
 from experiments.lr_finder_study import LRFinderStudy, StudyConfig, grid_extension, log_grid, run_lr_finder_study
 from experiments.lr_finder_tasks import TASKS, digits_split, motif_sequences
 

@@ -31,14 +31,20 @@ def make_learner(cbs=(), opt_func=sgd):
                    progress=False, cbs=list(cbs))
 
 
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory):
+    # One store for the module's MLflow runs: creating a store (its schema migrations) is the slow part.
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
 def prune_from_epoch_1() -> optuna.pruners.BasePruner:
     # A valid loss is always above 0: this pruner stops every trial at its first step past the warm-up.
     return optuna.pruners.ThresholdPruner(upper=0.0, n_warmup_steps=1)
 
 
-def test_pruned_trial_stops_cleanly(tmp_path):
+def test_pruned_trial_stops_cleanly(tmp_path, mlflow_uri):
     ckpt_dir, tb_dir = tmp_path / "ckpt", tmp_path / "tb"
-    mlflow_cb = MLflowCallback(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="tune")
+    mlflow_cb = MLflowCallback(tracking_uri=mlflow_uri, experiment="pruned")
     tb_cb = TensorBoardCallback(tb_dir)
     saver = SaveModelCallback(ckpt_dir / "ckpt_{epoch}.pt", every_epoch=True)
     learners = []
@@ -74,8 +80,8 @@ def test_pruned_trial_stops_cleanly(tmp_path):
     assert tb_cb.writer is None
 
 
-def test_kept_trial_finishes(tmp_path):
-    mlflow_cb = MLflowCallback(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="tune")
+def test_kept_trial_finishes(mlflow_uri):
+    mlflow_cb = MLflowCallback(tracking_uri=mlflow_uri, experiment="kept")
     learners = []
 
     def objective(trial):
@@ -157,8 +163,9 @@ def test_tune_lr_resumes_from_its_database(tmp_path):
 
 
 def test_tune_lr_scores_a_diverged_fit_as_the_worst(tmp_path):
-    study = tune_lr(make_learner, n_trials=1, epochs=2, storage=f"sqlite:///{tmp_path / 's.db'}",
-                    search={"max_lr": (1e4, 1e5)}, monitor="accuracy")
+    with pytest.warns(RuntimeWarning, match="the training loss is (nan|inf)"):
+        study = tune_lr(make_learner, n_trials=1, epochs=2, storage=f"sqlite:///{tmp_path / 's.db'}",
+                        search={"max_lr": (1e4, 1e5)}, monitor="accuracy")
     trial = study.trials[0]
     assert trial.state == optuna.trial.TrialState.COMPLETE
     assert trial.value == -math.inf and trial.user_attrs["diverged"] is True
