@@ -178,7 +178,8 @@ class MLflowCallback(TrackerCallback):
         if self._client is None:
             from mlflow import MlflowClient
 
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            with store_lock(self._sqlite_path):  # the client may create the store's tables: see _experiment_id
+                self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
 
     @property
@@ -190,19 +191,21 @@ class MLflowCallback(TrackerCallback):
     def _experiment_id(self) -> str:
         # Runs started at once on a new SQLite file would each create its tables (MLflow's migrations are not safe
         # to run twice at the same time): the first creates them under the lock, the others then find them.
+        client = self.client  # outside the lock, which creating it takes
         with store_lock(self._sqlite_path):
-            found = self.client.get_experiment_by_name(self.experiment)
+            found = client.get_experiment_by_name(self.experiment)
             if found is not None:
                 return found.experiment_id
             location = None
             if self._sqlite_path is not None:  # artifacts beside the database, not in the current folder
                 location = (self._sqlite_path.parent / "mlartifacts").resolve().as_uri()
-            return self.client.create_experiment(self.experiment, artifact_location=location)
+            return client.create_experiment(self.experiment, artifact_location=location)
 
     def _open(self, learn) -> None:
         self._skip = {}
         if self.run_id is None:
-            run = self.client.create_run(self._experiment_id(), run_name=self.run_name, tags={"cyclr.kind": "fit"})
+            experiment_id = self._experiment_id()  # first: creating the client may create the store
+            run = self.client.create_run(experiment_id, run_name=self.run_name, tags={"cyclr.kind": "fit"})
             self.run_id = run.info.run_id
             return
         self.client.update_run(self.run_id, status="RUNNING")  # a later fit, or a resumed one, of the same run
@@ -245,7 +248,8 @@ class MLflowCallback(TrackerCallback):
 
         name = f"{self.run_name} lr_find" if self.run_name else "lr_find"
         tags = {"cyclr.kind": "lr_find"} | ({"cyclr.training_run": self.run_id} if self.run_id else {})
-        run = self.client.create_run(self._experiment_id(), run_name=name, tags=tags)
+        experiment_id = self._experiment_id()
+        run = self.client.create_run(experiment_id, run_name=name, tags=tags)
         now = int(time.time() * 1000)
         wd = get_hyper(learn.opt.param_groups[finder.reference_group], "wd")
         params = [Param(k, str(v)) for k, v in (("start_lr", finder.start_lr), ("end_lr", finder.end_lr),

@@ -1,12 +1,13 @@
 """One small fit in a process of its own, for tests/test_trackers_concurrency.py: several of these start together
-(each waits for the same wall-clock instant, `--start-at`) in one folder, with a tracker or a CSVLogger at its
-default or given location, to attack what runs started at once share.
+in one folder, with trackers or a CSVLogger at their default or given location, to attack what runs started at
+once share. Each creates `--ready FILE` once imported, then waits for `--go FILE` before it creates its loggers
+and fits, so that all start within milliseconds.
 
-    python tests/tracker_worker.py --logger {tensorboard,mlflow,csv} --start-at T --out RESULT.json
-        [--path P] [--epochs N] [--step-sleep S] [--ready FILE]
+    python tests/tracker_worker.py --loggers tensorboard,mlflow,csv --ready R --go G --out RESULT.json
+        [--path P] [--epochs N] [--step-sleep S] [--started FILE]
 
-Prints nothing; writes RESULT.json: {"ok": true, "steps": [...], "losses": [...], "run": <run id / folder>} or
-{"ok": false, "error": "<type>: <message>"}. `--ready FILE` is created once the fit is past its first step.
+Writes RESULT.json: {"ok": true, "steps": [...], "losses": [...], "runs": {logger: run id / folder}} or
+{"ok": false, "error": "<type>: <message>"}. `--started FILE` is created once the fit is past its first step.
 """
 
 import argparse
@@ -27,12 +28,12 @@ from cyclr.learner import Learner
 class Pace(Callback):
     """Sleeps after each step (so runs overlap), and says when the fit is past its first step."""
 
-    def __init__(self, sleep: float, ready: str | None):
-        self.sleep, self.ready = sleep, ready
+    def __init__(self, sleep: float, started: str | None):
+        self.sleep, self.started = sleep, started
 
     def after_batch(self, learn):
-        if learn.training and self.ready and not os.path.exists(self.ready):
-            Path(self.ready).touch()
+        if learn.training and self.started and not os.path.exists(self.started):
+            Path(self.started).touch()
         time.sleep(self.sleep)
 
 
@@ -52,30 +53,38 @@ def make_logger(kind: str, path: str | None):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--logger", required=True, choices=["tensorboard", "mlflow", "csv"])
-    parser.add_argument("--start-at", type=float, required=True)
+    parser.add_argument("--loggers", required=True, help="comma-separated: tensorboard, mlflow, csv")
+    parser.add_argument("--ready", required=True)
+    parser.add_argument("--go", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--path", default=None)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--step-sleep", type=float, default=0.0)
-    parser.add_argument("--ready", default=None)
+    parser.add_argument("--started", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(os.getpid())
     dls = synthetic_classification(n_train=96, n_valid=32, bs=16, seed=0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
-    logger = make_logger(args.logger, args.path)
-    learn = Learner(model, dls, nn.CrossEntropyLoss(), lr=1e-2, device="cpu", progress=False, cbs=[logger])
-    time.sleep(max(0.0, args.start_at - time.time()))
+    learn = Learner(model, dls, nn.CrossEntropyLoss(), lr=1e-2, device="cpu", progress=False)
+    if "mlflow" in args.loggers:
+        import mlflow  # noqa: F401 - imported before the start: seconds, which would spread the starts out
+    if "tensorboard" in args.loggers:
+        from torch.utils import tensorboard  # noqa: F401
+    Path(args.ready).touch()
+    while not os.path.exists(args.go):
+        time.sleep(0.01)
     try:
-        learn.fit(args.epochs, cbs=[Pace(args.step_sleep, args.ready)])
+        loggers = {kind: make_logger(kind, args.path) for kind in args.loggers.split(",")}
+        learn.fit(args.epochs, cbs=[*loggers.values(), Pace(args.step_sleep, args.started)])
     except Exception as e:  # noqa: BLE001 - the test reads what failed
         result = {"ok": False, "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()}
     else:
         batches = learn.recorder.to_df("batches")
         result = {"ok": True, "steps": [int(s) for s in batches["train_iter"]],
                   "losses": [float(v) for v in batches["loss"]],
-                  "run": getattr(logger, "run_id", None) or getattr(logger, "log_dir", None)}
+                  "runs": {kind: getattr(cb, "run_id", None) or getattr(cb, "log_dir", None)
+                           for kind, cb in loggers.items()}}
     Path(args.out).write_text(json.dumps(result))
 
 
