@@ -226,18 +226,38 @@ class Recorder(Callback):
             # Data-parallel: each step's loss averaged over all processes' batches (one collective per epoch).
             losses = learn.all_reduce_mean(losses)
         losses = losses.tolist()
-        for loss, (epoch, train_iter, pct, lrs, moms, *eff) in zip(losses, self._pending_hypers, strict=True):
-            row = {"fit": self.fit_index, "epoch": epoch, "train_iter": train_iter, "pct": pct,
-                   "loss": loss, "smooth_loss": self.smoother.add(loss), "lr": lrs[-1], "mom": moms[-1]}
-            eff_lrs = eff[0] if eff else None  # Prodigy / D-Adaptation: d * lr (callbacks/optimizer_modes.py)
-            if eff_lrs is not None:
-                row["eff_lr"] = eff_lrs[-1]
-            if len(lrs) > 1:
-                row.update({f"lr_{i}": v for i, v in enumerate(lrs)})
-                row.update({f"mom_{i}": v for i, v in enumerate(moms)})
-                row.update({f"eff_lr_{i}": v for i, v in enumerate(eff_lrs or ())})
-            self.history.append(row)
+        smooth = [self.smoother.add(loss) for loss in losses]
+        hypers = [(*h, None) if len(h) == 5 else h for h in self._pending_hypers]  # 5: saved before eff_lr
+        n_groups, has_eff = len(hypers[0][3]), hypers[0][5] is not None
+        if all(len(h[3]) == n_groups and (h[5] is not None) == has_eff for h in hypers):
+            self.history.extend(self._columns(losses, smooth, hypers, n_groups, has_eff), len(losses))
+        else:  # the optimizer's groups changed within the block: row by row
+            for loss, smoothed, h in zip(losses, smooth, hypers, strict=True):
+                self.history.append(self._row(loss, smoothed, *h))
         self._pending_losses, self._pending_hypers = [], []
+
+    def _row(self, loss, smoothed, epoch, train_iter, pct, lrs, moms, eff_lrs) -> dict:
+        row = {"fit": self.fit_index, "epoch": epoch, "train_iter": train_iter, "pct": pct,
+               "loss": loss, "smooth_loss": smoothed, "lr": lrs[-1], "mom": moms[-1]}
+        if eff_lrs is not None:  # Prodigy / D-Adaptation: d * lr (callbacks/optimizer_modes.py)
+            row["eff_lr"] = eff_lrs[-1]
+        if len(lrs) > 1:
+            row.update({f"lr_{i}": v for i, v in enumerate(lrs)})
+            row.update({f"mom_{i}": v for i, v in enumerate(moms)})
+            row.update({f"eff_lr_{i}": v for i, v in enumerate(eff_lrs or ())})
+        return row
+
+    def _columns(self, losses, smooth, hypers, n_groups: int, has_eff: bool) -> dict[str, np.ndarray]:
+        """The rows `_row` would make, as columns in the same order (one numpy array each, not a dict per row)."""
+        ints = lambda k: np.array([h[k] for h in hypers], np.int64)  # noqa: E731
+        floats = lambda k, i: np.array([h[k][i] for h in hypers], np.float64)  # noqa: E731
+        columns = {"fit": np.full(len(losses), self.fit_index, np.int64), "epoch": ints(0), "train_iter": ints(1),
+                   "pct": np.array([h[2] for h in hypers], np.float64), "loss": np.array(losses, np.float64),
+                   "smooth_loss": np.array(smooth, np.float64), "lr": floats(3, -1), "mom": floats(4, -1),
+                   **({"eff_lr": floats(5, -1)} if has_eff else {})}
+        for name, k in (("lr", 3), ("mom", 4), ("eff_lr", 5)) if n_groups > 1 else ():
+            columns.update({f"{name}_{i}": floats(k, i) for i in range(n_groups) if k < 5 or has_eff})
+        return columns
 
     # ----- reading the history ----------------------------------------------------------------------------------
     @property

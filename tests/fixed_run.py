@@ -67,4 +67,9 @@ def fixed_run_adamw() -> dict:
     learn.fit(2, wd=0.01, cbs=[CyclicLRCallback(1e-4, [2e-3, 6e-3], step_size=3, mode="triangular2",
                                                 base_momentum=0.85, max_momentum=0.95)])
     learn.fit(2, lr=1e-3, cbs=[ParamScheduler({"wd": Lin(0.05, 0.0), "beta2": Lin(0.99, 0.999)})])
-    return _history(learn, finder)
+    out = _history(learn, finder)
+    # The whole per-batch table, every column in its order (pct, smoothed loss, each group's lr and momentum...).
+    batches = learn.recorder.to_df("batches")
+    out["batch_table"] = {f"{i:02d}_{name}": torch.tensor(batches[name].to_numpy(dtype="float64"))
+                          for i, name in enumerate(batches.columns)}
+    return out

@@ -41,4 +41,10 @@ def test_adamw_run_of_every_recipe_is_bitwise_the_one_recorded_before_the_schedu
         torch.testing.assert_close(got[key], ref[key], rtol=1e-6, atol=1e-7, msg=key)
     for name, value in ref["weights"].items():
         torch.testing.assert_close(got["weights"][name], value, rtol=1e-6, atol=1e-7, msg=name)
+    assert list(got["batch_table"]) == list(ref["batch_table"])  # the same columns, in the same order
+    for name, column in ref["batch_table"].items():
+        if "loss" in name:
+            torch.testing.assert_close(got["batch_table"][name], column, rtol=1e-6, atol=1e-7, msg=name)
+        else:
+            assert torch.equal(got["batch_table"][name], column), name
     assert len(got["lrs"]) == 5 * (2 + 1 + 2 + 3 + 2 + 2)  # 5 batches an epoch; the sweep is not in the history
