@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 DATASET := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test setup dataset lint bench bench-peers clean
+.PHONY: demo test setup dataset lint docs bench bench-peers clean
 
 demo: setup
 	$(VENV)/bin/cyclr demo
@@ -32,6 +32,18 @@ dataset:
 
 lint: setup
 	$(VENV)/bin/ruff check .
+
+# The documentation site, into build/site/ (open build/site/index.html). The notebooks are executed in quick mode
+# first, each only when it changed since its last run (the notebook test also leaves its executed copies there), so
+# the site shows their outputs; the API reference is read from the docstrings.
+EXECUTED_NBS := $(patsubst nbs/%,build/nbs/%,$(wildcard nbs/*.ipynb))
+
+docs: setup $(EXECUTED_NBS)
+	$(VENV)/bin/mkdocs build --strict
+
+build/nbs/%.ipynb: nbs/%.ipynb | $(STAMP)
+	CYCLR_QUICK=1 $(VENV)/bin/jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=600 \
+	    --output-dir build/nbs $<
 
 bench: setup
 	$(PY) benchmarks/overhead.py

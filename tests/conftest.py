@@ -14,3 +14,15 @@ matplotlib.use("Agg")
 import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("CYCLR_TEST_THREADS", "1")))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def close_figures():
+    """Closes every matplotlib figure the test opened, so a long run does not keep hundreds of them alive."""
+    import matplotlib.pyplot as plt
+
+    yield
+    plt.close("all")

@@ -1,5 +1,6 @@
 """The notebooks in nbs/: committed without outputs, and each runs top to bottom in quick mode (CYCLR_QUICK=1), where
-it asserts its claims with loose bounds. A failing cell or claim fails the test."""
+it asserts its claims with loose bounds. A failing cell or claim fails the test. The executed copy, with its outputs,
+is written to build/nbs/, where the documentation site (docs/hooks.py) renders it from."""
 
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import nbformat
 import pytest
 
 NBS = Path(__file__).resolve().parents[1] / "nbs"
+EXECUTED = NBS.parent / "build" / "nbs"
 NOTEBOOKS = ["00_quickstart.ipynb", "01_custom_callbacks.ipynb", "02_blog_experiments.ipynb",
              "03_d2l_lr_scheduling.ipynb", "04_bring_your_own.ipynb", "05_transfer_learning.ipynb",
              "06_tracking.ipynb", "07_schedule_free.ipynb"]
@@ -50,3 +52,5 @@ def test_notebook_runs_in_quick_mode(name, kernel_name, monkeypatch):
     client.execute()  # raises CellExecutionError, with the cell and its traceback, when a cell fails
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.get("output_type") == "error"]
     assert not errors
+    EXECUTED.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, EXECUTED / name)
