@@ -178,6 +178,12 @@ class Batches:
                 return b.to(self.device, memory_format=torch.channels_last, non_blocking=True)
             return b if b.device == self.device else b.to(self.device, non_blocking=True)
         if isinstance(b, (list, tuple)):
+            if not self.channels_last:
+                for o in b:  # the usual (x, y) already on the device: nothing to build
+                    if not isinstance(o, torch.Tensor) or o.device != self.device:
+                        break
+                else:
+                    return b
             moved = [self.to_device(o) for o in b]
             return b if all(m is o for m, o in zip(moved, b, strict=True)) else type(b)(moved)
         if isinstance(b, dict):
