@@ -17,6 +17,7 @@ import importlib.util
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -118,9 +119,14 @@ class OptunaPruning(Monitor):
             return
         for cb in learn.cbs:
             if isinstance(cb, MLflowCallback) and cb.run_id is not None:
-                cb.client.set_tag(cb.run_id, "optuna.trial", str(self.trial.number))
-                cb.client.set_tag(cb.run_id, "optuna.pruned_epoch", str(self.pruned_epoch))
-                cb.client.set_terminated(cb.run_id, "KILLED")
+                try:
+                    cb.client.set_tag(cb.run_id, "optuna.trial", str(self.trial.number))
+                    cb.client.set_tag(cb.run_id, "optuna.pruned_epoch", str(self.pruned_epoch))
+                    cb.client.set_terminated(cb.run_id, "KILLED")
+                except Exception as e:  # noqa: BLE001 - raising here would replace TrialPruned: the trial would FAIL
+                    warnings.warn(f"OptunaPruning could not mark the MLflow run {cb.run_id} of pruned trial "
+                                  f"{self.trial.number} as KILLED ({type(e).__name__}: {e}); it stays FINISHED",
+                                  RuntimeWarning, stacklevel=2)
 
 
 # ----- the recipe ---------------------------------------------------------------------------------------------------

@@ -80,6 +80,26 @@ def test_pruned_trial_stops_cleanly(tmp_path, mlflow_uri):
     assert tb_cb.writer is None
 
 
+def test_pruned_trial_stays_pruned_when_its_run_cannot_be_marked(mlflow_uri, monkeypatch):
+    from mlflow import MlflowClient
+
+    def refuse(*args, **kwargs):
+        raise OSError("the store is read-only")
+
+    monkeypatch.setattr(MlflowClient, "set_tag", refuse)
+    mlflow_cb = MLflowCallback(tracking_uri=mlflow_uri, experiment="unmarked")
+
+    def objective(trial):
+        make_learner(cbs=[mlflow_cb]).fit_one_cycle(3, max_lr=0.05, cbs=[OptunaPruning(trial)])
+        return 0.0
+
+    study = optuna.create_study(pruner=prune_from_epoch_1())
+    with pytest.warns(RuntimeWarning, match="could not mark the MLflow run .* as KILLED .*read-only.*stays FINISHED"):
+        study.optimize(objective, n_trials=1)
+    assert study.trials[0].state == optuna.trial.TrialState.PRUNED
+    assert mlflow_cb.client.get_run(mlflow_cb.run_id).info.status == "FINISHED"
+
+
 def test_kept_trial_finishes(mlflow_uri):
     mlflow_cb = MLflowCallback(tracking_uri=mlflow_uri, experiment="kept")
     learners = []
