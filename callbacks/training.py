@@ -9,9 +9,7 @@ Every callback here keeps its state in `state_dict()` (plain values), so a resum
 
 from __future__ import annotations
 
-import csv
 import math
-import os
 import warnings
 
 import torch
@@ -71,7 +69,7 @@ class TerminateOnNaNCallback(Callback):
         if self._grads_checked:
             grads = [p.grad for g in learn.opt.param_groups for p in g["params"] if p.grad is not None]
             # A copy of the loss: the test writes its tensors in place, which a graph saving the loss would refuse.
-            bad = self._count_non_finite([learn.loss.detach().clone(), *grads])
+            bad = self.non_finite([learn.loss.detach().clone(), *grads])
         else:
             if self._copied is not None:
                 self._copied.synchronize()  # waits for the forward pass and the copy, not for the backward pass
@@ -94,7 +92,7 @@ class TerminateOnNaNCallback(Callback):
         )
         raise CancelFitException()
 
-    def _count_non_finite(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+    def non_finite(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         """Non-zero (a tensor on the device) when any of `tensors` holds a NaN or an infinity."""
         device = tensors[0].device
         if self._found is None or self._found.device != device:
@@ -205,60 +203,3 @@ class GradientAccumulation(Callback):
     def after_batch(self, learn):
         if self._micro_loss is not None:  # the epoch's train_loss averages micro-batches: give it this one back
             learn.loss, self._micro_loss = self._micro_loss, None
-
-
-class CSVLogger(Callback):
-    """Append each epoch's row of the Recorder's table (fit, epoch, losses, metrics, time) to a CSV file, written
-    and flushed as the epoch ends, so a crash loses at most the epoch in progress.
-
-    A new fit starts a new file unless `append=True`. A resumed fit (`fit(..., resume=...)`) keeps the rows written
-    up to its checkpoint and drops any written after it, so the file matches the uninterrupted run's.
-    """
-
-    order = 57
-    writes_files = True  # the LR finder runs without it (callbacks/lr_finder.py)
-
-    def __init__(self, path: str | os.PathLike = "history.csv", append: bool = False):
-        if not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
-        self.path, self.append = os.fspath(path), bool(append)
-        self.rows_written = 0  # rows of this file (header excluded), kept in checkpoints
-
-    def before_fit(self, learn):
-        if not getattr(learn, "is_main_process", True):
-            return  # data-parallel: the main process writes the file
-        if learn.resuming:
-            self._keep_rows(self.rows_written)
-        elif self.append and os.path.exists(self.path):
-            with open(self.path, newline="") as f:
-                self.rows_written = max(0, sum(1 for _ in f) - 1)
-        else:
-            open(self.path, "w").close()
-            self.rows_written = 0
-
-    def _keep_rows(self, n_rows: int) -> None:
-        if not os.path.exists(self.path):
-            return
-        with open(self.path, newline="") as f:
-            lines = f.readlines()
-        with open(self.path, "w", newline="") as f:
-            f.writelines(lines[: n_rows + 1])  # the header and the first n_rows rows
-
-    def after_epoch(self, learn):
-        if not getattr(learn, "is_main_process", True):
-            return
-        row = learn.recorder.epoch_rows[-1]
-        new_file = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
-        with open(self.path, "a", newline="") as f:
-            writer = csv.writer(f)
-            if new_file:
-                writer.writerow(list(row))
-            writer.writerow(row.values())  # floats as repr: they read back exactly
-            f.flush()
-        self.rows_written += 1
-
-    def state_dict(self) -> dict:
-        return {"rows_written": self.rows_written}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.rows_written = int(state["rows_written"])

@@ -165,7 +165,7 @@ def test_bad_speed_options_are_refused_at_construction(kwargs, error, match):
 def guard_verdict(tensors) -> bool:
     """Whether TerminateOnNaNCallback's test of [loss, *grads] finds a non-finite value."""
     guard = TerminateOnNaNCallback()
-    return bool(guard._count_non_finite(list(tensors)).item())
+    return bool(guard.non_finite(list(tensors)).item())
 
 
 @pytest.mark.parametrize("where", [0, 1, 4])  # the loss, a first gradient, the last one
