@@ -22,6 +22,7 @@ at chance accuracy and flagged.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 import time
 import warnings
@@ -248,6 +249,7 @@ def run_lr_finder_study(out: str | Path, tasks: Sequence[str] = tuple(TASKS), op
     if variation_task is not None and variation_task not in tasks:
         raise ValueError(f"variation_task {variation_task!r} must be one of the tasks run ({list(tasks)}) or None")
     seeds = check_seeds(seeds)
+    _check_packages(tasks)
     n_trials = optuna_trials or (3 if quick else OPTUNA_TRIALS)
     ks = sorted({min(k, n_trials) for k in ((2, 3) if quick else OPTUNA_KS)})
     out = Path(out)
@@ -265,6 +267,17 @@ def run_lr_finder_study(out: str | Path, tasks: Sequence[str] = tuple(TASKS), op
     from .lr_finder_report import write_report
 
     return write_report(out, quick=quick, command=command)
+
+
+def _check_packages(tasks: Sequence[str]) -> None:
+    """The packages the study needs beyond cyclr's own, named before anything trains."""
+    needed = [("optuna", "optuna", "the Optuna search")]
+    if "digits_mlp" in tasks:
+        needed.append(("sklearn", "scikit-learn", "the digits task's data"))
+    for module, package, what in needed:
+        if importlib.util.find_spec(module) is None:
+            raise ImportError(f"{what} needs the {package!r} package, which is not installed: pip install -e "
+                              f"'.[dev]' (or pip install {package})")
 
 
 def _default(task: Task, quick: bool) -> tuple[int, int]:

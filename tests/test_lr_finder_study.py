@@ -100,3 +100,14 @@ def test_bad_arguments_refused_before_anything_is_written(tmp_path, kwargs, matc
     with pytest.raises(ValueError, match=match):
         run_lr_finder_study(out, quick=True, **kwargs)
     assert not out.exists()
+
+
+def test_a_missing_package_is_named_before_anything_is_written(tmp_path, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else
+                        real_find_spec(name, *a))
+    with pytest.raises(ImportError, match=r"digits task's data needs the 'scikit-learn' package.*pip install"):
+        run_lr_finder_study(tmp_path / "out", tasks=("digits_mlp",), quick=True)
+    assert not (tmp_path / "out").exists()
