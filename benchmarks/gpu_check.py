@@ -13,7 +13,7 @@ Sections, most valuable first (each under its name in the JSON's `sections`, wit
    ResNet-56 on CIFAR-10. Target: <= 1.10x.
 3. `speed_options`: bf16, channels_last, compile, each alone and all three, against eager float32. Target: >= 1.5x.
 4. `fp16`: float16 autocast with the GradScaler: epoch time, skipped steps, time per step taken.
-5. `ddp`: torchrun over every GPU present (nccl), the MLP on CIFAR-10.
+5. `ddp`: torchrun over every GPU present (nccl), the MLP on CIFAR-10; skipped, saying so, on a one-GPU machine.
 6. `averaging`: SWA / snapshot ensembles on ResNet-56, planned but not built yet (reported as such, no figures).
 
 Before a section starts the planner asks for its floor (the seconds it needs to measure its first epoch, `floors`
@@ -46,7 +46,7 @@ sys.path.insert(0, str(HERE.parent))  # experiments/
 from gpu_blog import run_blog  # noqa: E402
 from gpu_budget import Budget, Report, load_previous  # noqa: E402
 from gpu_sections import (  # noqa: E402
-    RoundsDoNotFit,
+    SkipSection,
     averaging_not_built,
     check_ddp,
     check_epochs,
@@ -157,7 +157,7 @@ def run_sections(ctx: Context, previous_path) -> None:
         started = time.perf_counter()
         try:
             run(ctx)
-        except RoundsDoNotFit as reason:
+        except SkipSection as reason:
             ctx.report.finish(name, "skipped", reason=str(reason))
         except Exception:
             ctx.report.finish(name, "failed", error=traceback.format_exc()[-3000:])

@@ -65,8 +65,9 @@ def quiet():
         yield
 
 
-class RoundsDoNotFit(Exception):
-    """The first timed round would not fit the time left after the warm-up round."""
+class SkipSection(Exception):
+    """The section cannot give a figure here (its first timed round would not fit the time left, or the machine
+    lacks what it measures); the message says why."""
 
 
 def alternate(contenders: dict, ctx) -> tuple[dict, dict, dict]:
@@ -89,7 +90,7 @@ def alternate(contenders: dict, ctx) -> tuple[dict, dict, dict]:
     warmup_s = one_round(names)
     times = {name: [] for name in names}
     if ctx.budget.left() < warmup_s:  # the compiling round bounds a timed one from above
-        raise RoundsDoNotFit(f"its warm-up round took {warmup_s:.1f} s (compilation included) and "
+        raise SkipSection(f"its warm-up round took {warmup_s:.1f} s (compilation included) and "
                              f"{ctx.budget.left():.0f} s are left: not even one timed round fits")
     round_s = one_round(names[::-1])
     more = rounds_that_fit(ctx.size["rounds"] - 1, round_s, ctx.budget.left() - ctx.size["section_reserve_s"])
@@ -168,7 +169,7 @@ def check_speed_options(ctx) -> None:
         contenders[name] = cyclr_runner(learners[name], 0.4)
     try:
         times, last, plan = alternate(contenders, ctx)
-    except RoundsDoNotFit:
+    except SkipSection:
         raise
     except Exception as error:  # a compiler failure on this image: time the compiled contenders eagerly instead
         for name in ("compile", "all_three"):
@@ -224,7 +225,9 @@ def ddp_worker(size: dict, out: Path) -> None:
 
 def check_ddp(ctx) -> None:
     """torchrun over every GPU present (nccl); the dry run starts 2 CPU processes (gloo)."""
-    n_procs = ctx.size["ddp_procs"] or max(torch.cuda.device_count(), 1)
+    n_procs = ctx.size["ddp_procs"] or torch.cuda.device_count()
+    if n_procs < 2:  # nccl refuses two ranks on one GPU, and one rank forms no process group
+        raise SkipSection(f"{n_procs} GPU: torchrun over one process forms no process group; needs 2 or more GPUs")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "ddp.json"
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n_procs}",
