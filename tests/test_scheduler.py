@@ -406,3 +406,27 @@ def test_schedule_triangular_preview_equals_used_values_with_batch_unit():
     learn.fit(3, cbs=[ParamScheduler({"lr": sched}, unit="batch"), used])
     (line,) = sched.plot(n=12).axes[0].get_lines()
     assert list(line.get_ydata()) == used.column("lr")
+
+
+def test_a_resumed_fit_checks_its_schedule_from_the_checkpoint_on(tmp_path):
+    from cyclr.callbacks import SaveModelCallback
+
+    path = tmp_path / "ckpt_{epoch}.pt"
+    learn = make_learner()  # 4 steps an epoch
+    learn.fit(2, cbs=[ParamScheduler({"lr": Const(0.01)}), SaveModelCallback(str(path), every_epoch=True)])
+    after_first_epoch = tmp_path / "ckpt_0.pt"
+
+    def negative_early(pct):  # out of range in the first epoch only, which the resumed fit does not run again
+        return -1.0 if pct < 0.5 else 0.01
+
+    def negative_late(pct):
+        return 0.01 if pct < 0.75 else -1.0
+
+    resumed = make_learner()
+    weights = [p.detach().clone() for p in resumed.model.parameters()]
+    with pytest.raises(ValueError, match=r"'lr' .*negative_late.* returned -1.0 at position 0.75 \(step 6 of 8"):
+        resumed.fit(2, cbs=[ParamScheduler({"lr": negative_late})], resume=after_first_epoch, allow_config_change=True)
+    resumed = make_learner()
+    resumed.fit(2, cbs=[ParamScheduler({"lr": negative_early})], resume=after_first_epoch, allow_config_change=True)
+    assert resumed.recorder.to_df("batches")["lr"].tolist()[-4:] == [0.01] * 4
+    assert not all(torch.equal(a, b) for a, b in zip(resumed.model.parameters(), weights, strict=True))
