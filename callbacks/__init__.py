@@ -12,6 +12,7 @@ from .core import (
     CancelTrainException,
     CancelValidException,
 )
+from .csv_logger import CSVLogger
 from .ensembles import SnapshotEnsemble
 from .loggers import MLflowCallback, TensorBoardCallback
 from .mixed_precision import MixedPrecision
@@ -20,7 +21,7 @@ from .progress import ProgressCallback
 from .recorder import Recorder
 from .scheduler import CyclicLRCallback, FlatCosCallback, OneCycleCallback, ParamScheduler, SGDRCallback
 from .torch_scheduler import TorchScheduler
-from .training import CSVLogger, GradientAccumulation, GradientClip, TerminateOnNaNCallback
+from .training import GradientAccumulation, GradientClip, TerminateOnNaNCallback
 from .tuning import OptunaPruning, tune_lr
 
 __all__ = [

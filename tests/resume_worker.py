@@ -22,8 +22,9 @@ from torch import nn  # noqa: E402
 
 from cyclr.callbacks import Callback  # noqa: E402
 from cyclr.callbacks.checkpoint import SaveModelCallback  # noqa: E402
+from cyclr.callbacks.csv_logger import CSVLogger  # noqa: E402
 from cyclr.callbacks.monitors import ReduceLROnPlateau  # noqa: E402
-from cyclr.callbacks.training import CSVLogger, GradientClip  # noqa: E402
+from cyclr.callbacks.training import GradientClip  # noqa: E402
 from cyclr.data.synthetic import synthetic_classification  # noqa: E402
 from cyclr.learner import Learner, accuracy  # noqa: E402
 

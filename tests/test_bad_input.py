@@ -18,12 +18,13 @@ from torch import nn
 
 from cyclr.callbacks import Callback
 from cyclr.callbacks.checkpoint import SaveModelCallback
+from cyclr.callbacks.csv_logger import CSVLogger
 from cyclr.callbacks.lr_finder import LRFinderCallback
 from cyclr.callbacks.mixed_precision import MixedPrecision
 from cyclr.callbacks.monitors import EarlyStoppingCallback, ReduceLROnPlateau
 from cyclr.callbacks.scheduler import OneCycleCallback, ParamScheduler, SGDRCallback
 from cyclr.callbacks.schedules import Cos, Lin, one_cycle, sgdr, triangular
-from cyclr.callbacks.training import CSVLogger, GradientAccumulation, GradientClip
+from cyclr.callbacks.training import GradientAccumulation, GradientClip
 from cyclr.data import DataLoaders, fashion_mnist
 from cyclr.learner import Learner, sgd
 from cyclr.learner.checkpoint import CheckpointError

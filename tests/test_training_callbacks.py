@@ -13,12 +13,13 @@ from torch import nn
 
 from cyclr.callbacks import Callback, ProgressCallback
 from cyclr.callbacks.checkpoint import SaveModelCallback
+from cyclr.callbacks.csv_logger import CSVLogger
 from cyclr.callbacks.lr_finder import LRFinderCallback
 from cyclr.callbacks.mixed_precision import MixedPrecision
 from cyclr.callbacks.monitors import EarlyStoppingCallback, ReduceLROnPlateau
 from cyclr.callbacks.scheduler import OneCycleCallback, ParamScheduler
 from cyclr.callbacks.schedules import Const
-from cyclr.callbacks.training import CSVLogger, GradientAccumulation, GradientClip, TerminateOnNaNCallback
+from cyclr.callbacks.training import GradientAccumulation, GradientClip, TerminateOnNaNCallback
 from cyclr.data import DataLoaders
 from cyclr.data.synthetic import synthetic_classification
 from cyclr.learner import Learner, accuracy, sgd

@@ -22,6 +22,7 @@ from .callbacks.core import (
     CancelTrainException,
     CancelValidException,
 )
+from .callbacks.csv_logger import CSVLogger
 from .callbacks.loggers import MLflowCallback, TensorBoardCallback
 from .callbacks.lr_finder import LR_FIND, LRFinderCallback
 from .callbacks.lr_result import LRFinderResult, LRFinderSweep
@@ -57,7 +58,7 @@ from .callbacks.schedules import (
     triangular2,
     warmup,
 )
-from .callbacks.training import CSVLogger, GradientAccumulation, GradientClip, TerminateOnNaNCallback
+from .callbacks.training import GradientAccumulation, GradientClip, TerminateOnNaNCallback
 from .data.core import DataLoaders, InMemoryLoader, TorchLoader
 from .data.fashion_mnist import FASHION_MNIST_CLASSES, fashion_mnist, load_fashion_mnist
 from .data.synthetic import synthetic_classification, synthetic_regression, tiny_images
