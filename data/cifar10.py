@@ -16,18 +16,15 @@ tensor operations that run wherever the data lives, GPU included.
 from __future__ import annotations
 
 import hashlib
-import io
 import tarfile
-import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from .checks import int_at_least
 from .core import DataLoaders, InMemoryLoader
+from .images import decode_images
 from .sources import guarded_download, locate_data, read_disk_cache, write_disk_cache
 
 # The module (the package re-exports its function `fashion_mnist` under the same name).
@@ -99,38 +96,18 @@ class ImageBatchTransform:
 # ---------------------------------------------------------------- reading sources
 
 
-def _decode_with_pil(payload: bytes) -> torch.Tensor:
-    with Image.open(io.BytesIO(payload)) as image:
-        pixels = np.array(image.convert("RGB"))  # a writable copy the tensor can own
-    return torch.from_numpy(pixels).permute(2, 0, 1)
-
-
-def _decode_all(payloads: list[bytes]) -> torch.Tensor:
-    """Encoded images -> uint8 (N, 3, H, W). JPEGs go through torchvision's batch decoder, about 3x faster than PIL
-    on CIFAR-10 with identical pixels; it is deprecated since torchvision 0.29, so PIL remains the fallback."""
-    if all(payload[:3] == b"\xff\xd8\xff" for payload in payloads):
-        try:
-            from torchvision.io import ImageReadMode, decode_jpeg
-        except ImportError:
-            decode_jpeg = None
-        if decode_jpeg is not None:
-            encoded = [torch.frombuffer(bytearray(payload), dtype=torch.uint8) for payload in payloads]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                return torch.stack(decode_jpeg(encoded, mode=ImageReadMode.RGB))
-    return torch.stack([_decode_with_pil(payload) for payload in payloads])
-
-
-def _decode_images(items: list[tuple[str, str, str, bytes]], split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """items: (split, class name, file name, encoded bytes). Returns uint8 images (N, 3, H, W) and int64 labels."""
-    chosen = sorted((cls, name, payload) for item_split, cls, name, payload in items if item_split == split)
+def _decode_images(items: list[tuple[str, str, str, str, bytes]], split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """items: (split, class name, file name, where it was read, encoded bytes). Returns uint8 images (N, 3, 32, 32)
+    and int64 labels; a file that is not a whole 32x32 image is named (data/images.py)."""
+    chosen = sorted((cls, name, where, payload) for item_split, cls, name, where, payload in items
+                    if item_split == split)
     if not chosen:
         raise ValueError(f"no {split}/<class>/<image> files found")
-    unknown = sorted({cls for cls, _, _ in chosen} - set(CIFAR10_CLASSES))
+    unknown = sorted({cls for cls, _, _, _ in chosen} - set(CIFAR10_CLASSES))
     if unknown:
         raise ValueError(f"{split}/ has folders {unknown} that are not CIFAR-10 classes {list(CIFAR10_CLASSES)}")
-    images = _decode_all([payload for _, _, payload in chosen])
-    labels = torch.tensor([CIFAR10_CLASSES.index(cls) for cls, _, _ in chosen])
+    images = decode_images([payload for *_, payload in chosen], [where for _, _, where, _ in chosen], size=(32, 32))
+    labels = torch.tensor([CIFAR10_CLASSES.index(cls) for cls, _, _, _ in chosen])
     return images, labels
 
 
@@ -150,7 +127,7 @@ def load_image_folder(source) -> dict[str, torch.Tensor]:
         for path in sorted(source.rglob("*")):
             where = _split_image_path(str(path.relative_to(source)))
             if where is not None and path.is_file():
-                items.append((*where, path.read_bytes()))
+                items.append((*where, str(path), path.read_bytes()))
     else:
         if source.name == TARBALL_NAME:
             _check_tarball(source)
@@ -158,7 +135,7 @@ def load_image_folder(source) -> dict[str, torch.Tensor]:
             for member in archive:  # streamed in archive order: one pass over the compressed file
                 where = _split_image_path(member.name)
                 if where is not None and member.isfile():
-                    items.append((*where, archive.extractfile(member).read()))
+                    items.append((*where, f"{source}:{member.name}", archive.extractfile(member).read()))
     x_train, y_train = _decode_images(items, "train")
     x_test, y_test = _decode_images(items, "test")
     return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
@@ -219,14 +196,20 @@ def _locate(root, download: bool) -> tuple[str, Path]:
 
 
 def _cache_key(kind: str, path: Path) -> str:
-    if kind == "folder":  # a directory's mtime changes when files are added to or removed from it
-        stat_paths = sorted(p for split in ("train", "test") for p in (path / split).iterdir() if p.is_dir())
+    """What the decoded tensors depend on: each source file's size and modification time (an image rewritten in
+    place changes its own, not its folder's), hashed."""
+    if kind == "folder":
+        stat_paths = sorted(p for p in path.rglob("*") if _split_image_path(str(p.relative_to(path))) is not None)
     elif kind == "torchvision":
         stat_paths = sorted((path / "cifar-10-batches-py").iterdir())
     else:
         stat_paths = [path]
-    stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in stat_paths]
-    return repr((kind, stats))
+    listing = hashlib.sha256()
+    for p in stat_paths:
+        st = p.stat()
+        listing.update(f"{p.relative_to(path) if kind == 'folder' else p.name}\0{st.st_size}\0{st.st_mtime_ns}\n"
+                       .encode())
+    return repr((kind, str(path.resolve()), listing.hexdigest()))
 
 
 def _load(root=None, download: bool = True) -> dict[str, torch.Tensor]:

@@ -4,10 +4,13 @@ import gzip
 import importlib
 import io
 import os
+import re
 import shutil
 import socket
 import struct
+import tarfile
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -506,6 +509,7 @@ def test_download_probe_gives_up_quickly_instead_of_hanging(monkeypatch):
 # ---------------------------------------------------------------- CIFAR-10
 
 cifar = importlib.import_module("cyclr.data.cifar10")
+images = importlib.import_module("cyclr.data.images")
 
 
 def make_image_folder(root, n_train=2, n_test=1, seed=0):
@@ -576,9 +580,71 @@ def test_jpeg_batch_decoder_matches_pil():
         image = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=generator)
         Image.fromarray(image.numpy()).save(buffer, format="JPEG", quality=90)
         payloads.append(buffer.getvalue())
-    pil = torch.stack([cifar._decode_with_pil(payload) for payload in payloads])
+    pil = torch.stack([images.decode_with_pil(payload) for payload in payloads])
     assert pil.shape == (5, 3, 32, 32)
-    assert torch.equal(cifar._decode_all(payloads), pil)
+    assert torch.equal(images.decode_images(payloads, [f"{i}.jpg" for i in range(5)]), pil)
+
+
+def jpeg_bytes(seed: int, size=(32, 32)) -> bytes:
+    from PIL import Image
+
+    pixels = torch.randint(0, 256, (*size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.numpy()).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def jpeg_folder(root) -> Path:
+    """A CIFAR-10-shaped folder of JPEGs, one per class and split."""
+    for split in ("train", "test"):
+        for label, name in enumerate(cifar.CIFAR10_CLASSES):
+            (root / split / name).mkdir(parents=True)
+            (root / split / name / "0000.jpg").write_bytes(jpeg_bytes(label + (100 if split == "test" else 0)))
+    return root
+
+
+def ten_bytes_corrupted_near_the_end(payload: bytes) -> bytes:
+    damaged = bytearray(payload)
+    for i in range(len(damaged) - 30, len(damaged) - 20):
+        damaged[i] ^= 0x5A
+    return bytes(damaged)
+
+
+@pytest.mark.parametrize(("damage", "match"), [
+    (lambda good: good[: len(good) // 2], "cannot be decoded as an image .*truncated"),
+    (lambda good: b"<html>not found</html>", "cannot be decoded as an image"),
+    (lambda good: b"", r"is empty \(0 bytes\)"),
+    (lambda good: jpeg_bytes(0, size=(28, 32)), r"(?s)are not 32x32 pixels \(height x width\).*: \(28, 32\)"),
+    (ten_bytes_corrupted_near_the_end, r"(?s)damaged \(the decoder reported corrupt data.*Corrupt JPEG data"),
+])
+def test_a_bad_image_file_is_refused_naming_it(isolated_cifar_cache, damage, match):
+    folder = jpeg_folder(isolated_cifar_cache / "cifar")
+    bad = folder / "train" / "cat" / "0000.jpg"
+    bad.write_bytes(damage(bad.read_bytes()))
+    with pytest.raises(images.ImageDecodeError, match=match) as caught:
+        cifar.load_cifar10(root=folder, download=False)
+    assert str(bad) in str(caught.value)
+    tarball = isolated_cifar_cache / "mine.tar"  # from an archive: named by archive and member
+    with tarfile.open(tarball, "w") as archive:
+        archive.add(folder / "train", arcname="train")
+        archive.add(folder / "test", arcname="test")
+    with pytest.raises(images.ImageDecodeError, match=re.escape(f"{tarball}:train/cat/0000.jpg")):
+        cifar.load_cifar10(root=tarball, download=False)
+
+
+def test_an_image_rewritten_in_place_is_decoded_again(isolated_cifar_cache):
+    folder = jpeg_folder(isolated_cifar_cache / "cifar")
+    before = cifar.load_cifar10(root=folder, download=False)[0]
+    image, class_folder = folder / "train" / "cat" / "0000.jpg", folder / "train" / "cat"
+    folder_times = class_folder.stat()
+    image.write_bytes(jpeg_bytes(1234))  # same name, same folder: the folder's mtime does not change
+    os.utime(class_folder, ns=(folder_times.st_atime_ns, folder_times.st_mtime_ns))
+    after = cifar.load_cifar10(root=folder, download=False)[0]
+    cat = cifar.CIFAR10_CLASSES.index("cat")
+    assert torch.equal(after[cat], images.decode_with_pil(jpeg_bytes(1234)))
+    assert not torch.equal(after[cat], before[cat]) and torch.equal(after[:cat], before[:cat])
+    cifar._memory_cache.clear()  # the disk cache too is keyed on the file
+    assert torch.equal(cifar.load_cifar10(root=folder, download=False)[0], after)
 
 
 def test_cifar_folder_with_unknown_class_is_refused(isolated_cifar_cache):
