@@ -11,27 +11,44 @@ The library's folders install as the subpackages `cyclr.learner` (the Learner, m
 first used); CIFAR-10, which needs Pillow, is imported by name: `from cyclr.data.cifar10 import cifar10`.
 """
 
-from .callbacks.checkpoint import SaveModelCallback
-from .callbacks.compare import compare_runs, stack_runs
-from .callbacks.core import (
+# Each subpackage's __init__ names what it offers; the names that it does not (yet) export come from their module.
+from .callbacks import (
+    EMA,
     EVENTS,
+    SWA,
     Callback,
     CancelBatchException,
     CancelEpochException,
     CancelFitException,
     CancelTrainException,
     CancelValidException,
+    CSVLogger,
+    CyclicLRCallback,
+    EarlyStoppingCallback,
+    FlatCosCallback,
+    GradientAccumulation,
+    GradientClip,
+    MixedPrecision,
+    MLflowCallback,
+    OneCycleCallback,
+    OptunaPruning,
+    ParamScheduler,
+    ProgressCallback,
+    Recorder,
+    ReduceLROnPlateau,
+    SaveModelCallback,
+    SGDRCallback,
+    SnapshotEnsemble,
+    TensorBoardCallback,
+    TerminateOnNaNCallback,
+    TorchScheduler,
+    compare_runs,
+    stack_runs,
+    swa_cycles,
+    swa_scheds,
+    tune_lr,
 )
-from .callbacks.csv_logger import CSVLogger
-from .callbacks.loggers import MLflowCallback, TensorBoardCallback
-from .callbacks.lr_finder import LR_FIND, LRFinderCallback
-from .callbacks.lr_result import LRFinderResult, LRFinderSweep
-from .callbacks.lr_suggest import Suggestion
-from .callbacks.mixed_precision import MixedPrecision
-from .callbacks.monitors import EarlyStoppingCallback, ReduceLROnPlateau
-from .callbacks.progress import ProgressCallback
-from .callbacks.recorder import Recorder
-from .callbacks.scheduler import CyclicLRCallback, FlatCosCallback, OneCycleCallback, ParamScheduler, SGDRCallback
+from .callbacks.lr_finder import LR_FIND, LRFinderCallback, LRFinderResult, LRFinderSweep, Suggestion
 from .callbacks.schedules import (
     CYCLICAL,
     FLAT_COS,
@@ -58,15 +75,20 @@ from .callbacks.schedules import (
     triangular2,
     warmup,
 )
-from .callbacks.training import GradientAccumulation, GradientClip, TerminateOnNaNCallback
-from .data.core import DataLoaders, InMemoryLoader, TorchLoader
-from .data.fashion_mnist import FASHION_MNIST_CLASSES, fashion_mnist, load_fashion_mnist
-from .data.synthetic import synthetic_classification, synthetic_regression, tiny_images
+from .data import (
+    FASHION_MNIST_CLASSES,
+    DataLoaders,
+    InMemoryLoader,
+    TorchLoader,
+    fashion_mnist,
+    load_fashion_mnist,
+    synthetic_classification,
+    synthetic_regression,
+    tiny_images,
+)
+from .learner import AccumMetric, Learner, Metric, accuracy, adam, error_rate, lenet, mae, rmse, sgd, top_k_accuracy
 from .learner.checkpoint_format import CheckpointError
-from .learner.learner import Learner
-from .learner.metrics import AccumMetric, accuracy, error_rate, mae, rmse, top_k_accuracy
-from .learner.models import lenet, lenet_bn, resnet56
-from .learner.optimizer import adam, sgd
+from .learner.models import lenet_bn, resnet56
 
 # The one place the version is written: pyproject.toml reads it from here.
 __version__ = "0.1.0"
@@ -74,7 +96,7 @@ __version__ = "0.1.0"
 # The list the documentation shows (docs/reference/index.md), grouped as it is there.
 __all__ = [
     # the Learner, its optimizers, metrics and models
-    "Learner", "adam", "sgd", "accuracy", "error_rate", "top_k_accuracy", "rmse", "mae", "AccumMetric",
+    "Learner", "adam", "sgd", "accuracy", "error_rate", "top_k_accuracy", "rmse", "mae", "AccumMetric", "Metric",
     "lenet", "lenet_bn", "resnet56", "CheckpointError",
     # data
     "DataLoaders", "InMemoryLoader", "TorchLoader", "fashion_mnist", "load_fashion_mnist", "FASHION_MNIST_CLASSES",
@@ -86,7 +108,11 @@ __all__ = [
     "Recorder", "ProgressCallback", "ParamScheduler", "OneCycleCallback", "FlatCosCallback", "SGDRCallback",
     "CyclicLRCallback", "SaveModelCallback", "EarlyStoppingCallback", "ReduceLROnPlateau", "TerminateOnNaNCallback",
     "GradientClip", "GradientAccumulation", "CSVLogger", "MixedPrecision", "TensorBoardCallback", "MLflowCallback",
-    "compare_runs", "stack_runs",
+    "TorchScheduler", "compare_runs", "stack_runs",
+    # weight averaging and ensembles
+    "SWA", "EMA", "swa_scheds", "swa_cycles", "SnapshotEnsemble",
+    # tuning
+    "tune_lr", "OptunaPruning",
     # the LR finder
     "LRFinderCallback", "LRFinderResult", "LRFinderSweep", "Suggestion", "LR_FIND",
     # schedules
