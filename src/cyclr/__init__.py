@@ -1,7 +1,7 @@
 """cyclr: see and control your learning rate. A fastai-style Learner for PyTorch with an LR finder, one-cycle,
 SGDR, cyclical and classic schedules.
 
-Everything a user needs comes from here, each name from the one module that defines it::
+Everything a user needs comes from here; `cyclr.__all__` is the list the documentation's reference shows::
 
     from cyclr import Learner, fashion_mnist, accuracy, lenet, one_cycle, ParamScheduler, LRFinderCallback
 
