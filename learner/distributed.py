@@ -29,7 +29,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -39,6 +41,7 @@ from torch.utils.data import Subset
 from ..callbacks.core import Callback
 from ..callbacks.progress import ProgressCallback
 from ..data.core import DataLoaders, InMemoryLoader, TorchLoader
+from .dist_timeout import dist_timeout, is_timeout, note_ranks_not_answering
 
 __all__ = ["torchrun_world_size", "shard_dataloaders", "DistributedCallback", "join", "leave", "DataParallel"]
 
@@ -122,8 +125,9 @@ class DistributedCallback(Callback):
 
     order = -100  # first at every event: the wrapper is in place before anyone's before_batch and gone after after_pred
 
-    def __init__(self, **ddp_kwargs):
+    def __init__(self, group_timeout: timedelta | None = None, **ddp_kwargs):
         self.ddp_kwargs = ddp_kwargs  # passed to DistributedDataParallel, e.g. find_unused_parameters=True
+        self.group_timeout = group_timeout  # the process group's, when cyclr created it (said in a timeout's note)
         self.ddp: DistributedDataParallel | None = None
         self._buffers_to_sync = False
 
@@ -164,6 +168,9 @@ class DistributedCallback(Callback):
         # After an exception too: no collective call here, the other processes may be anywhere.
         self._unwrap(learn)
         self.ddp, self._buffers_to_sync = None, False  # frees the gradient buckets between fits
+        error = sys.exc_info()[1]  # the exception ending the fit, if any (cleanup_fit runs from its `finally`)
+        if is_timeout(error):
+            note_ranks_not_answering(error, learn.rank, learn.world_size, self.group_timeout)
 
     def _unwrap(self, learn):
         if self.ddp is not None and learn.model is self.ddp:
@@ -205,11 +212,13 @@ def _pick_device(learn) -> None:
     torch.cuda.set_device(learn.device)
 
 
-def join(learn, **ddp_kwargs) -> Joined | None:
+def join(learn, timeout: float | timedelta | None = None, **ddp_kwargs) -> Joined | None:
     """Make `learn` one of the processes of the default process group, initialising it from torchrun's environment
-    when needed (gloo on CPU, nccl on CUDA). Returns what to undo, or None when there is a single process."""
+    when needed (gloo on CPU, nccl on CUDA) with `timeout` for its collectives (seconds; default $CYCLR_DIST_TIMEOUT,
+    else 10 minutes: learner/dist_timeout.py). Returns what to undo, or None when there is a single process."""
     if not dist.is_initialized() and torchrun_world_size() == 1:
         return None
+    group_timeout = dist_timeout(timeout)  # checked even for a group the script made: a bad value is refused
     _pick_device(learn)
     created = False
     if not dist.is_initialized():
@@ -219,7 +228,8 @@ def join(learn, **ddp_kwargs) -> Joined | None:
                 "torch.distributed.init_process_group(...) yourself before learn.distributed()"
             )
         backend = "nccl" if learn.device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, device_id=learn.device if learn.device.type == "cuda" else None)
+        dist.init_process_group(backend, device_id=learn.device if learn.device.type == "cuda" else None,
+                                timeout=group_timeout)
         created = True
     world_size, rank = dist.get_world_size(), dist.get_rank()
     if world_size == 1:
@@ -233,7 +243,7 @@ def join(learn, **ddp_kwargs) -> Joined | None:
     # One progress display per job: the others would draw the same bars over each other in the same terminal.
     hidden = [cb for cb in learn.cbs if isinstance(cb, ProgressCallback)] if rank != 0 else []
     learn.remove_cbs(hidden)
-    callback = DistributedCallback(**ddp_kwargs)
+    callback = DistributedCallback(group_timeout if created else None, **ddp_kwargs)
     learn.add_cbs([callback])
     return Joined(original_dls, learn.dls, hidden, callback, created)
 
@@ -285,21 +295,24 @@ class DataParallel:
         return self.rank == 0
 
     @contextlib.contextmanager
-    def distributed(self, **ddp_kwargs):
+    def distributed(self, timeout: float | timedelta | None = None, **ddp_kwargs):
         """Train data-parallel inside this block: join the default process group (initialised from torchrun's
-        environment when the script did not do it), shard the loaders, wrap the model in DistributedDataParallel
+        environment when the script did not do it, with `timeout` seconds for a collective: default
+        $CYCLR_DIST_TIMEOUT, else 10 minutes), shard the loaders, wrap the model in DistributedDataParallel
         (`ddp_kwargs` go to it) during training; undone on exit. Does nothing in a single process, and nothing more
         when the learner already joined at creation because torchrun launched it."""
         if self.is_distributed:
             yield self
             return
-        joined = join(self, **ddp_kwargs)
+        joined = join(self, timeout, **ddp_kwargs)
         if joined is None:
             yield self
             return
         try:
             yield self
-        except BaseException:
+        except BaseException as error:
+            if is_timeout(error):  # outside a fit (validate, get_preds): name the rank that stopped answering
+                note_ranks_not_answering(error, self.rank, self.world_size, joined.callback.group_timeout)
             leave(self, joined, destroy_group=False)  # the others may still be in a collective: just go
             raise
         leave(self, joined)

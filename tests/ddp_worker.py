@@ -5,13 +5,15 @@
 
 `train` writes what each rank saw and ended with to OUT_DIR/rank{RANK}.pt, then runs the LR finder and writes its
 curve and suggestions to OUT_DIR/lr_find{RANK}.pt; `fail` raises on rank 1 in the middle of training, while rank 0
-waits for it in the gradient all-reduce.
+waits for it in the gradient all-reduce; `hang` stops rank 1 there with SIGSTOP (tests/test_distributed.py starts
+that one without torchrun).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -185,6 +187,22 @@ def fail(out: Path) -> None:
     (out / f"finished{learn.rank}").touch()  # never reached: the job must end with the error
 
 
+class StopOneRank(Callback):
+    """SIGSTOP rank FAILING_RANK at training batch FAILING_ITER: alive, holding its sockets, answering nothing (as a
+    process on a dead NFS mount)."""
+
+    def before_batch(self, learn):
+        if learn.training and learn.rank == FAILING_RANK and learn.iter == FAILING_ITER:
+            print(f"rank {learn.rank} stops", flush=True)
+            os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def hang(out: Path) -> None:
+    learn = Learner(mlp(seed=0), data(), nn.CrossEntropyLoss(), lr=MAX_LR, device="cpu", progress=False)
+    learn.fit(EPOCHS, cbs=[StopOneRank()])
+    (out / f"finished{learn.rank}").touch()  # never reached
+
+
 if __name__ == "__main__":
     mode, out_dir = sys.argv[1], Path(sys.argv[2])
-    {"train": train, "fail": fail}[mode](out_dir)
+    {"train": train, "fail": fail, "hang": hang}[mode](out_dir)

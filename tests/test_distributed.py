@@ -223,6 +223,46 @@ def test_a_failing_rank_ends_the_job_with_its_error(tmp_path):
 
 
 # ----- in this process --------------------------------------------------------------------------------------------
+def test_a_stopped_rank_times_out_the_others_naming_it(tmp_path):
+    # Two processes as torchrun would start them (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*), without torchrun, whose
+    # own clean-up waits 30 s on a stopped worker; rank 0 hosts the rendezvous store.
+    port = _free_port()
+    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    base.update(OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2",
+                CYCLR_DIST_TIMEOUT="4", PYTHONPATH=os.pathsep.join(p for p in (str(REPO), base.get("PYTHONPATH")) if p))
+    ranks = [subprocess.Popen([sys.executable, str(REPO / "tests" / "ddp_worker.py"), "hang", str(tmp_path)],
+                              env={**base, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    try:
+        start = time.perf_counter()
+        output, _ = ranks[0].communicate(timeout=120)
+        seconds = time.perf_counter() - start
+        assert ranks[1].poll() is None  # stopped, not dead: only a timeout could end rank 0's wait
+    finally:
+        for rank in ranks:
+            rank.kill()  # SIGKILL ends a stopped process too
+            rank.communicate(timeout=60)
+    assert ranks[0].returncode == 1
+    assert "Timed out waiting 4000ms" in output
+    assert ("cyclr: rank(s) [1] of 2 stopped answering: rank 0 waited 4 s for them in a collective (the timeout: "
+            "$CYCLR_DIST_TIMEOUT seconds") in output
+    assert "ranks [0] are alive" in output
+    assert seconds < 60  # the timeout, plus the roll call's grace (at most the timeout), plus start-up
+    assert not list(tmp_path.glob("finished*"))
+
+
+@pytest.mark.parametrize(("value", "match"), [("0", "got 0.0"), ("ten", "got 'ten'"), ("inf", "got inf")])
+def test_a_bad_dist_timeout_is_refused_naming_the_variable(monkeypatch, value, match):
+    from cyclr.learner.dist_timeout import dist_timeout
+
+    monkeypatch.setenv("CYCLR_DIST_TIMEOUT", value)
+    with pytest.raises(ValueError, match=rf"\$CYCLR_DIST_TIMEOUT must be a number of seconds > 0.*{match}"):
+        dist_timeout()
+    monkeypatch.delenv("CYCLR_DIST_TIMEOUT")
+    assert dist_timeout().total_seconds() == 600  # well under torch's 30 minutes
+    assert dist_timeout(2.5).total_seconds() == 2.5
+
+
 def test_distributed_does_nothing_in_a_single_process():
     def fit(use_block: bool) -> Learner:
         learn = Learner(worker.mlp(seed=0), worker.data(), nn.CrossEntropyLoss(), lr=0.1, device="cpu",

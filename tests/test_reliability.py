@@ -365,6 +365,15 @@ FAULTS = [
     ("a corrupt .gz source", "the error names the file", "test_a_corrupt_gzip_source_is_reported_with_its_path"),
     ("a damaged copy of the CIFAR-10 tarball", "refused: SHA-256 differs from the recorded one",
      "test_a_damaged_copy_of_the_cifar_jpeg_edition_is_refused"),
+    ("in an image folder or archive: a truncated JPEG, a non-image saved as .jpg, an empty file, a wrong-size image, "
+     "ten bytes corrupted near a JPEG's end (decoded silently by libjpeg, with a printed warning)", "refused naming "
+     "the file (path, or archive:member) and what is wrong; libjpeg's warning captured and quoted",
+     "test_a_bad_image_file_is_refused_naming_it"),
+    ("an image rewritten in place (its folder's mtime unchanged)", "decoded again: the cache key holds each image "
+     "file's size and mtime", "test_an_image_rewritten_in_place_is_decoded_again"),
+    ("a rank stopped (SIGSTOP) in the middle of a data-parallel fit", "the others time out after $CYCLR_DIST_TIMEOUT "
+     "s (default 10 min, torch's 30) and their error names the rank that stopped answering",
+     "test_a_stopped_rank_times_out_the_others_naming_it"),
     ("a checkpoint every 100 steps of a long run", "every checkpoint the same size: the batch history is appended "
      "to a side file (48 B a step in RAM)", "test_a_checkpoint_taken_during_a_fit_does_not_grow_with_the_run"),
     ("SIGKILL in the middle of appending to the history side file", "every checkpoint still loads; the next save "
