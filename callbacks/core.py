@@ -29,13 +29,13 @@ class CallbackOrders:
     gradient_accumulation: int = 3  # cancels non-final micro-batches' steps; sets n_train_iters before schedulers
     mixed_precision: int = 5  # unscales the gradients before they are clipped
     scheduler: int = 10  # ParamScheduler and its recipes: write the scheduled values in before_batch
-    torch_scheduler: int = 11  # a torch lr_scheduler a user brings: after cyclr's schedules, before clipping
     gradient_clip: int = 15  # clips the unscaled, averaged gradients just before the step
     lr_finder: int = 20  # sets the sweep's rate in before_batch, stops at a non-finite loss in after_loss
     recorder: int = 50  # records what the step used; writes the epoch's row in after_epoch
     swa: int = 52  # callbacks/averaging.py: reads the epoch's row
     ema: int = 53  # callbacks/averaging.py: after SWA
     snapshot_ensemble: int = 54  # callbacks/ensembles.py: after SWA and EMA, before the checkpoints
+    torch_scheduler: int = 54  # callbacks/torch_scheduler.py: steps in after_step / after_epoch (reads the row)
     early_stopping: int = 55  # reads the epoch's row
     reduce_lr_on_plateau: int = 56  # reads the epoch's row
     csv_logger: int = 57  # writes the epoch's row

@@ -447,3 +447,21 @@ def test_to_device_returns_a_batch_already_on_the_device_as_it_is():
     assert moved["inputs"] is nested["inputs"] and moved["labels"] is y
     listed = [x, y]
     assert learn.to_device(listed) is listed
+
+
+def test_every_callback_of_cyclr_takes_its_order_from_the_one_table():
+    import dataclasses
+
+    import cyclr  # noqa: F401  (imports every callback module)
+    from cyclr.callbacks.core import ORDER
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    table = {f.name: getattr(ORDER, f.name) for f in dataclasses.fields(ORDER)}
+    ours = {c for c in subclasses(Callback) if c.__module__.startswith("cyclr.") and "order" in vars(c)}
+    assert len(ours) >= 10
+    missing = {c.__qualname__: c.order for c in ours if c.order not in table.values()}
+    assert not missing, f"give these callbacks' orders a row in callbacks.core.ORDER: {missing}"
