@@ -12,6 +12,7 @@ import string
 from pathlib import Path
 
 from ..data.checks import int_at_least
+from ..data.writer_lock import WriterLock
 from .history import history_file_name, history_writer_lock
 from .monitors import Monitor
 
@@ -116,21 +117,19 @@ class SaveModelCallback(Monitor):
             self._writer_lock = None
 
     def _claim_run_files(self, learn) -> None:
-        """Refuse, before the first step, a fit whose run's history side file another process is writing (two fits
-        resumed from one checkpoint): held for the fit, the lock keeps any other process out until it ends."""
+        """Hold this run's writer lock for the fit (released in cleanup_fit): another process writing the same run's
+        history side file (two fits resumed from one checkpoint) is refused before the first step, and kept out."""
         recorder = getattr(learn, "recorder", None)
+        lock = None if recorder is None or not getattr(learn, "is_main_process", True) else \
+            self.run_files_lock(recorder.run_id)
+        if lock is not None:
+            lock.acquire()
+            self._writer_lock = lock
+
+    def run_files_lock(self, run_id: str) -> WriterLock | None:
+        """The lock on the history side file of run `run_id` beside this callback's checkpoints; None when they go to
+        a folder per epoch (each save then takes the lock of its own folder's side file)."""
         folder = Path(self._format(0, 0)).parent
-        if (recorder is None or not getattr(learn, "is_main_process", True)
-                or folder != Path(self._format(1, 1)).parent):
-            return  # no side file, not the writer, or a folder per epoch: each save takes the lock for itself
-        lock = history_writer_lock(folder / history_file_name(recorder.run_id))
-        lock.acquire()
-        self._writer_lock = lock
-
-    def state_dict(self) -> dict:
-        # Saving every epoch tracks nothing that a resumed fit would need.
-        return {} if self.every_epoch else {"best": self.best, "best_epoch": self.best_epoch}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state:
-            self.best, self.best_epoch = float(state["best"]), state["best_epoch"]
+        if folder != Path(self._format(1, 1)).parent:
+            return None
+        return history_writer_lock(folder / history_file_name(run_id))

@@ -96,6 +96,8 @@ def resume(learn, path, n_epoch: int, cbs, allow_length_change: bool = False, al
             f"n_epoch={p['n_epoch']} and the same data, or pass allow_length_change=True to go on with the new length"
         )
     changes = _checked_config_changes(where, p, describe_fit(learn, lr, wd, cbs), allow)
+    if learn.is_main_process:  # the only one that writes (data-parallel ranks take the lock of rank 0's run)
+        _refuse_if_another_process_writes_the_run(ckpt, cbs)
     finished = p["epoch"] >= n_epoch if p["at"] == "epoch_end" else p["epoch"] >= n_epoch or p["iter"] > batches
     if finished:
         raise ValueError(
@@ -110,6 +112,18 @@ def resume(learn, path, n_epoch: int, cbs, allow_length_change: bool = False, al
     _apply_new_rates(learn, changes, lr, wd)
     learn.n_epoch, learn.n_train_iters = n_epoch, n_epoch * batches
     learn.train_iter, learn.start_epoch, learn.skip_batches = p["train_iter"], p["epoch"], p["iter"]
+
+
+def _refuse_if_another_process_writes_the_run(ckpt: dict, cbs) -> None:
+    """Refuse now, before anything changes and before any callback's before_fit (a CSV log truncated, a tracker's run
+    started), a resume whose run another process is writing: the callbacks that write the run's files
+    (SaveModelCallback) take and hold its lock in before_fit, and this tries it first."""
+    run_id = ckpt["callbacks"].get("Recorder_0", {}).get("run_id")
+    for cb in cbs if run_id is not None else ():
+        lock = cb.run_files_lock(str(run_id)) if hasattr(cb, "run_files_lock") else None
+        if lock is not None:
+            with lock:  # raises WriterConflictError naming the process that holds it
+                pass
 
 
 def _checked_config_changes(where: str, progress: dict, now: dict, allow) -> list:
