@@ -9,6 +9,7 @@ import os
 from ..data.state import open_for_write
 from ..data.writer_lock import WriterConflictError, WriterLock
 from .core import ORDER, Callback
+from .held_failure import HeldFailure, after_checkpoint
 
 
 class CSVLogger(Callback):
@@ -23,6 +24,9 @@ class CSVLogger(Callback):
     file, in this process or another, on this host or another sharing the folder, is refused before its first step,
     naming the process that writes it; once that one has ended, appending to its file is allowed again. The file is
     never written through a symbolic link planted at `path`, and a new file's mode comes from the umask.
+
+    A file that cannot be opened (read-only, a link) is refused when the fit starts; a row that cannot be written
+    (a full disk) fails the fit only once the epoch's checkpoint is written (callbacks/held_failure.py).
     """
 
     order = ORDER.csv_logger
@@ -35,15 +39,17 @@ class CSVLogger(Callback):
         self.rows_written = 0  # rows of this file (header excluded), kept in checkpoints
         self._file = None  # open (binary, appending) from before_fit to cleanup_fit
         self._lock: WriterLock | None = None
+        self._failure = HeldFailure()
 
     def before_fit(self, learn):
+        self._failure = HeldFailure()
         if not getattr(learn, "is_main_process", True):
             return  # data-parallel: the main process writes the file
         self._take_lock()
         try:
             # 'a+': never truncated by the open itself, only once this fit holds the lock (the file may be another
             # live run's until then).
-            self._file = open_for_write(self.path, "a+b")
+            self._file = open_for_write(self.path, "a+b", buffering=0)  # each row written at once, or not at all
             if learn.resuming:
                 self._keep_rows(self.rows_written)
             elif self.append:
@@ -70,17 +76,32 @@ class CSVLogger(Callback):
         lines = self._file.read().splitlines(keepends=True)
         self._file.truncate(sum(len(line) for line in lines[: n_rows + 1]))  # the header and the first n_rows rows
 
+    def before_epoch(self, learn):
+        self._failure.raise_if_held()  # the previous epoch's checkpoint is written by now
+
     def after_epoch(self, learn):
-        if self._file is None:
-            return
-        row = learn.recorder.epoch_rows[-1]
+        if self._file is not None:
+            self._failure.attempt(lambda: self._write_row(learn.recorder.epoch_rows[-1]), lambda e: after_checkpoint(
+                f"CSVLogger could not write epoch {learn.epoch} to {self.path}: {type(e).__name__}: {e}",
+                f"the file's first {self.rows_written} rows"))
+
+    def after_fit(self, learn):
+        self._failure.raise_if_held()  # the last epoch's checkpoint is written by now
+
+    def _write_row(self, row: dict) -> None:
         text = io.StringIO()
         writer = csv.writer(text)
-        if os.fstat(self._file.fileno()).st_size == 0:
+        size = os.fstat(self._file.fileno()).st_size
+        if size == 0:
             writer.writerow(list(row))
         writer.writerow(row.values())  # floats as repr: they read back exactly
-        self._file.write(text.getvalue().encode())
-        self._file.flush()
+        data = memoryview(text.getvalue().encode())
+        try:
+            while data:
+                data = data[self._file.write(data):]
+        except OSError:
+            self._file.truncate(size)  # no half row left for a later append to continue
+            raise
         self.rows_written += 1
 
     def cleanup_fit(self, learn):
@@ -101,4 +122,4 @@ class CSVLogger(Callback):
 
     def __getstate__(self) -> dict:
         # A checkpoint's trial restore deep-copies callbacks: the open file and the lock stay with this one.
-        return {**self.__dict__, "_file": None, "_lock": None}
+        return {**self.__dict__, "_file": None, "_lock": None, "_failure": HeldFailure()}

@@ -1,11 +1,9 @@
 """What the experiment trackers (callbacks/loggers.py: TensorBoardCallback, MLflowCallback) share: which fits they
 log, the step of each row, the fit's hyperparameters, the LR finder's curve, and what happens when a tracker fails.
 
-A tracker that fails (a full disk under its folder or store, a read-only file system, a store that refuses a write)
-must not cost the epoch's checkpoint: trackers run before SaveModelCallback (the checkpoint records how far they
-logged), so the failure is held, the tracker stops writing, and `TrackerError` is raised at the next event, once the
-epoch's checkpoint is written (the next epoch's `before_epoch`, or `after_fit`). The checkpoint then holds the
-tracker's state as of its last good write: a fit resumed from it logs the missing steps again.
+A tracker that fails (a full disk under its folder or store, a store that refuses a write) must not cost the epoch's
+checkpoint: its failure is held and raised as a `LoggerError` once the checkpoint is written
+(callbacks/held_failure.py). A failure at the start of a fit, before anything is trained, is raised at once.
 """
 
 from __future__ import annotations
@@ -15,12 +13,13 @@ import math
 import sys
 import warnings
 
-from .core import Callback
+from .core import ORDER, Callback
+from .held_failure import HeldFailure, after_checkpoint
 from .hypers import get_hyper
 from .lr_finder import LRFinderCallback
 from .scheduler import ParamScheduler
 
-__all__ = ["TrackerCallback", "TrackerError", "fit_hyperparameters", "lr_find_series", "require"]
+__all__ = ["TrackerCallback", "fit_hyperparameters", "lr_find_series", "require"]
 
 TRACK_EXTRA = "pip install 'cyclr[track]'"
 # Hyperparameters the Recorder does not record, logged per step only when a ParamScheduler changes them.
@@ -35,10 +34,6 @@ def require(module: str, package: str, callback: str) -> None:
         raise ImportError(f"{callback} needs the {package!r} package, which is not installed: {TRACK_EXTRA}")
 
 
-class TrackerError(RuntimeError):
-    """A tracker could not write: raised once the epoch's checkpoint is written (the original error is its cause)."""
-
-
 class TrackerCallback(Callback):
     """What both trackers share: which fits to log, the step of each row, the hyperparameters, the LR finder, and
     holding a failure until the checkpoint is written (module docstring).
@@ -47,9 +42,9 @@ class TrackerCallback(Callback):
     `_write_params(params)`, `_write_figure(name, fig, step)`, `_write_lr_find(learn, finder)`, `_close(status)`,
     and say where they write (`_where()`) and why a write failed (`_reason(error)`)."""
 
-    # After the Recorder (50), which writes the rows read here, and CSVLogger (57); before SaveModelCallback (90),
-    # so a checkpoint holds how far this run was logged.
-    order = 58
+    # After the Recorder, which writes the rows read here; before SaveModelCallback, so a checkpoint holds how far
+    # this run was logged.
+    order = ORDER.trackers
 
     def __init__(self, log_figures: bool = False):
         self.log_figures = bool(log_figures)
@@ -58,7 +53,7 @@ class TrackerCallback(Callback):
         self.rows_logged = self.epochs_logged = 0  # the Recorder's rows already logged
         self.n_fits = 0
         self._logging = self._finished = False
-        self._failure: TrackerError | None = None  # held until the epoch's checkpoint is written
+        self._failure = HeldFailure()  # raised once the epoch's checkpoint is written
         self._finder: LRFinderCallback | None = None
         self._extra_names: list[str] = []
         self._extra: dict[int, dict[str, list[float]]] = {}
@@ -66,7 +61,7 @@ class TrackerCallback(Callback):
     # ----- hooks -------------------------------------------------------------------------------------------------
     def before_fit(self, learn):
         self._logging = self._finished = False
-        self._failure = None
+        self._failure = HeldFailure()
         self._finder = None
         if not getattr(learn, "is_main_process", True):
             return
@@ -81,8 +76,8 @@ class TrackerCallback(Callback):
             self._extra = {}
         self._logging = True  # from here on cleanup_fit ends the run, whatever fails next
         # Nothing is trained yet: a failure here is raised at once.
-        self._guarded("the start of the fit", lambda: self._start_run(learn))
-        self._raise_held_failure()
+        self._failure.attempt(lambda: self._start_run(learn), lambda e: self._describe("the start of the fit", e))
+        self._failure.raise_if_held()
 
     def _start_run(self, learn) -> None:
         self._open(learn)
@@ -92,7 +87,7 @@ class TrackerCallback(Callback):
             self.n_fits += 1
 
     def before_epoch(self, learn):
-        self._raise_held_failure()  # the previous epoch's checkpoint is written by now
+        self._failure.raise_if_held()  # the previous epoch's checkpoint is written by now
 
     def before_step(self, learn):
         if self._logging and self._extra_names:
@@ -102,7 +97,8 @@ class TrackerCallback(Callback):
     def after_epoch(self, learn):
         if self._logging:
             step = self.fit_offset + max(learn.train_iter - 1, 0)
-            self._guarded(f"epoch {learn.epoch}", lambda: self._log_new_rows(learn, epoch_step=step))
+            self._failure.attempt(lambda: self._log_new_rows(learn, epoch_step=step),
+                                  lambda e: self._describe(f"epoch {learn.epoch}", e))
 
     def after_fit(self, learn):
         if self._finder is not None and self._finder.lrs:
@@ -110,8 +106,8 @@ class TrackerCallback(Callback):
         if not self._logging:
             return
         # A fit cancelled mid-epoch: the batches it did train.
-        self._guarded("the end of the fit", lambda: self._finish(learn))
-        self._raise_held_failure()  # the last epoch's checkpoint is written by now
+        self._failure.attempt(lambda: self._finish(learn), lambda e: self._describe("the end of the fit", e))
+        self._failure.raise_if_held()  # the last epoch's checkpoint is written by now
 
     def _finish(self, learn) -> None:
         self._log_new_rows(learn, epoch_step=None)
@@ -130,47 +126,26 @@ class TrackerCallback(Callback):
             return
         self._logging = False
         error = sys.exc_info()[1]
-        if not self._finished and self._failure is None:
+        if not self._finished:
             # Interrupted mid-epoch (Ctrl-C, an error): the Recorder (order 50) kept the steps taken; so does the run.
-            self._guarded("the steps of the interrupted epoch", lambda: self._log_new_rows(learn, epoch_step=None))
+            self._failure.attempt(lambda: self._log_new_rows(learn, epoch_step=None),
+                                  lambda e: self._describe("the steps of the interrupted epoch", e))
         if self._finished:
             status = "FINISHED"
         else:
             status = "FAILED" if isinstance(error, Exception) or error is None else "KILLED"
-        try:
-            self._close(status)
-        except Exception as e:  # noqa: BLE001 - raising here would hide the fit's own exception
-            failure = self._failure or self._make_failure(f"its run (ending it as {status})", e)
-            self._failure = failure
-        if self._failure is not None and self._failure is not error:
-            # The fit ended on another error (or the failure was held past the fit's end): say it, never hide either.
-            warnings.warn(str(self._failure), RuntimeWarning, stacklevel=2)
+        ended = HeldFailure()  # raising here would hide the fit's own exception: said as a warning instead
+        ended.attempt(lambda: self._close(status), lambda e: self._describe(f"the end of its run (as {status})", e))
+        failure = self._failure.error or ended.error  # the first says it: closing after a failure fails again
+        if failure is not None and failure is not error:
+            warnings.warn(str(failure), RuntimeWarning, stacklevel=2)
 
     # ----- failures ----------------------------------------------------------------------------------------------
-    def _guarded(self, what: str, write) -> None:
-        """Call `write()`; a failure is held (the first one only: nothing more is written after it)."""
-        if self._failure is not None:
-            return
-        try:
-            write()
-        except Exception as e:  # noqa: BLE001 - any failure of the tracker must wait for the checkpoint
-            self._failure = self._make_failure(what, e)
-
-    def _make_failure(self, what: str, error: Exception) -> TrackerError:
+    def _describe(self, what: str, error: Exception) -> str:
+        failed = f"{self.name} could not log {what} to {self._where()}: {self._reason(error)}"
         if what == "the start of the fit":
-            then = "Nothing was trained yet: fix the tracker's location (or remove the tracker) and fit again"
-        else:
-            then = ("Training itself went on until this error was raised, once the epoch's checkpoint (if any) was "
-                    "written; the tracker's state in that checkpoint is that of its last complete write (steps "
-                    f"below {self.logged_until}), so a fit resumed from it logs the rest again. Free space or fix "
-                    "the tracker's location, then resume, or remove the tracker to train without it")
-        failure = TrackerError(f"{self.name} could not log {what} to {self._where()}: {self._reason(error)}. {then}")
-        failure.__cause__ = error
-        return failure
-
-    def _raise_held_failure(self) -> None:
-        if self._failure is not None:
-            raise self._failure
+            return f"{failed}. Nothing was trained yet: fix the tracker's location (or remove it) and fit again"
+        return after_checkpoint(failed, f"the steps this run logged before (below step {self.logged_until})")
 
     def _where(self) -> str:
         raise NotImplementedError
