@@ -66,9 +66,10 @@ class WriterLock:
                 os.close(fd)
                 raise
             os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()} since "
-                     f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
+        with contextlib.suppress(OSError):  # on a full disk the lock holds all the same, its owner just unnamed
+            os.ftruncate(fd, 0)
+            os.write(fd, f"pid {os.getpid()} on host {socket.gethostname()} since "
+                         f"{time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
         self._held[self.key] = [fd, 1]
 
     def release(self) -> None:
@@ -111,7 +112,8 @@ class WriterLock:
 
     def _conflict_message(self, fd: int, no_locks: bool) -> str:
         os.lseek(fd, 0, os.SEEK_SET)
-        owner = os.read(fd, 512).decode(errors="replace").strip() or "a process still starting"
+        owner = (os.read(fd, 512).decode(errors="replace").strip()
+                 or "its name not written yet, or not at all on a full disk")
         fallback = (f" (this file system has no locks: if that process is not running any more, remove {self.path})"
                     if no_locks else "")
         return (f"{self.what} is being written by another process ({owner}), which holds {self.path}{fallback}. "

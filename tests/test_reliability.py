@@ -331,6 +331,9 @@ FAULTS = [
      "test_two_processes_resuming_one_checkpoint_the_second_is_refused_before_any_step_naming_the_first"),
     ("the writer of a run's files SIGKILLed", "its lock died with it: the next writer goes on",
      "test_the_writer_lock_dies_with_its_holder"),
+    ("a full disk (a 1 MiB tmpfs) under a checkpoint and the run's lock", "`OSError(ENOSPC)`, old checkpoint intact, "
+     "no temporary file left; the lock still excludes a second writer (its owner unnamed)",
+     "test_on_a_full_disk_a_save_keeps_the_old_checkpoint_and_the_writer_lock_still_excludes"),
     ("a file system that refuses locks (ENOLCK)", "warned; writers still excluded, by the exclusive creation of the "
      "lock file (after a crash, removed by hand as the message says)",
      "test_where_the_file_system_refuses_locks_writers_still_exclude_each_other"),
