@@ -12,6 +12,7 @@ import string
 from pathlib import Path
 
 from ..data.checks import int_at_least
+from ..data.state import check_file_path
 from ..data.writer_lock import WriterLock
 from .history import history_file_name, history_writer_lock
 from .monitors import Monitor
@@ -57,8 +58,7 @@ class SaveModelCallback(Monitor):
     def __init__(self, path: str | os.PathLike = "model.pt", monitor: str = "valid_loss", mode: str = "auto",
                  min_delta: float = 0.0, every_epoch: bool = False, every_n_batches: int | None = None,
                  load_best_at_end: bool = False):
-        if not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
+        check_file_path(path, "model_{epoch}.pt")
         self._init_monitor(monitor, mode, min_delta)
         self._templated = _check_path_template(os.fspath(path))
         self.path, self.every_epoch, self.load_best_at_end = os.fspath(path), bool(every_epoch), load_best_at_end

@@ -28,9 +28,10 @@ try:
 except ImportError:  # Windows: no advisory locks; files are then never judged abandoned
     fcntl = None
 
-__all__ = ["TEMP_SUFFIX", "NOFOLLOW", "atomic_write", "open_for_write", "create_owned_file", "try_lock", "still_names",
-           "remove_stale_temp_files", "remove_unowned_files", "umask_mode", "mode_for_new_content",
-           "atomic_torch_save", "rng_state", "set_rng_state", "seeded_generator", "check_loader_state", "digest"]
+__all__ = ["TEMP_SUFFIX", "NOFOLLOW", "atomic_write", "check_file_path", "open_for_write", "create_owned_file",
+           "try_lock", "still_names", "remove_stale_temp_files", "remove_unowned_files", "umask_mode",
+           "mode_for_new_content", "atomic_torch_save", "rng_state", "set_rng_state", "seeded_generator",
+           "check_loader_state", "digest"]
 
 # Our temporary files are `.<final name>.<pid>.<random>.cyclr-tmp` beside the final file: recognisable, so the next
 # write of that file removes what a process killed mid-write left behind. Only files no process holds locked: another
@@ -47,7 +48,7 @@ def atomic_write(path, write: Callable[[BinaryIO], None]) -> Path:
     The file gets the mode a plain `open(path, 'w')` would give it: an existing regular file's mode is kept, anything
     else (a new file, a symbolic link, which is replaced, never written through) honours the umask. The temporary
     file is locked while in use (`create_owned_file`), so no other process removes it as stale."""
-    path = Path(path)
+    path = Path(check_file_path(path))
     directory = path.parent
     directory.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(path)
@@ -72,6 +73,19 @@ def atomic_write(path, write: Callable[[BinaryIO], None]) -> Path:
         raise
     fsync_directory(directory)
     return path
+
+
+def check_file_path(path, example: str = "model.pt") -> str:
+    """`path` as a str, if it can name a file to write; else a ValueError saying what to pass instead."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
+    text = os.fspath(path)
+    if not text.strip():
+        raise ValueError(f"path is empty ({text!r}): pass a file name, e.g. {example!r}")
+    if text.endswith((os.sep, "/")) or os.path.isdir(text):
+        raise ValueError(f"path {text!r} is a folder: pass a file path in it, e.g. "
+                         f"{os.path.join(text, example)!r}")
+    return text
 
 
 def _fchmod(fd: int, path: str, mode: int) -> None:

@@ -40,7 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..callbacks.core import Callback
 from ..callbacks.history import BatchHistory, HistoryFileError, read_history_file
-from ..data.state import atomic_torch_save, digest, rng_state, set_rng_state
+from ..data.state import atomic_torch_save, check_file_path, digest, rng_state, set_rng_state
 from .checkpoint_checks import (
     check_callbacks,
     check_data,
@@ -62,8 +62,7 @@ def save_checkpoint(learn, path, at: str | None = None, inline_history: bool | N
     `inline_history`: whether the Recorder's batch history goes in the file itself (default: between fits, so the
     file stands alone) or in the run's side file beside it (default during a fit, so that a checkpoint's size and
     save time do not grow with the run: callbacks/history.py)."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
+    check_file_path(path)  # before the state is gathered
     at = _position(learn, at)
     if inline_history is None:
         inline_history = at == "outside_fit"
@@ -262,8 +261,7 @@ def _read_history_files(ckpt: dict, path, with_history: bool) -> None:
 def save_model_state(learn, path) -> Path:
     """The model's plain `state_dict` at `path`, atomically: plain PyTorch reads it with
     `model.load_state_dict(torch.load(path, weights_only=True))`."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a file path (str or os.PathLike), got {type(path).__name__}")
+    check_file_path(path)
     if not getattr(learn, "is_main_process", True):
         return Path(path)
     return atomic_torch_save(_unwrapped(learn.model).state_dict(), path)

@@ -475,3 +475,18 @@ def test_save_inside_a_fit_refuses_an_at_that_does_not_match(tmp_path):
 
     with pytest.raises(ValueError, match="at='batch_end' does not match where the fit is: after_epoch is 'epoch_end'"):
         make_learner().fit(1, cbs=[SaveWrongly()])
+
+
+@pytest.mark.parametrize(("call", "match"), [
+    (lambda learn, d: learn.save(""), r"path is empty \(''\): pass a file name, e.g. 'model.pt'"),
+    (lambda learn, d: learn.save("", model_only=True), r"path is empty"),
+    (lambda learn, d: learn.save(d), r"path '.*' is a folder: pass a file path in it, e.g. '.*/model.pt'"),
+    (lambda learn, d: learn.save(f"{d}/new/"), r"is a folder: pass a file path in it"),
+    (lambda learn, d: SaveModelCallback(""), r"path is empty \(''\): pass a file name, e.g. 'model_\{epoch\}.pt'"),
+    (lambda learn, d: SaveModelCallback(d), r"is a folder"),
+])
+def test_an_empty_path_or_a_folder_is_refused_before_anything_is_written(tmp_path, call, match):
+    learn = make_learner()
+    with pytest.raises(ValueError, match=match):
+        call(learn, str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
