@@ -39,7 +39,7 @@ lint: setup
 EXECUTED_NBS := $(patsubst nbs/%,build/nbs/%,$(wildcard nbs/*.ipynb))
 
 docs: setup $(EXECUTED_NBS)
-	$(VENV)/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 build/nbs/%.ipynb: nbs/%.ipynb | $(STAMP)
 	CYCLR_QUICK=1 $(VENV)/bin/jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=600 \

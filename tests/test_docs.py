@@ -50,6 +50,7 @@ def test_every_page_is_in_the_site_or_the_readme():
     assert orphans == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", [p for p in PAGES if python_blocks(p)], ids=page_id)
 def test_the_python_blocks_of_each_page_run_as_written(page, tmp_path, monkeypatch, close_figures):
     monkeypatch.chdir(tmp_path)
