@@ -1,11 +1,12 @@
 """Runs started together share a machine's folders (issue 24, points 6-8), attacked with real processes: several
 fits started within milliseconds of each other in one folder, with TensorBoardCallback() and MLflowCallback() at
 their defaults (a `runs/cyclr-<date>-<time>...` folder each; one new `./mlflow.db` for all), and two fits writing one
-CSVLogger file. Each run's steps are read back with the tools' own readers and compared with what that process's
-Recorder recorded."""
+CSVLogger file (tests/test_csv_logger.py); and a real Ctrl-C (SIGINT) mid-epoch (issue 23.11). Each run's steps are
+read back with the tools' own readers and compared with what that process's Recorder recorded."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -80,3 +81,41 @@ def test_runs_started_together_each_get_their_own_tensorboard_folder_and_mlflow_
     for r in results:
         history = sorted((m.step, m.value) for m in client.get_metric_history(r["runs"]["mlflow"], "train/loss"))
         assert history == list(zip(STEPS, r["losses"], strict=True))
+
+
+def test_a_real_ctrl_c_mid_epoch_leaves_every_step_the_recorder_kept_in_both_trackers(tmp_path):
+    """Issue 23.11, with a real SIGINT: before, the interrupted epoch's steps were in the Recorder only."""
+    from mlflow import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    started = tmp_path / "started"
+    procs, go = start_workers(tmp_path, 1, "tensorboard,mlflow", "--epochs", "3", "--step-sleep", "0.2",
+                              "--started", str(started))
+    worker = procs[0]
+    try:
+        wait_for([tmp_path / "ready0"], procs)
+        go.touch()
+        deadline = time.monotonic() + 240
+        while not (started.exists() and started.read_text() not in ("", *map(str, range(8)))):  # 8 steps: epoch 1
+            assert worker.poll() is None, worker.stderr.read()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        worker.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        assert worker.wait(timeout=120) == 0, worker.stderr.read()[-3000:]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    result = json.loads((tmp_path / "result0.json").read_text())
+    assert result["ok"] and result["interrupted"]
+    steps = result["steps"]
+    assert steps == list(range(len(steps))) and len(steps) % 6 != 0  # stopped mid-epoch
+
+    acc = EventAccumulator(result["runs"]["tensorboard"])
+    acc.Reload()
+    assert [(e.step, pytest.approx(e.value, rel=1e-6)) for e in acc.Scalars("train/loss")] == list(
+        zip(steps, result["losses"], strict=True))
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = result["runs"]["mlflow"]
+    assert client.get_run(run_id).info.status == "KILLED"
+    history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "train/loss"))
+    assert history == list(zip(steps, result["losses"], strict=True))

@@ -6,8 +6,9 @@ and fits, so that all start within milliseconds.
     python tests/tracker_worker.py --loggers tensorboard,mlflow,csv --ready R --go G --out RESULT.json
         [--path P] [--epochs N] [--step-sleep S] [--started FILE]
 
-Writes RESULT.json: {"ok": true, "steps": [...], "losses": [...], "runs": {logger: run id / folder}} or
-{"ok": false, "error": "<type>: <message>"}. `--started FILE` is created once the fit is past its first step.
+Writes RESULT.json: {"ok": true, "steps": [...], "losses": [...], "runs": {logger: run id / folder},
+"interrupted": bool} (Ctrl-C / SIGINT ends the fit, the result is still written) or {"ok": false, "error": "<type>:
+<message>"}. `--started FILE` holds the number of optimizer steps taken, from the first one on.
 """
 
 import argparse
@@ -26,14 +27,14 @@ from cyclr.learner import Learner
 
 
 class Pace(Callback):
-    """Sleeps after each step (so runs overlap), and says when the fit is past its first step."""
+    """Sleeps after each step (so runs overlap), and writes the number of steps taken to `started`."""
 
     def __init__(self, sleep: float, started: str | None):
         self.sleep, self.started = sleep, started
 
     def after_batch(self, learn):
-        if learn.training and self.started and not os.path.exists(self.started):
-            Path(self.started).touch()
+        if learn.training and self.started:
+            Path(self.started).write_text(str(learn.train_iter + 1))
         time.sleep(self.sleep)
 
 
@@ -74,17 +75,21 @@ def main() -> None:
     Path(args.ready).touch()
     while not os.path.exists(args.go):
         time.sleep(0.01)
+    interrupted = False
     try:
         loggers = {kind: make_logger(kind, args.path) for kind in args.loggers.split(",")}
         learn.fit(args.epochs, cbs=[*loggers.values(), Pace(args.step_sleep, args.started)])
+    except KeyboardInterrupt:
+        interrupted = True
     except Exception as e:  # noqa: BLE001 - the test reads what failed
         result = {"ok": False, "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()}
-    else:
-        batches = learn.recorder.to_df("batches")
-        result = {"ok": True, "steps": [int(s) for s in batches["train_iter"]],
-                  "losses": [float(v) for v in batches["loss"]],
-                  "runs": {kind: getattr(cb, "run_id", None) or getattr(cb, "log_dir", None)
-                           for kind, cb in loggers.items()}}
+        Path(args.out).write_text(json.dumps(result))
+        return
+    batches = learn.recorder.to_df("batches")
+    result = {"ok": True, "steps": [int(s) for s in batches["train_iter"]],
+              "losses": [float(v) for v in batches["loss"]], "interrupted": interrupted,
+              "runs": {kind: getattr(cb, "run_id", None) or getattr(cb, "log_dir", None)
+                       for kind, cb in loggers.items()}}
     Path(args.out).write_text(json.dumps(result))
 
 
