@@ -371,3 +371,19 @@ def test_under_torchrun_the_averages_batch_norm_and_snapshots_agree_on_every_pro
     assert len(ranks[0]["probs"]) + len(ranks[1]["probs"]) == 64  # each process predicts on its validation shard
     assert repr(ranks[0]["swa_row"]) == repr(ranks[1]["swa_row"])
     assert ranks[0]["swa"]["1.running_var"].ne(1).all()  # recomputed, not the reset values
+
+
+def test_a_claim_holds_only_when_it_wins_in_every_seed():
+    from experiments.averaging import averaging_claims
+
+    def rows(swa, one_cycle):
+        return [{"variant": v, "seed": str(s), "test_acc": str(a)} for v, accs in
+                (("swa_constant", swa), ("one_cycle", one_cycle)) for s, a in enumerate(accs)]
+
+    verdict = {claim: holds for claim, _, holds in averaging_claims(rows([0.9, 0.9, 0.9], [0.8, 0.8, 0.8]))}
+    assert verdict["SWA beats conventional training of the same budget (Izmailov et al.)"] == "yes"
+    assert verdict["the EMA of the weights beats the final weights of one-cycle"] == "n/a"
+    verdict = {c: h for c, _, h in averaging_claims(rows([0.95, 0.85, 0.85], [0.9, 0.9, 0.8]))}
+    assert verdict["SWA beats conventional training of the same budget (Izmailov et al.)"] == "unclear"
+    verdict = {c: h for c, _, h in averaging_claims(rows([0.8, 0.8, 0.8], [0.9, 0.8, 0.8]))}
+    assert verdict["SWA beats conventional training of the same budget (Izmailov et al.)"] == "no"
