@@ -67,9 +67,7 @@ class TensorBoardCallback(TrackerCallback):
     def _open(self, learn) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        if self._default_dir:
-            self.log_dir = make_new_folder(self.log_dir)
-            self._default_dir = False
+        self._create_default_folder()
         # Resumed: events a crashed run wrote at or after the first step not logged before its checkpoint are
         # hidden by TensorBoard's readers, so the run reads as one continuous series.
         self.writer = SummaryWriter(self.log_dir, purge_step=self.logged_until if learn.resuming else None)
@@ -96,9 +94,16 @@ class TensorBoardCallback(TrackerCallback):
     def _write_figure(self, name: str, fig, step: int) -> None:
         self.writer.add_figure(name, fig, step, close=False)
 
+    def _create_default_folder(self) -> None:
+        """A default folder is created by whatever writes first (a fit or an lr_find), as a new folder."""
+        if self._default_dir:
+            self.log_dir = make_new_folder(self.log_dir)
+            self._default_dir = False
+
     def _write_lr_find(self, learn, finder) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
+        self._create_default_folder()
         names = ("lr_find", *(f"lr_find_{i}" for i in range(1, 10_000)))
         folder = next(p for name in names if not (p := Path(self.log_dir) / name).exists())
         with SummaryWriter(os.fspath(folder)) as writer:

@@ -3,6 +3,7 @@ MlflowClient on a real SQLite store) and compared step by step with the Recorder
 FAILED / KILLED when its fit raises / is interrupted; a fit resumed from a checkpoint leaves one continuous series."""
 
 import importlib.util
+import os
 import random
 
 import numpy as np
@@ -261,3 +262,17 @@ def test_tensorboard_hparams_of_a_plain_fit_give_its_lr(tmp_path):
     content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
     assert hparams["lr_schedule"].string_value == "constant" and hparams["lr"].number_value == 3e-4
+
+
+def test_default_folder_is_one_per_callback_lr_find_and_fits_inside_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first, second = TensorBoardCallback(), TensorBoardCallback()  # created in the same second
+    assert first.log_dir != second.log_dir
+    learn = make_learner(cbs=[first])
+    learn.lr_find(num_it=6)
+    learn.fit(1)
+    make_learner(cbs=[second]).fit(1)
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert runs == sorted(os.path.basename(cb.log_dir) for cb in (first, second))
+    assert (tmp_path / "runs" / os.path.basename(first.log_dir) / "lr_find").is_dir()
+    assert [s for s, _ in read_tensorboard(first.log_dir)[0]["train/loss"]] == list(range(STEPS_PER_EPOCH))
