@@ -169,16 +169,16 @@ class SnapshotEnsemble(Callback):
             raise ValueError("the ensemble has no snapshot yet: fit with SnapshotEnsemble attached and a schedule "
                              "with cycles first (a snapshot is taken at the end of each cycle)")
 
-    def get_preds(self, learn, dl=None, act=None):
+    def get_preds(self, learn, dl=None, act=None, with_targets: bool | None = None):
         """`(probabilities, targets)` over `dl` (default: the validation loader): the mean over the snapshots of
-        `act(outputs)` (default softmax over the last dimension), each snapshot run with the learner's `get_preds`.
-        The learner's weights are its own again afterwards."""
+        `act(outputs)` (default softmax over the last dimension), each snapshot run with the learner's `get_preds`
+        (`with_targets` as there). The learner's weights are its own again afterwards."""
         self._check_taken()
         act = act if act is not None else (lambda out: out.softmax(-1))
         total, targets = None, None
         for k in range(len(self.taken)):
             with loaded_weights(learn.model, self.snapshot(k)):
-                probs, targets = learn.get_preds(dl, act=act)
+                probs, targets = learn.get_preds(dl, act=act, with_targets=with_targets)
             total = probs.double() if total is None else total + probs.double()
         return (total / len(self.taken)).to(probs.dtype), targets
 
