@@ -23,8 +23,9 @@ PAGES = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
 PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 DOCS_N_TRAIN, DOCS_N_VALID = 1024, 512
 
-# Warnings the strict build reports today from docstrings in files this test's owner may not edit (issue 22): each
-# is a docstring to fix; the list is emptied as they are, and an entry that no longer occurs fails the test too.
+# Warnings of the build that are known and named: each a docstring to fix in a file the docs' owner may not edit
+# (issue 22). Emptied as they are fixed (an entry that no longer occurs fails the test too); empty, the test is
+# exactly `mkdocs build --strict`.
 KNOWN_DOCSTRING_WARNINGS = [
     "griffe: build/api/cyclr/data/in_memory.py:32: No type or annotation for parameter 'x, y'",
     "griffe: build/api/cyclr/data/in_memory.py:32: Parameter 'x, y' does not appear in the function signature",
