@@ -90,13 +90,16 @@ class _Averaging(Callback):
             self.averaged = self._new_average(learn)
             self._load_pending()
             return
-        self.averaged, self.n = self._new_average(learn), 0
+        self.averaged, self.n, self._pending = self._new_average(learn), 0, None
 
     @contextlib.contextmanager
     def applied(self, learn):
         """`learn.model` holds the averaged weights inside the block and exactly its own again after it (they are
-        exchanged, bit for bit, even after an error). Inside or outside a fit; `learn.validate()`,
-        `learn.get_preds()` in the block use the averaged weights."""
+        exchanged, bit for bit, even after an error). Inside or outside a fit, after `learn.load(checkpoint)` too;
+        `learn.validate()`, `learn.get_preds()` in the block use the averaged weights."""
+        if self.averaged is None and self._pending is not None:  # loaded from a checkpoint, no fit since
+            self.averaged = self._new_average(learn)
+            self._load_pending()
         if self.averaged is None:
             raise RuntimeError(f"{self.name} has no averaged weights yet: fit with it attached first")
         exchange_weights(learn.model, self.averaged.module)

@@ -238,6 +238,23 @@ def test_a_start_after_the_end_is_refused_before_any_step(cb, match):
         assert torch.equal(v, before[k])
 
 
+def test_the_averages_come_back_from_a_checkpoint_saved_after_the_fit(tmp_path):
+    learn = learner(bn=True)
+    ema = EMA(decay=0.9)
+    learn.fit(2, cbs=[ema])
+    learn.add_cbs([ema])
+    learn.save(tmp_path / "done.pt")
+    with ema.applied(learn):
+        expected = learn.validate()
+    again, ema_again = learner(bn=True), EMA(decay=0.9)
+    again.add_cbs([ema_again])
+    again.load(tmp_path / "done.pt")
+    with ema_again.applied(again):
+        assert again.validate() == expected
+    for k, v in ema.model.state_dict().items():
+        assert torch.equal(ema_again.model.state_dict()[k], v)
+
+
 def test_applied_before_any_fit_is_refused():
     with pytest.raises(RuntimeError, match="no averaged weights yet"), EMA().applied(learner()):
         pass
