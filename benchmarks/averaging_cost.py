@@ -11,6 +11,7 @@ after every step from the start, then at the end one extra validation of the mea
 is batch norm); `+SWA every epoch` (the paper's); `+SnapshotEnsemble` (memory; one snapshot at the cycle's end).
 
     nice .venv/bin/python benchmarks/averaging_cost.py [--model mlp|lenet] [--rounds 7] [--threads 1]
+    .venv/bin/python benchmarks/averaging_cost.py --model lenet --n-train 60000 --device cuda     # on a GPU
 """
 
 from __future__ import annotations
@@ -46,23 +47,26 @@ def main():
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds (after one untimed warm-up round)")
     parser.add_argument("--n-train", type=int, default=12000, help="lenet: first N Fashion-MNIST training images")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="where the data, the models and the averages live")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
 
     torch.manual_seed(0)
     if args.model == "mlp":
-        dls = synthetic_classification(n_train=64 * 200, n_valid=64 * 10, n_features=16, n_classes=2, bs=64)
+        dls = synthetic_classification(n_train=64 * 200, n_valid=64 * 10, n_features=16, n_classes=2, bs=64,
+                                       device=device)
         initial = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 2))
         lr = 0.01
     else:
-        dls = fashion_mnist(bs=256, n_train=args.n_train, n_valid=2000)
+        dls = fashion_mnist(bs=256, n_train=args.n_train, n_valid=2000, device=device)
         initial = lenet()
         lr = 0.05
     devnull = open(os.devnull, "w")  # noqa: SIM115 -- kept open for the whole run
 
     def contender(make_cbs):
         learn = Learner(copy.deepcopy(initial), same_batches(dls), nn.CrossEntropyLoss(), opt_func=sgd, lr=lr,
-                        metrics=[accuracy], device="cpu", progress=False)
+                        metrics=[accuracy], device=device, progress=False)
 
         def one_fit():
             with contextlib.redirect_stdout(devnull):
@@ -71,11 +75,13 @@ def main():
 
         return one_fit
 
-    timings, last = alternate_rounds({name: contender(make) for name, make in CONTENDERS.items()}, args.rounds)
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    timings, last = alternate_rounds({name: contender(make) for name, make in CONTENDERS.items()}, args.rounds,
+                                     sync=sync)
     n_steps = len(dls.train)
     n_params = sum(p.numel() for p in initial.parameters())
     print(f"{args.model} ({n_params} parameters), {len(dls.train.y)} train / {len(dls.valid.y)} valid samples, "
-          f"{n_steps} steps per fit_one_cycle(1), {args.rounds} rounds after a warm-up round")
+          f"{n_steps} steps per fit_one_cycle(1), {args.rounds} rounds after a warm-up round, device {device}")
     print(f"machine: {machine()}; {time.strftime('%Y-%m-%d %H:%M')}")
     print_table(timings, "base", {name: f"valid_loss {v['valid_loss']:.4f}" for name, v in last.items()},
                 "last fit", n_steps=n_steps)
