@@ -3,11 +3,14 @@ average of the weights), both on torch's `torch.optim.swa_utils` (`AveragedModel
 `get_ema_multi_avg_fn`).
 
 Both keep their averaged copy beside the model (`swa.model`, `ema.model`; each fit starts its own average), save it
-in `state_dict()` so that a checkpoint taken mid-fit resumes exactly, sit out the LR finder's sweep, and add columns to the epoch table: how many
-weights have been averaged so far (`swa_n`, `ema_n`: 0 while averaging has not started) and the averaged model's
-validation loss and metrics (`swa_valid_loss`, `swa_<metric>`; `ema_...`), NaN where it was not validated.
+in `state_dict()` so that a checkpoint taken mid-fit resumes exactly, sit out the LR finder's sweep, and add columns
+to the epoch table: how many weights have been averaged so far (`swa_n`, `ema_n`: 0 while averaging has not
+started) and the averaged model's validation loss and metrics (`swa_valid_loss`, `swa_<metric>`; `ema_...`), NaN
+where it was not validated.
 
     learn.fit_one_cycle(10, 1e-2, cbs=[SWA(start=0.75)])   # the last 25% averaged; learn.model ends averaged
+    # the paper's: a constant rate while averaging, the tail of the one schedule
+    learn.fit(10, cbs=[ParamScheduler(swa_scheds(one_cycle(0.1, final_div=10), Const(0.01))), SWA()])
     ema = EMA(decay=0.999)
     learn.fit(5, cbs=[ema])
     with ema.applied(learn):                                 # the EMA weights for this block only

@@ -252,7 +252,8 @@ def averaging_markdown(summary: list[dict], rows: list[dict], config: dict, quic
     ]
     for e in summary:
         lines.append(f"| {e['variant']} | {e['training']} | {e['seeds']} | {plus_minus(e, 'test_acc', 4)} | "
-                     f"{plus_minus(e, 'test_loss')} | {plus_minus(e, 'ece', 4)} | {plus_minus(e, 'train_seconds', 0)} |")
+                     f"{plus_minus(e, 'test_loss')} | {plus_minus(e, 'ece', 4)} | "
+                     f"{plus_minus(e, 'train_seconds', 0)} |")
     lines += ["", "The papers' claims, measured here:", "", "| claim | measured | holds |", "|---|---|---|"]
     for claim, measured, holds in averaging_claims(rows):
         lines.append(f"| {claim} | {measured} | {holds} |")

@@ -18,7 +18,7 @@ from cyclr.callbacks.averaging import EMA, SWA, ema_decay
 from cyclr.callbacks.ensembles import SnapshotEnsemble
 from cyclr.callbacks.scheduler import ParamScheduler
 from cyclr.callbacks.schedules import Const, Cos, Lin, combine
-from cyclr.callbacks.weights import exchange_weights, recompute_batch_norm
+from cyclr.callbacks.weights import recompute_batch_norm
 from cyclr.data.core import DataLoaders
 from cyclr.data.state import rng_state
 from cyclr.data.synthetic import synthetic_classification
@@ -136,7 +136,7 @@ def test_recomputing_batch_norm_leaves_the_rngs_and_the_loaders_as_they_were():
     assert repr(learn.dls.state_dict()) == repr(loaders)
 
 
-# ----- EMA -------------------------------------------------------------------------------------------------------------
+# ----- EMA ------------------------------------------------------------------------------------------------------------
 def test_ema_decay_warms_up_as_timm():
     assert ema_decay(0, 0.999) == 0.0  # the first update copies
     assert ema_decay(1, 0.999) == pytest.approx(1 - 2 ** (-2 / 3))
@@ -197,18 +197,7 @@ def test_a_failing_block_still_puts_the_weights_back():
         assert torch.equal(v, before[k])
 
 
-def test_exchange_weights_twice_is_the_identity_and_refuses_other_architectures():
-    a, b = nn.Linear(3, 2), nn.Linear(3, 2)
-    wa, wb = weights(a), weights(b)
-    exchange_weights(a, b)
-    assert torch.equal(a.weight, wb["weight"]) and torch.equal(b.weight, wa["weight"])
-    exchange_weights(a, b)
-    assert torch.equal(a.weight, wa["weight"]) and torch.equal(b.weight, wb["weight"])
-    with pytest.raises(ValueError, match="different architectures"):
-        exchange_weights(a, nn.Linear(3, 4))
-
-
-# ----- bad arguments, before training ----------------------------------------------------------------------------------
+# ----- bad arguments, before training ---------------------------------------------------------------------------------
 @pytest.mark.parametrize(("make", "match"), [
     (lambda: SWA(start=1.5), r"start must be a fraction of the fit in \(0, 1\)"),
     (lambda: SWA(start=0.0), r"start must be a fraction"),
@@ -260,7 +249,7 @@ def test_applied_before_any_fit_is_refused():
         pass
 
 
-# ----- the LR finder ---------------------------------------------------------------------------------------------------
+# ----- the LR finder --------------------------------------------------------------------------------------------------
 class CountedEMA(EMA):
     steps_seen = 0
 
@@ -285,7 +274,7 @@ def test_lr_find_leaves_the_averages_and_snapshots_untouched():
                 assert all(torch.equal(v[n], w[n]) for n in v), k
 
 
-# ----- SIGKILL mid-averaging, then resume --------------------------------------------------------------------------------
+# ----- SIGKILL mid-averaging, then resume -----------------------------------------------------------------------------
 WORKER = Path(__file__).with_name("averaging_worker.py")
 
 
@@ -316,7 +305,7 @@ def test_sigkill_mid_averaging_then_resume_is_bitwise_equal_to_the_uninterrupted
     assert repr(resumed["epoch_rows"]) == repr(full["epoch_rows"])  # repr: NaN columns compare equal
 
 
-# ----- the reproduction, quick ------------------------------------------------------------------------------------------
+# ----- the reproduction, quick ----------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_the_averaging_reproduction_quick_writes_every_variant_and_the_claims(tmp_path):
     from experiments.averaging import TRAININGS, VARIANTS, main
@@ -363,7 +352,7 @@ def test_swa_scheds_run_the_head_then_the_averaging_tail():
         swa_scheds(head, Const(0.01), start=1.0)
 
 
-# ----- data-parallel: the same averages on every process ----------------------------------------------------------------
+# ----- data-parallel: the same averages on every process --------------------------------------------------------------
 def test_under_torchrun_the_averages_batch_norm_and_snapshots_agree_on_every_process(tmp_path):
     import os
     import socket

@@ -12,6 +12,7 @@ from cyclr.callbacks import Callback
 from cyclr.callbacks.ensembles import SnapshotEnsemble, cycle_ends
 from cyclr.callbacks.scheduler import CyclicLRCallback, ParamScheduler
 from cyclr.callbacks.schedules import Const, combine, one_cycle
+from cyclr.callbacks.weights import exchange_weights
 from cyclr.data.synthetic import synthetic_classification
 from cyclr.learner import Learner, accuracy
 
@@ -42,7 +43,7 @@ def assert_same_state(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
-# ----- where the cycles end ---------------------------------------------------------------------------------------------
+# ----- where the cycles end -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("lrs", "ends"), [
     ([3, 2, 1, 3, 2, 1], [2, 5]),  # restarts, and the last step coming down
     ([1, 2, 3, 2, 1, 2, 3, 2, 1], [4, 8]),  # triangular: the minima
@@ -88,7 +89,7 @@ def test_one_snapshot_per_one_cycle_of_several_in_a_row():
     assert ens.taken == [12, 24, 48]
 
 
-# ----- the ensemble ----------------------------------------------------------------------------------------------------
+# ----- the ensemble ---------------------------------------------------------------------------------------------------
 def test_ensemble_probabilities_are_the_mean_of_the_snapshots_softmax():
     learn = learner()
     ens = SnapshotEnsemble(keep=2)
@@ -127,7 +128,7 @@ def test_snapshots_on_disk_are_named_in_the_state_and_pruned_at_the_end(tmp_path
     torch.testing.assert_close(ens.get_preds(learn)[0], memory.get_preds(learn)[0], rtol=0, atol=0)
 
 
-# ----- refusals --------------------------------------------------------------------------------------------------------
+# ----- refusals -------------------------------------------------------------------------------------------------------
 def test_an_ensemble_without_snapshots_is_refused():
     with pytest.raises(ValueError, match="no snapshot yet"):
         SnapshotEnsemble().get_preds(learner())
@@ -161,3 +162,15 @@ def test_a_checkpoint_naming_lost_snapshot_files_is_refused_on_resume(tmp_path):
     with pytest.raises(FileNotFoundError, match="snapshot files that are gone"):
         learn2.fit_sgdr(3, 1, 0.05, cycle_mult=1, cbs=[SnapshotEnsemble(path=tmp_path / "snaps")],
                         resume=tmp_path / "ckpt_1.pt")
+
+
+# ----- the weight helpers the ensembles and the averages use (callbacks/weights.py) ----------------------------------
+def test_exchange_weights_twice_is_the_identity_and_refuses_other_architectures():
+    a, b = nn.Linear(3, 2), nn.Linear(3, 2)
+    wa, wb = {k: v.clone() for k, v in a.state_dict().items()}, {k: v.clone() for k, v in b.state_dict().items()}
+    exchange_weights(a, b)
+    assert torch.equal(a.weight, wb["weight"]) and torch.equal(b.weight, wa["weight"])
+    exchange_weights(a, b)
+    assert torch.equal(a.weight, wa["weight"]) and torch.equal(b.weight, wb["weight"])
+    with pytest.raises(ValueError, match="different architectures"):
+        exchange_weights(a, nn.Linear(3, 4))
