@@ -13,6 +13,8 @@ import math
 import sys
 import warnings
 
+import torch
+
 from .core import ORDER, Callback
 from .held_failure import HeldFailure, after_checkpoint
 from .hypers import get_hyper
@@ -247,18 +249,17 @@ def fit_hyperparameters(learn, tracker=None) -> dict:
               "wd": _wd(groups), "loss_func": _name(learn.loss_func), "model": type(learn.model).__name__,
               "n_param_groups": len(groups)}
     lr_schedulers = [_short_name(key) for key, cfg in described.items() if _schedules_lr(cfg)]
-    lr_schedulers += [_short_name(cb.name) for cb in learn.cbs if isinstance(cb, ParamScheduler)
-                      and "lr" in cb.scheds and _short_name(cb.name) not in lr_schedulers]
+    lr_schedulers += [_short_name(cb.name) for cb in learn.cbs if _short_name(cb.name) not in lr_schedulers and (
+        isinstance(cb, ParamScheduler) and "lr" in cb.scheds or _torch_scheduler(cb) is not None)]
     if lr_schedulers:
         params["lr_schedule"] = ", ".join(lr_schedulers)
     else:
         params["lr_schedule"] = "constant"
-        lrs = [float(g["lr"]) for g in groups]  # what this fit set (its lr, or the groups' own)
-        params["lr"] = lrs[-1]
-        if len(set(lrs)) > 1:
-            params.update({f"lr_{i}": v for i, v in enumerate(lrs)})
+        params.update(_last_and_each("lr", [g["lr"] for g in groups]))  # what this fit set (its lr, or the groups')
     for key, cfg in described.items():
         params.update(_scheduler_params(_short_name(key), cfg, len(groups)))
+    for cb in learn.cbs:
+        params.update(_torch_scheduler_params(cb, groups))
     for cb in learn.cbs:
         if cb is tracker or isinstance(cb, TrackerCallback) or cb.name in _DEFAULT_CALLBACKS:
             continue
@@ -269,6 +270,43 @@ def fit_hyperparameters(learn, tracker=None) -> dict:
 
 # Arguments of cyclr's schedulers that are learning rates (a number, one per group, or a slice): logged per group too.
 _LR_ARGUMENTS = ("lr", "max_lr", "base_lr")
+
+
+def _torch_scheduler(cb):
+    """The torch lr scheduler a callback runs (TorchScheduler's, built in its before_fit), else None."""
+    scheduler = getattr(cb, "scheduler", None)
+    lr_scheduler = torch.optim.lr_scheduler
+    return scheduler if isinstance(scheduler, (lr_scheduler.LRScheduler, lr_scheduler.ReduceLROnPlateau)) else None
+
+
+# Entries of a torch scheduler's state_dict that are its position, not its settings.
+_TORCH_SCHEDULER_STATE = ("last_epoch", "verbose", "best", "num_bad_epochs", "cooldown_counter")
+
+
+def _torch_scheduler_params(cb, groups) -> dict:
+    """A torch scheduler's settings: its class, the plain entries of its state_dict (T_max, eta_min, total_steps,
+    ...), and the rates it keeps on the groups (max_lr, initial_lr; per group where they differ)."""
+    scheduler = _torch_scheduler(cb)
+    if scheduler is None:
+        return {}
+    prefix = _short_name(cb.name)
+    params = {f"{prefix}.scheduler": type(scheduler).__name__}
+    for name, value in scheduler.state_dict().items():
+        if name.startswith("_") or name in _TORCH_SCHEDULER_STATE:
+            continue
+        if isinstance(value, (int, float, str)):
+            params[f"{prefix}.{name}"] = value
+        elif name.endswith("_lrs") and isinstance(value, list) and len(value) == len(groups):  # base_lrs, max_lrs
+            params.update(_last_and_each(f"{prefix}.{name[:-1]}", value))
+    if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR):  # its peak is kept on the groups, set as built
+        params.update(_last_and_each(f"{prefix}.max_lr", [g["max_lr"] for g in groups]))
+    return params
+
+
+def _last_and_each(name: str, values: list) -> dict:
+    """`name`: the last group's value (fastai's convention for "the" rate); `name_<i>` per group where they differ."""
+    values = [float(v) for v in values]
+    return {name: values[-1], **({f"{name}_{i}": v for i, v in enumerate(values)} if len(set(values)) > 1 else {})}
 
 
 def _wd(groups) -> float | None:

@@ -276,3 +276,20 @@ def test_default_folder_is_one_per_callback_lr_find_and_fits_inside_it(tmp_path,
     assert runs == sorted(os.path.basename(cb.log_dir) for cb in (first, second))
     assert (tmp_path / "runs" / os.path.basename(first.log_dir) / "lr_find").is_dir()
     assert [s for s, _ in read_tensorboard(first.log_dir)[0]["train/loss"]] == list(range(STEPS_PER_EPOCH))
+
+
+def test_params_of_a_torch_scheduler_are_its_settings_and_rates(store):
+    from torch.optim.lr_scheduler import OneCycleLR
+
+    from cyclr.callbacks import TorchScheduler
+
+    uri, client = store
+    cb = MLflowCallback(uri, experiment="params")
+    learn = two_group_learner(cbs=[cb])
+    factory = lambda opt, total_steps: OneCycleLR(opt, max_lr=[0.02, 0.2], total_steps=total_steps)  # noqa: E731
+    learn.fit(2, cbs=[TorchScheduler(factory)])
+    params = client.get_run(cb.run_id).data.params
+    assert "lr" not in params and params["lr_schedule"] == "torch_scheduler"
+    assert params["torch_scheduler.scheduler"] == "OneCycleLR" and params["torch_scheduler.total_steps"] == "12"
+    assert (params["torch_scheduler.max_lr_0"], params["torch_scheduler.max_lr_1"]) == ("0.02", "0.2")
+    assert params["torch_scheduler.base_lr_1"] == str(0.2 / 25)  # where OneCycleLR starts: max_lr / div_factor
