@@ -96,12 +96,16 @@ def summarize(runs: list[dict], finders: list[dict], trials: list[dict]) -> list
                 else:
                     cost = (finder_epochs, finder_seconds)
                 out.append(entry(name, fits, *cost, no_clear_descent=f"{unclear}/{len(found)}"))
-        mine = sorted((t for t in trials if (t["task"], t["opt"], int(t["epochs"]), int(t["bs"]))
-                       == (task, opt, epochs, bs)), key=lambda t: int(t["number"]))
-        for label in sorted({r["label"] for r in rows if r["kind"] == "optuna"}, key=lambda s: int(s[2:])):
-            k = int(label[2:])
-            spent = mine[:k]
-            cost = (sum(float(t["epochs_trained"] or 0) for t in spent), sum(float(t["seconds"] or 0) for t in spent))
+        for label in sorted({r["label"] for r in rows if r["kind"] == "optuna"}, key=_optuna_order):
+            search, k = label.split(" k=")
+            spent = sorted((t for t in trials if (t["task"], t["opt"], int(t["epochs"]), int(t["bs"]), t["search"])
+                            == (task, opt, epochs, bs, search)), key=lambda t: int(t["number"]))[:int(k)]
+            # A seeded search first runs lr_find once (on seed 0's learner): its time is part of the search's cost.
+            finder_seconds = float(spent[0]["lr_find_seconds"] or 0) if spent else 0.0
+            seed0 = [f for f in found if int(f["seed"]) == 0] if search == "seeded" else []
+            cost = (sum(float(t["epochs_trained"] or 0) for t in spent)
+                    + sum(int(f["iterations"]) / int(f["batches_per_epoch"]) for f in seed0),
+                    sum(float(t["seconds"] or 0) for t in spent) + finder_seconds)
             out.append(entry(f"optuna {label}", [r for r in rows if r["label"] == label], *cost))
     return out
 
@@ -109,6 +113,12 @@ def summarize(runs: list[dict], finders: list[dict], trials: list[dict]) -> list
 def default_config(task: str, quick: bool) -> tuple[int, int]:
     """(epochs, bs) the task runs at outside its variation: one epoch in quick mode."""
     return (1 if quick else TASKS[task].epochs), TASKS[task].bs
+
+
+def _optuna_order(label: str) -> tuple[str, int]:
+    """'blind k=5' before 'blind k=10', then the seeded ones."""
+    search, k = label.split(" k=")
+    return search, int(k)
 
 
 def _fmt(value: float, digits: int = 3) -> str:
@@ -183,11 +193,13 @@ def plot_task(runs: list[dict], task: str, epochs: int, bs: int, ax_per_opt: boo
             if fits:
                 ax.scatter([float(r["lr"]) for r in fits], [float(r["accuracy"]) for r in fits], marker=marker,
                            color=color, s=45, zorder=3, label=name)
-        optuna_labels = sorted({r["label"] for r in rows if r["kind"] == "optuna"}, key=lambda s: int(s[2:]))
-        if optuna_labels:
-            fits = [r for r in rows if r["label"] == optuna_labels[-1]]
-            ax.scatter([float(r["lr"]) for r in fits], [float(r["accuracy"]) for r in fits], marker="*", s=110,
-                       color="C0", zorder=4, label=f"Optuna best, {optuna_labels[-1]}")
+        labels = sorted({r["label"] for r in rows if r["kind"] == "optuna"}, key=_optuna_order)
+        for search, color in (("blind", "C0"), ("seeded", "C9")):
+            mine = [label for label in labels if label.startswith(search)]
+            if mine:
+                fits = [r for r in rows if r["label"] == mine[-1]]
+                ax.scatter([float(r["lr"]) for r in fits], [float(r["accuracy"]) for r in fits], marker="*", s=110,
+                           color=color, zorder=4, label=f"Optuna best, {mine[-1]}")
         ax.set_xscale("log")
         ax.set_xlabel("max_lr")
         ax.set_ylabel("final accuracy")

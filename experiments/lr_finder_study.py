@@ -8,8 +8,9 @@ batch size (and, on one task, at two budgets and two batch sizes):
   a rate where every seed diverged);
 - the finder: `lr_find()` on a fresh learner per seed, each suggestion (valley, steep, minimum, slide) trained at
   with that seed; and the weight-decay sweep `lr_find(wds=...)`, its best_wd trained at with its valley;
-- Optuna: `tune_lr` (TPE and a MedianPruner, in `optuna.db`) for `optuna_trials` trials on seed 0; the best rate
-  after k trials trained at with every seed;
+- Optuna: `tune_lr` (TPE and a MedianPruner, in `optuna.db`) for `optuna_trials` trials on seed 0 over the grid's
+  starting range, and for 10 trials seeded from lr_find (a decade either side of its valley, the first trial at
+  it); the best rate after k trials trained at with every seed;
 - the cost of each: epochs and seconds.
 
 Every fit is one row of `runs.csv`, appended as soon as it ends; every finder run one row of `finder.csv`; every
@@ -44,13 +45,14 @@ LOWEST_LR, HIGHEST_LR = 1e-8, 1e3  # the grid never extends past these
 MAX_EXTENSIONS = 4
 WDS = (0.1, 0.01, 0.001, 0.0)  # the weight-decay sweep
 OPTUNA_TRIALS, OPTUNA_KS = 20, (5, 10, 20)
+SEEDED_TRIALS = 10  # the search around lr_find's valley (a decade either side), the first trial at the valley
 
 RUN_FIELDS = ["task", "opt", "epochs", "bs", "kind", "label", "seed", "lr", "wd", "accuracy", "raw_accuracy",
               "valid_loss", "diverged", "epochs_trained", "seconds"]
 FINDER_FIELDS = ["task", "opt", "bs", "seed", "batches_per_epoch", "iterations", "seconds", "no_clear_descent",
                  *SUGGESTION_NAMES, "wd_sweep_curves", "wd_sweep_seconds", "best_wd", "best_wd_valley"]
-TRIAL_FIELDS = ["task", "opt", "epochs", "bs", "number", "state", "max_lr", "value", "diverged", "epochs_trained",
-                "seconds"]
+TRIAL_FIELDS = ["task", "opt", "epochs", "bs", "search", "lr_find_seconds", "number", "state", "max_lr", "value",
+                "diverged", "epochs_trained", "seconds"]
 
 
 @dataclass(frozen=True)
@@ -150,15 +152,14 @@ class LRFinderStudy:
         key = (cfg.task, cfg.opt, str(cfg.bs), str(seed))
         if key in self.finders:
             return self.finders[key]
-        num_it = 30 if self.quick else 100
         learn = make_learner(TASKS[cfg.task], cfg.opt, seed, cfg.bs, self.quick)
         start = time.perf_counter()
         with _quiet():
-            result = learn.lr_find(num_it=num_it)
+            result = learn.lr_find()  # its defaults, as tune_lr's seeded search runs it
         seconds = time.perf_counter() - start
         wds = WDS[1::2] if self.quick else WDS
         with _quiet():
-            sweep = learn.lr_find(num_it=num_it, wds=wds)
+            sweep = learn.lr_find(wds=wds)
         wd_seconds = time.perf_counter() - start - seconds
         row = {"task": cfg.task, "opt": cfg.opt, "bs": cfg.bs, "seed": seed,
                "batches_per_epoch": len(learn.dls.train), "iterations": len(result.lrs), "seconds": seconds,
@@ -182,12 +183,15 @@ class LRFinderStudy:
                      wd=float(found["best_wd"]))
 
     # ----- Optuna -------------------------------------------------------------------------------------------------
-    def optuna_search(self, cfg: StudyConfig, n_trials: int, ks: Sequence[int]) -> None:
+    def optuna_search(self, cfg: StudyConfig, n_trials: int, ks: Sequence[int], seeded: bool = False) -> None:
+        """`tune_lr` over the grid's starting range (blind), or around lr_find's valley (`seeded`), on seed 0; the
+        best rate after each k trials trained at with every seed."""
         import optuna
 
         from cyclr.callbacks.tuning import tune_lr
 
-        storage, name = f"sqlite:///{(self.out / 'optuna.db').resolve()}", "-".join(cfg.key())
+        search = "seeded" if seeded else "blind"
+        storage, name = f"sqlite:///{(self.out / 'optuna.db').resolve()}", "-".join((*cfg.key(), search))
         try:
             done = len(optuna.load_study(study_name=name, storage=storage).trials)
         except KeyError:
@@ -196,21 +200,24 @@ class LRFinderStudy:
         if done < n_trials:
             with _quiet():
                 tune_lr(lambda: make_learner(task, cfg.opt, self.seeds[0], cfg.bs, self.quick), n_trials - done,
-                        cfg.epochs, storage=storage, study_name=name, search={"max_lr": task.grid[cfg.opt]},
-                        monitor="accuracy", seed=0)
-        trials = optuna.load_study(study_name=name, storage=storage).trials[:n_trials]
-        rows = [{"task": cfg.task, "opt": cfg.opt, "epochs": cfg.epochs, "bs": cfg.bs, "number": t.number,
+                        cfg.epochs, storage=storage, study_name=name, monitor="accuracy", seed=0,
+                        search=None if seeded else {"max_lr": task.grid[cfg.opt]}, seed_from_lr_find=seeded)
+        loaded = optuna.load_study(study_name=name, storage=storage)
+        trials = loaded.trials[:n_trials]
+        rows = [{"task": cfg.task, "opt": cfg.opt, "epochs": cfg.epochs, "bs": cfg.bs, "search": search,
+                 "lr_find_seconds": loaded.user_attrs.get("lr_find_seconds", 0.0), "number": t.number,
                  "state": t.state.name, "max_lr": t.params.get("max_lr"), "value": t.value,
                  "diverged": t.user_attrs.get("diverged"), "epochs_trained": t.user_attrs.get("epochs_trained"),
                  "seconds": t.user_attrs.get("seconds")} for t in trials]
-        old = [r for r in read_rows(self.trials_csv) if (r["task"], r["opt"], r["epochs"], r["bs"]) != cfg.key()]
+        old = [r for r in read_rows(self.trials_csv)
+               if (r["task"], r["opt"], r["epochs"], r["bs"], r["search"]) != (*cfg.key(), search)]
         write_rows(self.trials_csv, TRIAL_FIELDS, old + [{k: round_sig(v) for k, v in r.items()} for r in rows])
         for k in ks:
             complete = [t for t in trials[:k] if t.state == optuna.trial.TrialState.COMPLETE]
             if complete:
                 best = max(complete, key=lambda t: t.value)
                 for seed in self.seeds:
-                    self.fit(cfg, "optuna", f"k={k}", best.params["max_lr"], seed)
+                    self.fit(cfg, "optuna", f"{search} k={k}", best.params["max_lr"], seed)
 
 
 @contextlib.contextmanager
@@ -239,7 +246,7 @@ def run_lr_finder_study(out: str | Path, tasks: Sequence[str] = tuple(TASKS), op
     """Run the study (see the module docstring) and write its results to `out`; return the summary.
 
     `quick`: a smoke test in seconds: small subsets, one epoch (two in the variation), a grid of three rates two
-    decades apart and never extended, 30-iteration finder sweeps, 3 Optuna trials."""
+    decades apart and never extended, 3 Optuna trials (2 seeded)."""
     for name in tasks:
         if name not in TASKS:
             raise ValueError(f"unknown task {name!r}; the tasks are {list(TASKS)}")
@@ -252,6 +259,7 @@ def run_lr_finder_study(out: str | Path, tasks: Sequence[str] = tuple(TASKS), op
     _check_packages(tasks)
     n_trials = optuna_trials or (3 if quick else OPTUNA_TRIALS)
     ks = sorted({min(k, n_trials) for k in ((2, 3) if quick else OPTUNA_KS)})
+    seeded_trials = min(n_trials, 2 if quick else SEEDED_TRIALS)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     study = LRFinderStudy(out, seeds, quick, log)
@@ -263,6 +271,7 @@ def run_lr_finder_study(out: str | Path, tasks: Sequence[str] = tuple(TASKS), op
                 study.suggestions(cfg)
                 if (cfg.epochs, cfg.bs) == _default(task, quick):
                     study.optuna_search(cfg, n_trials, ks)
+                    study.optuna_search(cfg, seeded_trials, [k for k in ks if k <= seeded_trials], seeded=True)
 
     from .lr_finder_report import write_report
 

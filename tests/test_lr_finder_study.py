@@ -59,12 +59,23 @@ def test_quick_study_on_one_task(tmp_path):
                                   command="pytest")["summary"]
     runs = read_rows(tmp_path / "runs.csv")
     # two optimizers x two grids (1 epoch, and the 2-epoch variation) x (3 rates, 4 suggestions, the wd sweep's pick)
-    # + Optuna's picks after 2 and 3 trials, retrained on the default grid of each optimizer
+    # + Optuna's picks after 2 and 3 blind trials and 2 seeded ones, retrained on the default grid of each optimizer
     kinds = [r["kind"] for r in runs]
     assert kinds.count("grid") == 12 and kinds.count("suggestion") == 16 and kinds.count("wd_sweep") == 4
-    assert 2 <= kinds.count("optuna") <= 4
-    assert len(read_rows(tmp_path / "finder.csv")) == 2  # the finder sees the batch size, not the epochs
-    assert len(read_rows(tmp_path / "optuna_trials.csv")) == 6
+    for opt in ("sgd", "adamw"):
+        labels = sorted(r["label"] for r in runs if (r["kind"], r["opt"]) == ("optuna", opt))
+        assert labels == ["blind k=2", "blind k=3", "seeded k=2"]
+    finders = read_rows(tmp_path / "finder.csv")
+    assert len(finders) == 2  # the finder sees the batch size, not the epochs
+    trials = read_rows(tmp_path / "optuna_trials.csv")
+    assert [(t["opt"], t["search"]) for t in trials] == [("sgd", "blind")] * 3 + [("sgd", "seeded")] * 2 + [
+        ("adamw", "blind")] * 3 + [("adamw", "seeded")] * 2
+    # The seeded search's first trial is at the valley of seed 0's own lr_find, the same as the finder's row.
+    for opt in ("sgd", "adamw"):
+        first = next(t for t in trials if (t["opt"], t["search"], t["number"]) == (opt, "seeded", "0"))
+        valley = next(f["valley"] for f in finders if f["opt"] == opt)
+        assert float(first["max_lr"]) == pytest.approx(float(valley), rel=1e-5)
+        assert float(first["lr_find_seconds"]) > 0
     for name in ("summary.csv", "lr_finder_table.md", "lr_finder_digits_mlp.png", "lr_finder_variations.png",
                  "optuna.db"):
         assert (tmp_path / name).stat().st_size > 0
@@ -85,7 +96,7 @@ def test_quick_study_on_one_task(tmp_path):
     again = []
     run_lr_finder_study(tmp_path, tasks=("digits_mlp",), seeds=(0,), quick=True, log=again.append)
     assert again == [] and read_rows(tmp_path / "runs.csv") == runs
-    assert len(read_rows(tmp_path / "optuna_trials.csv")) == 6
+    assert read_rows(tmp_path / "optuna_trials.csv") == trials
     assert statistics.fmean(e["n"] for e in summary) == 1
 
 
