@@ -132,7 +132,10 @@ def markdown(summary: list[dict], quick: bool = False, command: str | None = Non
         "apart, reaching two decades past the best on each side; one fit per seed at every rate). Accuracy: mean "
         "over seeds, a diverged fit scored as chance. Regret: points of accuracy lost against the grid's best. "
         "Rate: geometric mean over seeds, and its ratio to the best rate. Cost per seed of finding the rate (the "
-        "fit at it not counted): epochs and seconds, and as a share of the grid's.",
+        "fit at it not counted): epochs and seconds, and as a share of the grid's. `optuna blind k=N`: the best "
+        "rate among `tune_lr`'s first N trials (seed 0, TPE and a MedianPruner) over the grid's starting range, "
+        "then trained with every seed; `optuna seeded k=N`: the same, searched a decade either side of lr_find's "
+        "valley, the sweep's time counted.",
         "",
         "| task | opt | epochs | bs | method | rate | x best | accuracy | regret (points) | diverged | "
         "cost epochs | cost s | % of grid |",
