@@ -22,7 +22,7 @@ class Inference:
     _training_shapes: tuple | None = None
 
     def get_preds(self, dl=None, with_input: bool = False, with_loss: bool = False, act=None,
-                  with_targets: bool | None = None):
+                  with_targets: bool | None = None, ensemble=None):
         """Model outputs and targets over `dl` (default: the validation loader), concatenated, on the CPU:
         `(preds, targets)`, with the inputs first (`with_input`) and per-sample losses last (`with_loss`).
 
@@ -33,7 +33,15 @@ class Inference:
         Targets are None on an unlabelled loader: tuple batches of the inputs alone (as many parts as the model
         takes: `n_inp`, or as the training batches were split, all but their last part), bare tensors, or dicts
         without labels. `with_targets=False` says the batches hold inputs only, `True` that they hold targets too
-        (each refused, naming the counts, when the batches say otherwise); None tells them apart by the count."""
+        (each refused, naming the counts, when the batches say otherwise); None tells them apart by the count.
+
+        `ensemble` (a `SnapshotEnsemble` that took snapshots) gives `(probabilities, targets)`: the mean over its
+        snapshots of `act(outputs)` (softmax by default); the learner's own weights are back afterwards."""
+        if ensemble is not None:
+            if with_input or with_loss:
+                raise ValueError("get_preds(ensemble=...) gives (probabilities, targets) only: drop with_input and "
+                                 "with_loss, or call get_preds once per snapshot")
+            return ensemble.get_preds(self, dl, act=act, with_targets=with_targets)
         dl = dl if dl is not None else self.dls.valid
         if dl is None:
             raise ValueError("no loader to predict on: pass get_preds(dl=...) or build DataLoaders with a valid set")
@@ -116,7 +124,7 @@ class Inference:
         shapes = self._training_batch_shapes()
         return len(shapes) - 1 if _is_parts(shapes) and len(shapes) > 1 else None
 
-    def predict(self, item):
+    def predict(self, item, ensemble=None):
         """Model output for one item (a sample without its batch dimension: the output for it, without one) or a
         batch, in eval mode, without gradients, on the CPU. Outputs with `logits` give those.
 
@@ -124,7 +132,10 @@ class Inference:
         several inputs) or a dict (called as `model(**item)`). It is collated as the training loader would: each
         part gets the batch dimension, numpy arrays become tensors, and floating-point parts take the model's
         floating dtype (integer parts, such as token ids or categories, stay integers). Whether `item` is one
-        item or a batch is told from the number of dimensions of the training inputs."""
+        item or a batch is told from the number of dimensions of the training inputs. `ensemble` (a
+        `SnapshotEnsemble`) gives the mean of its snapshots' softmax instead."""
+        if ensemble is not None:
+            return ensemble.predict(self, item)
         xb = _as_tensors(item, _floating_dtype(self.model), top=True)
         single = self._is_one_item(xb)
         if single:

@@ -108,6 +108,12 @@ def test_ensemble_probabilities_are_the_mean_of_the_snapshots_softmax():
     torch.testing.assert_close(probs, torch.stack(expected).mean(0))
     assert torch.equal(targets, y)
     torch.testing.assert_close(ens.predict(learn, x[3]), torch.stack(expected).mean(0)[3])
+    via_learner, learner_targets = learn.get_preds(ensemble=ens)  # the learner's front door gives the same
+    torch.testing.assert_close(via_learner, probs, rtol=0, atol=0)
+    assert torch.equal(learner_targets, y)
+    torch.testing.assert_close(learn.predict(x[3], ensemble=ens), ens.predict(learn, x[3]), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="with_input"):
+        learn.get_preds(ensemble=ens, with_input=True)
     assert_same_state(learn.model.state_dict(), trained)  # the learner's weights are its own again
     assert (probs.argmax(1) == y).float().mean() > 0.9
 
