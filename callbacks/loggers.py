@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import math
 import os
 import secrets
@@ -225,15 +226,17 @@ class MLflowCallback(TrackerCallback):
 
         now = int(time.time() * 1000)
         batch = [Metric(k, v, now, s) for k, v, s in metrics if s > self._skip.get(k, -1)]
-        for i in range(0, len(batch), 1000):  # MLflow's limit per log_batch call
-            self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
+        with store_errors_reported_by_us():
+            for i in range(0, len(batch), 1000):  # MLflow's limit per log_batch call
+                self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
 
     def _write_params(self, params: dict) -> None:
         from mlflow.entities import Param
 
         items = [Param(k, str(v)) for k, v in params.items()]
-        for i in range(0, len(items), 100):  # MLflow's limit of params per log_batch call
-            self.client.log_batch(self.run_id, params=items[i:i + 100])
+        with store_errors_reported_by_us():
+            for i in range(0, len(items), 100):  # MLflow's limit of params per log_batch call
+                self.client.log_batch(self.run_id, params=items[i:i + 100])
 
     def _write_figure(self, name: str, fig, step: int) -> None:
         self.client.log_figure(self.run_id, fig, f"{name}.png")
@@ -270,7 +273,8 @@ class MLflowCallback(TrackerCallback):
         if self.run_id is None:
             return
         try:
-            self.client.set_terminated(self.run_id, status)
+            with store_errors_reported_by_us():
+                self.client.set_terminated(self.run_id, status)
         except Exception as e:
             if self._sqlite_path is None or not _store_full(e):
                 raise
@@ -318,6 +322,19 @@ def end_run_in_full_store(db_path: Path, run_id: str, status: str) -> None:
         db.execute("UPDATE runs SET status = ?, end_time = ? WHERE run_uuid = ?",
                    (status, int(time.time() * 1000), run_id))
         db.commit()
+
+
+@contextlib.contextmanager
+def store_errors_reported_by_us():
+    """MLflow logs a failed database statement with its SQL and parameters (pages of them) before raising: the error
+    reaches the tracker, which reports it in one line with the original chained, so that log would only repeat it."""
+    log = logging.getLogger("mlflow.store.db.utils")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 @contextlib.contextmanager

@@ -108,7 +108,7 @@ def test_tensorboard_on_a_full_disk_keeps_the_epochs_checkpoint_and_a_resume_com
     assert [e.value for e in events] == pytest.approx(resumed.recorder.to_df("batches")["loss"].tolist(), rel=1e-6)
 
 
-def test_mlflow_on_a_full_sqlite_disk_says_so_briefly_and_ends_the_run_failed(tmp_path, small_fs):
+def test_mlflow_on_a_full_sqlite_disk_says_so_briefly_and_ends_the_run_failed(tmp_path, small_fs, capfd):
     from mlflow import MlflowClient
 
     mount_point, fill, free = small_fs
@@ -120,6 +120,7 @@ def test_mlflow_on_a_full_sqlite_disk_says_so_briefly_and_ends_the_run_failed(tm
     # What failed, where, in a few lines (before: pages of SQL from SQLAlchemy, and the run left RUNNING).
     assert "MLflowCallback could not log epoch 1" in message and str(mount_point / "mlflow.db") in message
     assert "database or disk is full" in message and "[SQL" not in message and len(message) < 1000
+    assert "[SQL" not in capfd.readouterr().err  # nor MLflow's log of the failed statement
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(logger.run_id)
     assert run.info.status == "FAILED"  # ended though the disk is still full
