@@ -208,8 +208,10 @@ class TrackerCallback(Callback):
         self._extra = {int(k): {n: list(v) for n, v in d.items()} for k, d in state.get("extra", {}).items()}
 
     def __getstate__(self) -> dict:
-        # A checkpoint's trial restore deep-copies callbacks: the open writer / client (threads, connections) stay out.
-        return {k: (None if k in ("writer", "_client") else v) for k, v in self.__dict__.items()}
+        # A checkpoint's trial restore deep-copies callbacks: the open writer / client (threads, connections) and a
+        # held failure (its traceback) stay with this one.
+        state = {k: (None if k in ("writer", "_client") else v) for k, v in self.__dict__.items()}
+        return {**state, "_failure": HeldFailure()}
 
     # ----- what subclasses write --------------------------------------------------------------------------------
     def _open(self, learn) -> None:
