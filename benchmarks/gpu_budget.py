@@ -7,7 +7,6 @@ A section's status is one of
 - `scaled`: it ran shorter than planned to fit (the blog's calls with fewer epochs, the one-cycle shape kept);
 - `skipped`: the planner did not run it, `reason` says why (too little time for its first epoch, or its projection);
 - `failed`: it raised; `error` holds the end of the traceback;
-- `not_built`: planned, but the code it would time does not exist yet (no figures are made up for it).
 `--skip-done PREVIOUS.json` carries over the sections that finished (`done`, `scaled`) and runs only the others.
 """
 

@@ -14,13 +14,16 @@ Sections, most valuable first (each under its name in the JSON's `sections`, wit
 3. `speed_options`: bf16, channels_last, compile, each alone and all three, against eager float32. Target: >= 1.5x.
 4. `fp16`: float16 autocast with the GradScaler: epoch time, skipped steps, time per step taken.
 5. `ddp`: torchrun over every GPU present (nccl), the MLP on CIFAR-10; skipped, saying so, on a one-GPU machine.
-6. `averaging`: SWA / snapshot ensembles on ResNet-56, planned but not built yet (reported as such, no figures).
+6. `averaging` (gpu_averaging.py): one-cycle (+ EMA), SGDR + snapshot ensembles (M = 3, 5), SWA with a constant
+   and a cyclical averaging rate on ResNet-56 / CIFAR-10, equal epochs, concurrently as four processes as the blog's;
+   test accuracy, NLL, ECE and time of every variant, and the papers' claims measured on them.
 
 Before a section starts the planner asks for its floor (the seconds it needs to measure its first epoch, `floors`
 below); inside, the section times its first epoch after compilation and runs only the rounds (or the blog's epochs)
 that fit. `--skip-done` carries over what an earlier run finished and runs the rest. The data: CIFAR-10 from
 $CYCLR_DATA (the packed tarball, benchmarks/gpu_pack.py), never downloaded. The dry run swaps the sizes (a few
-dozen images, ResNet-8, blog epochs x 0.03, compile with `backend='eager'`): its figures mean nothing.
+dozen images, a few hundred for averaging, ResNet-8, blog epochs x 0.03, averaging 3 epochs, compile with
+`backend='eager'`): its figures mean nothing.
 
 Batches have fixed shapes, so that compile traces each mode once: the training loaders drop the last partial batch
 (as fastai's training loaders do: 97 batches of 512 an epoch), the test set goes in batches of 1000.
@@ -43,11 +46,11 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))  # experiments/
+from gpu_averaging import run_averaging  # noqa: E402
 from gpu_blog import run_blog  # noqa: E402
 from gpu_budget import Budget, Report, load_previous  # noqa: E402
 from gpu_sections import (  # noqa: E402
     SkipSection,
-    averaging_not_built,
     check_ddp,
     check_epochs,
     check_fp16,
@@ -59,22 +62,26 @@ from overhead import machine  # noqa: E402
 from cyclr.data.cifar10 import cifar10, load_cifar10  # noqa: E402
 
 DEFAULT_BUDGET_S = 360.0  # after the machine's start (1-2 min), a rerun still fits 15 minutes of device time
-FULL = {"rounds": 3, "cifar_train": None, "cifar_valid": None, "fp16_train": None, "resnet_depth": 56,
-        "resnet_bs": 512, "valid_bs": 1000, "compile": {}, "blog_compile": True, "ddp_procs": None,
-        "blog_length_scale": 1.0, "blog_safety": 1.05, "blog_reserve_s": 10.0, "section_reserve_s": 5.0,
-        "poll_s": 2.0,
+FULL = {"rounds": 3, "cifar_train": None, "cifar_valid": None, "fp16_train": None, "averaging_train": None,
+        "resnet_depth": 56, "resnet_bs": 512, "valid_bs": 1000, "compile": {}, "workers_compile": True,
+        "ddp_procs": None, "blog_length_scale": 1.0, "averaging_epochs": 50, "concurrent_safety": 1.05,
+        "concurrent_reserve_s": 10.0, "section_reserve_s": 5.0, "poll_s": 2.0,
         # Seconds a section needs to measure its first epoch (start, data, compilation): it starts only with these.
-        "floors": {"blog": 120.0, "epochs": 30.0, "speed_options": 120.0, "fp16": 30.0, "ddp": 45.0}}
+        # averaging: four processes compile at once, where the blog's three do.
+        "floors": {"blog": 120.0, "epochs": 30.0, "speed_options": 120.0, "fp16": 30.0, "ddp": 45.0,
+                   "averaging": 150.0}}
 # CPU autocast is slow (bf16 ~10x, fp16 ~50x slower than float32 convolutions here): the dry run keeps those few.
-# Its blog workers train eagerly (three dynamo traces at once take ~20 s on 2 cores; speed_options dry-runs compile).
-# Its ddp floor is above the tests' first budget on purpose: the planner's skip is exercised, and the tests' second
-# run (--skip-done) runs ddp.
-DRY = {"rounds": 1, "cifar_train": 64, "cifar_valid": 32, "fp16_train": 32, "resnet_depth": 8, "resnet_bs": 32,
-       "valid_bs": None, "compile": {"backend": "eager"}, "blog_compile": False, "ddp_procs": 2,
-       "blog_length_scale": 0.03, "blog_safety": 1.05, "blog_reserve_s": 1.0, "section_reserve_s": 0.5,
-       "poll_s": 0.2, "floors": {"blog": 5.0, "epochs": 2.0, "speed_options": 4.0, "fp16": 2.0, "ddp": 100.0}}
+# Its concurrent workers (blog, averaging) train eagerly (three dynamo traces at once take ~20 s on 2 cores;
+# speed_options dry-runs compile). Its ddp and averaging floors are above the tests' first budget on purpose: the
+# planner's skip is exercised, and the tests' second run (--skip-done) runs them. Averaging: 6 batches an epoch, 3
+# epochs: the 15 steps its SGDR's 5 cycles need, and 3 more.
+DRY = {"rounds": 1, "cifar_train": 64, "cifar_valid": 32, "fp16_train": 32, "averaging_train": 192,
+       "resnet_depth": 8, "resnet_bs": 32, "valid_bs": None, "compile": {"backend": "eager"},
+       "workers_compile": False, "ddp_procs": 2, "blog_length_scale": 0.03, "averaging_epochs": 3,
+       "concurrent_safety": 1.05, "concurrent_reserve_s": 1.0, "section_reserve_s": 0.5, "poll_s": 0.2,
+       "floors": {"blog": 5.0, "epochs": 2.0, "speed_options": 4.0, "fp16": 2.0, "ddp": 100.0, "averaging": 60.0}}
 SECTIONS = (("blog", run_blog), ("epochs", check_epochs), ("speed_options", check_speed_options),
-            ("fp16", check_fp16), ("ddp", check_ddp), ("averaging", averaging_not_built))
+            ("fp16", check_fp16), ("ddp", check_ddp), ("averaging", run_averaging))
 
 
 @dataclass
@@ -146,14 +153,12 @@ def run_sections(ctx: Context, previous_path) -> None:
         if name in ctx.report.carried:
             print(f"[plan] {name}: finished in {previous_path}, not run again", flush=True)
             continue
-        floor = ctx.size["floors"].get(name)  # None: nothing to time (the averaging runs' placeholder)
-        left = ctx.budget.left()
-        if floor is not None and left < floor:
+        floor, left = ctx.size["floors"][name], ctx.budget.left()
+        if left < floor:
             ctx.report.finish(name, "skipped", reason=f"needs at least {floor:.0f} s to measure its first epoch; "
                                                       f"{max(left, 0):.0f} s of the budget left")
             continue
-        if floor is not None:
-            print(f"[plan] {name}: starting with {left:.0f} s left", flush=True)
+        print(f"[plan] {name}: starting with {left:.0f} s left", flush=True)
         started = time.perf_counter()
         try:
             run(ctx)

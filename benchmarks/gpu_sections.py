@@ -1,5 +1,5 @@
 """The GPU day's sections after the blog: cyclr's epoch against a plain loop, the speed options, fp16 with the
-scaler, torchrun, and the averaging runs' place in the plan.
+scaler, torchrun.
 
 Timings are medians over alternating rounds (the order reversed every other round), ratios per round. Each section
 runs an untimed warm-up round (compilation, allocator, cudnn autotuning), then its first timed round, and projects
@@ -241,9 +241,3 @@ def check_ddp(ctx) -> None:
         figures = json.loads(out.read_text())
     ctx.report.emit("ddp", "mlp_cifar10", {"ok": True, **figures, "wall_with_start_s": timer.wall})
 
-
-def averaging_not_built(ctx) -> None:
-    """SWA / snapshot ensembles on ResNet-56: planned once the averaging issue lands; nothing is timed (or made up)
-    until then."""
-    ctx.report.finish("averaging", "not_built", reason="not built yet: the SWA / snapshot-ensemble runs on ResNet-56 "
-                                                       "wait for the averaging issue")
