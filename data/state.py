@@ -55,13 +55,15 @@ def atomic_write(path, write: Callable[[BinaryIO], None]) -> Path:
     mode = mode_for_new_content(path)
     fd, tmp = create_owned_file(directory, f".{path.name}.{os.getpid()}.", TEMP_SUFFIX)
     try:
-        # Kept open (and so locked) until renamed: a closed temp file looks abandoned to other processes.
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
             _fchmod(f.fileno(), tmp, mode)  # mkstemp creates 0600 whatever the umask
-            os.replace(tmp, path)  # replaces a symbolic link at `path` itself, never its target
+            if fcntl is not None:  # kept open (so locked) until renamed: closed, it would look abandoned
+                os.replace(tmp, path)  # replaces a symbolic link at `path` itself, never its target
+        if fcntl is None:  # Windows: no such locks, and an open file cannot be renamed
+            os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -203,12 +205,14 @@ def create_owned_file(directory, prefix: str, suffix: str) -> tuple[int, str]:
     """A new file `<directory>/<prefix><random><suffix>` (mode 0600, never through a symbolic link), open and locked:
     `(fd, path)`. The lock marks it in use until the descriptor is closed (or the process dies), so
     `remove_unowned_files` leaves it alone."""
-    while True:
+    for _ in range(100):
         fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)  # O_EXCL: never follows a link
         # Between mkstemp and the lock, a cleaner may have locked and removed it: then make another.
         if try_lock(fd) is not False and still_names(fd, path):
             return fd, path
         os.close(fd)
+    raise OSError(errno.EAGAIN, f"could not create a file in {directory} that stays there: each one was removed as "
+                                "soon as it was made (something else cleans this folder)")
 
 
 def remove_stale_temp_files(path) -> list[Path]:

@@ -9,11 +9,11 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import pytest
 import torch
+from tmpfs import fill, full_tmpfs  # noqa: F401 -- a fixture
 from torch import nn
 
 from cyclr.callbacks import (
@@ -131,19 +131,16 @@ def test_save_model_callback_refuses_a_bad_path_template_when_created(path, matc
         SaveModelCallback(path, every_epoch=True)
 
 
-def test_a_full_disk_says_no_space_left_and_keeps_the_old_checkpoint(tmp_path, monkeypatch):
-    path = make_learner().save(tmp_path / "ckpt.pt")
+def test_a_full_disk_says_no_space_left_and_keeps_the_old_checkpoint(full_tmpfs):  # noqa: F811
+    path = make_learner().save(full_tmpfs / "ckpt.pt")
     before = path.read_bytes()
-
-    def temp_file_on_a_full_disk(**kwargs):  # writes fail with ENOSPC, as they do on a full disk
-        return os.open("/dev/full", os.O_WRONLY), str(tmp_path / f".ckpt.pt.{os.getpid()}.x{TEMP_SUFFIX}")
-
-    monkeypatch.setattr(tempfile, "mkstemp", temp_file_on_a_full_disk)
-    with pytest.raises(OSError, match=f"no space left at {tmp_path} to write ckpt.pt .*the previous ckpt.pt, if any, "
-                                      "is intact") as caught:
+    fill(full_tmpfs)
+    with pytest.raises(OSError, match=f"no space left at {full_tmpfs} to write ckpt.pt .*the previous ckpt.pt, if "
+                                      "any, is intact") as caught:
         make_learner().save(path)
     assert caught.value.errno == errno.ENOSPC
     assert path.read_bytes() == before
+    assert sorted(p.name for p in full_tmpfs.iterdir()) == ["ckpt.pt", "filler"]  # no temporary file left
 
 
 class NaNGradientAt(Callback):
@@ -331,13 +328,13 @@ FAULTS = [
      "test_two_processes_resuming_one_checkpoint_the_second_is_refused_before_any_step_naming_the_first"),
     ("the writer of a run's files SIGKILLed", "its lock died with it: the next writer goes on",
      "test_the_writer_lock_dies_with_its_holder"),
-    ("a full disk (a 1 MiB tmpfs) under a checkpoint and the run's lock", "`OSError(ENOSPC)`, old checkpoint intact, "
-     "no temporary file left; the lock still excludes a second writer (its owner unnamed)",
-     "test_on_a_full_disk_a_save_keeps_the_old_checkpoint_and_the_writer_lock_still_excludes"),
+    ("a full disk (a 1 MiB tmpfs) under the run's lock", "the lock still excludes a second writer (its owner "
+     "unnamed)", "test_on_a_full_disk_the_writer_lock_still_excludes"),
     ("a file system that refuses locks (ENOLCK)", "warned; writers still excluded, by the exclusive creation of the "
      "lock file (after a crash, removed by hand as the message says)",
      "test_where_the_file_system_refuses_locks_writers_still_exclude_each_other"),
-    ("full disk during a save", "`OSError(ENOSPC)`: no space left at PATH, previous checkpoint intact",
+    ("full disk during a save (a 1 MiB tmpfs, filled)", "`OSError(ENOSPC)`: no space left at PATH, previous "
+     "checkpoint intact, no temporary file left",
      "test_a_full_disk_says_no_space_left_and_keeps_the_old_checkpoint"),
     ("one flipped bit in a checkpoint's weights", "refused as corrupt (SHA-256 of every part), learner unchanged",
      "test_one_flipped_bit_in_the_weights_is_refused_as_corrupt"),
