@@ -172,7 +172,27 @@ def markdown(summary: list[dict], quick: bool = False, command: str | None = Non
               + (f", {e['diverged']}/{e['n']} fits diverged" if e["diverged"] else "")
               + (f", curves without a clear descent {e['no_clear_descent']}" if e["no_clear_descent"].startswith(
                   tuple("123456789")) else "") for e in misled] or ["- none"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _moving_optimum(summary)) + "\n"
+
+
+def _moving_optimum(summary: list[dict]) -> list[str]:
+    """For a task run at several budgets or batch sizes: where the grid's best rate went, and the valley beside it
+    (the finder sees the batch size, never the budget)."""
+    lines = []
+    for task in sorted({e["task"] for e in summary}):
+        grids = {(e["opt"], e["epochs"], e["bs"]) for e in summary if e["task"] == task}
+        if len({(epochs, bs) for _, epochs, bs in grids}) < 2:
+            continue
+        lines += ["", f"#### The moving optimum: {task} at several budgets and batch sizes", "",
+                  "| opt | epochs | bs | grid's best rate | valley | valley / best | valley's regret (points) |",
+                  "|---|---|---|---|---|---|---|"]
+        for opt, epochs, bs in sorted(grids):
+            valley = next((e for e in summary if (e["task"], e["opt"], e["epochs"], e["bs"], e["method"])
+                           == (task, opt, epochs, bs, "valley")), None)
+            if valley is not None:
+                lines.append(f"| {opt} | {epochs} | {bs} | {_fmt(valley['best_lr'])} | {_fmt(valley['lr'])} | "
+                             f"{_fmt(valley['lr_ratio'], 2)} | {valley['regret_points']:.2f} |")
+    return lines
 
 
 def plot_task(runs: list[dict], task: str, epochs: int, bs: int, ax_per_opt: bool = True):

@@ -82,6 +82,7 @@ def test_quick_study_on_one_task(tmp_path):
     table = (tmp_path / "lr_finder_table.md").read_text()
     assert "QUICK SMOKE RUN" in table and "command `pytest`" in table
     assert "- digits_mlp / sgd: the valley suggestion is" in table and "- digits_mlp / adamw:" in table
+    assert "#### The moving optimum: digits_mlp" in table and "| sgd | 2 | 64 |" in table
 
     # The summary's regret, recomputed from the runs: the grid's best mean accuracy minus the valley's.
     entry = next(e for e in summary if (e["opt"], e["epochs"], e["method"]) == ("sgd", 1, "valley"))
