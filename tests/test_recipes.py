@@ -476,3 +476,24 @@ def test_new_options_are_refused_with_what_to_change():
         CyclicLRCallback(1e-3, 1e-2, step_size=2, step_size_down=0)
     with pytest.raises(ValueError, match=r"max_momentum\[1\] must be in \[0, 1\)"):
         CyclicLRCallback(1e-3, 1e-2, step_size=2, max_momentum=[0.9, 1.0])
+
+
+def test_fit_one_cycle_builds_its_one_cycle_once(monkeypatch):
+    from cyclr.callbacks.schedules import OneCycle
+
+    built = []
+    original = OneCycle.__init__
+
+    def counting(self, *args, **kwargs):
+        built.append(args[0] if args else kwargs["max_lr"])
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(OneCycle, "__init__", counting)
+    dls = synthetic_classification(n_train=32, n_valid=16, n_features=4, n_classes=2, bs=16)
+    learn = Learner(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), dls, nn.CrossEntropyLoss(),
+                    device="cpu", progress=False, splitter=lambda m: [m[0].parameters(), m[2].parameters()])
+    learn.fit_one_cycle(2, max_lr=0.01)
+    assert built == [0.01]  # at construction; the fit runs that one
+    built.clear()
+    learn.fit_one_cycle(1, max_lr=slice(1e-3, 1e-2))
+    assert built == pytest.approx([1e-2, 1e-3, 1e-2])  # the last group's at construction, then one per group
