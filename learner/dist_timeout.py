@@ -2,7 +2,8 @@
 
 torch's default is 30 minutes: a rank stopped (SIGSTOP, a dead NFS mount, a loader that never returns) holds every
 other process, and torchrun, that long. cyclr's default, 10 minutes, still leaves room for a first collective that
-waits on data decoding or compilation; `$CYCLR_DIST_TIMEOUT` (seconds) or the `timeout` argument changes it.
+waits on data decoding or compilation; `$CYCLR_DIST_TIMEOUT` (seconds), or `join`'s `timeout` argument, changes it
+for the process group cyclr creates (a script that creates its own passes `timeout` to `init_process_group`).
 
 When a collective times out (gloo raises; NCCL's watchdog ends the process itself, so this does not apply there),
 the ranks that are still alive check in under a key of the rendezvous store (the one at MASTER_ADDR:MASTER_PORT),
@@ -80,7 +81,8 @@ def note_ranks_not_answering(error: BaseException, rank: int, world_size: int, t
         missing, store_error = None, e
     else:
         store_error = None
-    how = f"(the timeout: ${DIST_TIMEOUT_ENV} seconds, or learn.distributed(timeout=...))"
+    how = (f"(the timeout: ${DIST_TIMEOUT_ENV} seconds for the group cyclr creates; "
+           "init_process_group(timeout=...) for one the script creates)")
     if missing:
         alive = [r for r in range(world_size) if r not in missing]
         message = (f"rank(s) {missing} of {world_size} stopped answering: rank {rank} waited {waited} for them in a "

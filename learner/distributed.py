@@ -295,16 +295,15 @@ class DataParallel:
         return self.rank == 0
 
     @contextlib.contextmanager
-    def distributed(self, timeout: float | timedelta | None = None, **ddp_kwargs):
+    def distributed(self, **ddp_kwargs):
         """Train data-parallel inside this block: join the default process group (initialised from torchrun's
-        environment when the script did not do it, with `timeout` seconds for a collective: default
-        $CYCLR_DIST_TIMEOUT, else 10 minutes), shard the loaders, wrap the model in DistributedDataParallel
+        environment when the script did not do it), shard the loaders, wrap the model in DistributedDataParallel
         (`ddp_kwargs` go to it) during training; undone on exit. Does nothing in a single process, and nothing more
         when the learner already joined at creation because torchrun launched it."""
         if self.is_distributed:
             yield self
             return
-        joined = join(self, timeout, **ddp_kwargs)
+        joined = join(self, **ddp_kwargs)
         if joined is None:
             yield self
             return

@@ -245,7 +245,7 @@ def test_a_stopped_rank_times_out_the_others_naming_it(tmp_path):
     assert ranks[0].returncode == 1
     assert "Timed out waiting 4000ms" in output
     assert ("cyclr: rank(s) [1] of 2 stopped answering: rank 0 waited 4 s for them in a collective (the timeout: "
-            "$CYCLR_DIST_TIMEOUT seconds") in output
+            "$CYCLR_DIST_TIMEOUT seconds for the group cyclr creates") in output
     assert "ranks [0] are alive" in output
     assert seconds < 60  # the timeout, plus the roll call's grace (at most the timeout), plus start-up
     assert not list(tmp_path.glob("finished*"))
