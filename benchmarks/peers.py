@@ -4,10 +4,9 @@ Python per batch is what you pay for. One epoch each.
 
 Part 1, one-cycle training. Every contender trains a fresh LeNet (the same initial weights) on standardised images
 for one epoch with the one-cycle policy (max_lr, div 25, 30% warm-up, final lr max_lr/25e4, momentum 0.95 -> 0.85 ->
-0.95, SGD, wd 0), then makes one validation pass (loss and accuracy):
-
-With `--model mlp` the optimizer is AdamW (betas (0.9, 0.99), eps 1e-5, wd 0.01) and the momentum schedule runs
-on beta1; the table adds each contender's microseconds a step over plain.
+0.95, SGD, wd 0), then makes one validation pass (loss and accuracy). With `--model mlp` the model is the MLP, the
+optimizer AdamW (betas (0.9, 0.99), eps 1e-5, wd 0.01) through every contender, the momentum schedule runs on beta1
+and max_lr defaults to 0.01. The tables add each contender's CPU microseconds a step over the reference's.
 
 - plain:            a hand-written loop over cyclr's in-memory batches, torch's OneCycleLR stepped per batch;
 - plain-DataLoader: the same loop over torch's `DataLoader(TensorDataset)` (num_workers=0);
@@ -29,7 +28,8 @@ What the frameworks print goes to /dev/null.
 Part 2, the LR finder: 100 iterations from 1e-7 to `--lr-find-end`, without early stopping so every tool does the
 same work (the iterations each really ran are printed): cyclr `learn.lr_find`, fastai `learn.lr_find`, Lightning's
 `Tuner.lr_find` (given the validation loader too, as a `datamodule` would), torch-lr-finder's `range_test`; the time
-of the call, and whether the model's weights and the optimizer's state are as before afterwards.
+of the call, and whether the model's weights and the optimizer's state are as before afterwards; on the chosen model
+(`--model mlp`: the LR finder on the MLP).
 
 The peers live in their own environment: `make bench-peers` builds `.venv-peers` and runs this script there.
 
