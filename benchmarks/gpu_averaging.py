@@ -49,7 +49,8 @@ N_CYCLES = 5  # SGDR's cycles: snapshots for M = 3 and M = 5 from the one run
 SWA_CYCLES_PER_EPOCH = 2  # swa_cyclic's tail: cycles of half an epoch
 CALIBRATION_DIV = 25  # the calibration epochs' constant rate: MAX_LR / 25, the one-cycle's start
 # get_preds passes over the test set after training (the weights, EMA, each snapshot, SWA's validation and its
-# predictions); SWA's batch-norm pass over the training data comes on top (about a training epoch's forwards).
+# predictions). SWA's batch-norm pass over the training data comes on top (about a training epoch's forwards), and
+# with compile one more compilation: it runs the model in a mode the calibration did not (no grad, float32).
 EVAL_PASSES = {"one_cycle": 2, "sgdr": 1 + N_CYCLES, "swa_constant": 3, "swa_cyclic": 3}
 MIN_STEPS = 3 * N_CYCLES  # fewer steps than this do not give SGDR five cycles that come down
 
@@ -144,11 +145,19 @@ def worker(training: str, folder: Path) -> None:
 
 
 def projection(ready: dict, size: dict) -> tuple[float, float]:
-    """(seconds of a concurrent epoch with the safety margin, seconds of the slowest run's evaluation after it)."""
+    """(seconds of a concurrent epoch with the safety margin, seconds of the slowest run's evaluation after it). The
+    compilation SWA's batch-norm pass may add is bounded by what the calibration's compiling epoch took over a
+    compiled one."""
     epoch_s = max(r["epoch_s"] for r in ready.values()) * size["concurrent_safety"]
-    eval_s = max(EVAL_PASSES[name] * r["predict_s"] + (epoch_s if name.startswith("swa") else 0.0)
-                 for name, r in ready.items())
-    return epoch_s, eval_s
+
+    def evaluation_s(name: str, r: dict) -> float:
+        if not name.startswith("swa"):
+            return EVAL_PASSES[name] * r["predict_s"]
+        compiled = r["compile"] is not None and r["compile_fallback"] is None
+        compiling_s = max(0.0, r["compile_epoch_s"] - r["epoch_s"]) if compiled else 0.0
+        return EVAL_PASSES[name] * r["predict_s"] + epoch_s + compiling_s
+
+    return epoch_s, max(evaluation_s(name, r) for name, r in ready.items())
 
 
 def run_averaging(ctx) -> None:

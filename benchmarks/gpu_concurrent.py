@@ -235,11 +235,15 @@ class Workers:
         started = time.perf_counter()
         while any(proc.poll() is None for proc in self.procs.values()) and budget.left() > 0:
             time.sleep(self.ctx.size["poll_s"])
+            changed = False
             for name in self.procs:
                 progress = read_json(self.folder / f"progress_{name}.json")
                 if progress is not None and progress["rows"]:
-                    section[f"progress_{name}"] = {"epochs_done": progress["epochs_done"], **progress["rows"][-1]}
-            report.write()
+                    latest = {"epochs_done": progress["epochs_done"], **progress["rows"][-1]}
+                    changed |= section.get(f"progress_{name}", {}).get("epochs_done") != latest["epochs_done"]
+                    section[f"progress_{name}"] = latest
+            if changed:  # a new epoch ended somewhere: keep it (the report is rewritten whole, and fsynced)
+                report.write()
         results = {name: read_json(self.folder / f"result_{name}.json") for name in self.procs}
         for name, result in results.items():
             if result is not None:

@@ -86,6 +86,24 @@ def test_skip_done_carries_finished_sections_only(tmp_path):
         load_previous(tmp_path / "other.json")
 
 
+def test_the_averaging_projection_allows_for_the_evaluation_and_swa_s_compilation():
+    from gpu_averaging import EVAL_PASSES, projection
+
+    def ready(compile_options, fallback=None):
+        return {"compile": compile_options, "compile_fallback": fallback, "compile_epoch_s": 60.0, "epoch_s": 4.0,
+                "predict_s": 0.5}
+
+    runs = ("one_cycle", "sgdr", "swa_constant", "swa_cyclic")
+    assert EVAL_PASSES == {"one_cycle": 2, "sgdr": 6, "swa_constant": 3, "swa_cyclic": 3}
+    # Compiled: SWA's batch-norm pass (an epoch, 4.2 s with the 5% margin) may compile once more (60 - 4 s).
+    epoch_s, eval_s = projection({name: ready({}) for name in runs}, {"concurrent_safety": 1.05})
+    assert epoch_s == pytest.approx(4.2) and eval_s == pytest.approx(3 * 0.5 + 4.2 + 56)
+    # Eager, or compiled then fallen back to eager: no compilation to allow for; SGDR's six passes are then the most.
+    for options, fallback in ((None, None), ("eager (fallback)", "RuntimeError: ...")):
+        _, eval_s = projection({name: ready(options, fallback) for name in runs}, {"concurrent_safety": 1.05})
+        assert eval_s == pytest.approx(max(6 * 0.5, 3 * 0.5 + 4.2))
+
+
 # ---------------------------------------------------------------- pack, fresh environment, dry run
 
 
