@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 
 from ..data.checks import in_unit_interval, int_at_least, non_negative, positive
 from .core import ORDER, Callback
-from .hypers import has_hyper, out_of_range, writer
+from .hypers import has_hyper, hyper_range, out_of_range, writer
 from .schedules import (
     CYCLICAL,
     FLAT_COS,
@@ -46,6 +46,12 @@ UNITS = ("pct", "batch", "epoch")
 
 def describe(sched) -> str:
     return repr(sched) if isinstance(sched, Schedule) else getattr(sched, "__qualname__", None) or repr(sched)
+
+
+def evaluator(sched) -> Callable:
+    """What computes `sched`'s value per batch: a schedule object's `value` directly (the positions a fit feeds are
+    on its clock by construction), any other callable itself."""
+    return sched.value if isinstance(sched, Schedule) else sched
 
 
 class ParamScheduler(Callback):
@@ -106,7 +112,7 @@ class ParamScheduler(Callback):
         groups = learn.opt.param_groups
         opt_name = type(learn.opt).__name__
         scheds = self.group_scheds(len(groups))
-        plan = []  # (name, group index or None for all, schedule, write)
+        plan = []  # (name, group index or None for all, schedule, its evaluator, write)
         for name, value in scheds.items():
             if name == "mom" and not all(has_hyper(g, "mom") for g in groups):
                 warnings.warn(f"{opt_name} has no momentum or betas: the 'mom' schedule is ignored in this fit",
@@ -117,17 +123,16 @@ class ParamScheduler(Callback):
                 raise ValueError(f"cannot schedule {name!r}: {opt_name} has no {name!r} in parameter group(s) "
                                  f"{missing}; its keys are {sorted(groups[missing[0]])}")
             if not isinstance(value, list):
-                plan.append((name, None, value, writer(groups, name, opt_name)))
+                plan.append((name, None, value, evaluator(value), writer(groups, name, opt_name)))
                 continue
             if len(value) != len(groups):
                 raise ValueError(f"{len(value)} schedules for {name!r} but the optimizer has {len(groups)} parameter "
                                  "groups; give one schedule per group, or a single schedule for all")
-            plan += [(name, i, sched, writer([groups[i]], name, opt_name)) for i, sched in enumerate(value)]
-        for name, group, sched, _ in plan:
-            self._check_values(learn, name, group, sched)
+            plan += [(name, i, s, evaluator(s), writer([groups[i]], name, opt_name)) for i, s in enumerate(value)]
+        for name, group, sched, value_at, _ in plan:
+            self._check_values(learn, name, group, sched, value_at)
         self.scheds = scheds  # what this fit runs, and what its checkpoints save
-        # A schedule object's `value` directly: its clock's range was checked with every position above.
-        self._writes = [(write, sched.value if isinstance(sched, Schedule) else sched) for *_, sched, write in plan]
+        self._writes = [(write, value_at) for *_, value_at, write in plan]
 
     def before_batch(self, learn) -> None:
         if not learn.training:
@@ -142,11 +147,8 @@ class ParamScheduler(Callback):
     # ----- positions and values ------------------------------------------------------------------------------------
     def position(self, learn) -> float:
         """The position the schedules see for the batch about to run."""
-        if self.unit == "pct":
-            return learn.pct_train
-        if self.unit == "batch":
-            return learn.train_iter
-        return learn.epoch
+        unit = self.unit
+        return learn.pct_train if unit == "pct" else learn.train_iter if unit == "batch" else learn.epoch
 
     def positions(self, learn):
         """Every position the loop will feed the schedules in this fit, from where it starts (a resumed fit: the
@@ -159,16 +161,14 @@ class ParamScheduler(Callback):
         n = learn.n_train_iters
         return [i / n for i in steps]
 
-    def _check_values(self, learn, name: str, group: int | None, sched: Callable) -> None:
+    def _check_values(self, learn, name: str, group: int | None, sched, value_at: Callable) -> None:
+        low, high, _ = hyper_range(name)
         for k, pos in enumerate(self.positions(learn)):
-            value = sched(pos)
-            problem = out_of_range(name, value)
-            if problem is None:
-                continue
-            if self.unit == "epoch":
-                where = f"position {pos} (epoch {pos} of {learn.n_epoch})"
-            else:
-                where = f"position {pos!r} (step {learn.train_iter + k} of {learn.n_train_iters} in this fit)"
+            value = value_at(pos)  # exactly what before_batch will compute at this position
+            if type(value) is float and low <= value < high or (problem := out_of_range(name, value)) is None:
+                continue  # the fast test first; then an int or a NumPy number in range
+            where = (f"position {pos} (epoch {pos} of {learn.n_epoch})" if self.unit == "epoch" else
+                     f"position {pos!r} (step {learn.train_iter + k} of {learn.n_train_iters} in this fit)")
             whose = f"{name!r}" + ("" if group is None else f" of parameter group {group}")
             what, fix = f"the schedule for {whose} ({describe(sched)})", "checked before any step, nothing was changed"
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
