@@ -13,7 +13,7 @@ NBS = Path(__file__).resolve().parents[1] / "nbs"
 EXECUTED = NBS.parent / "build" / "nbs"
 NOTEBOOKS = ["00_quickstart.ipynb", "01_custom_callbacks.ipynb", "02_blog_experiments.ipynb",
              "03_d2l_lr_scheduling.ipynb", "04_bring_your_own.ipynb", "05_transfer_learning.ipynb",
-             "06_tracking.ipynb", "07_schedule_free.ipynb"]
+             "06_tracking.ipynb", "07_schedule_free.ipynb", "08_averaging.ipynb"]
 KERNEL = "python3"
 
 
@@ -29,7 +29,7 @@ def kernel_name():
     return KERNEL
 
 
-def test_the_four_notebooks_are_committed_without_outputs():
+def test_the_notebooks_are_committed_without_outputs():
     assert sorted(p.name for p in NBS.glob("*.ipynb")) == NOTEBOOKS
     for name in NOTEBOOKS:
         nb = nbformat.read(NBS / name, as_version=4)
