@@ -27,8 +27,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))  # experiments/
@@ -38,8 +36,7 @@ from gpu_sections import sync  # noqa: E402
 
 from cyclr.callbacks import EMA, SWA, ParamScheduler, SnapshotEnsemble, swa_cycles, swa_scheds  # noqa: E402
 from cyclr.callbacks.schedules import Const, one_cycle, sgdr  # noqa: E402
-from cyclr.callbacks.weights import loaded_weights  # noqa: E402
-from experiments.averaging import TRAININGS, averaging_claims, expected_calibration_error  # noqa: E402
+from experiments.averaging import TRAININGS, averaging_claims, softmax, variant_scores  # noqa: E402
 
 SEED = 0
 # ResNet-56 at batch 512: 0.4 is the usual 0.1 at batch 128 scaled linearly; the averaging rates as the SWA paper's
@@ -53,17 +50,6 @@ CALIBRATION_DIV = 25  # the calibration epochs' constant rate: MAX_LR / 25, the 
 # with compile one more compilation: it runs the model in a mode the calibration did not (no grad, float32).
 EVAL_PASSES = {"one_cycle": 2, "sgdr": 1 + N_CYCLES, "swa_constant": 3, "swa_cyclic": 3}
 MIN_STEPS = 3 * N_CYCLES  # fewer steps than this do not give SGDR five cycles that come down
-
-
-def softmax(out: torch.Tensor) -> torch.Tensor:
-    return out.softmax(-1)
-
-
-def scores(probs: torch.Tensor, targets: torch.Tensor) -> dict:
-    """Test accuracy, test loss as the NLL of the probabilities, and experiments.averaging's ECE (15 bins)."""
-    picked = probs.gather(1, targets[:, None]).clamp_min(1e-12)
-    return {"test_acc": (probs.argmax(1) == targets).double().mean().item(), "test_loss": -picked.log().mean().item(),
-            "ece": expected_calibration_error(probs, targets)}
 
 
 def train(training: str, learn, epochs: int, progress) -> dict:
@@ -89,35 +75,6 @@ def train(training: str, learn, epochs: int, progress) -> dict:
         raise ValueError(f"unknown training {training!r}; choose from {TRAININGS}")
     learn.fit(epochs, cbs=[ParamScheduler(scheds), *cbs.values(), progress])
     return cbs
-
-
-def variant_probs(training: str, learn, cbs: dict) -> dict[str, torch.Tensor | list]:
-    """The test probabilities of every variant one training gives (the SGDR run's single snapshots as a list under
-    'snapshots'), and the targets under 'targets'."""
-    probs, targets = learn.get_preds(act=softmax)
-    if training == "one_cycle":
-        with cbs["ema"].applied(learn):
-            return {"one_cycle": probs, "one_cycle_ema": learn.get_preds(act=softmax)[0], "targets": targets}
-    if training == "sgdr":
-        singles = []
-        for k in range(len(cbs["ens"])):
-            with loaded_weights(learn.model, cbs["ens"].snapshot(k)):
-                singles.append(learn.get_preds(act=softmax)[0])
-        return {"sgdr": probs, "snapshots": singles, "targets": targets}
-    with cbs["swa"].applied(learn):
-        return {f"{training}_last": probs, training: learn.get_preds(act=softmax)[0], "targets": targets}
-
-
-def variant_scores(training: str, learn, cbs: dict) -> dict[str, dict]:
-    """Each variant's scores; the snapshot ensembles of the last 3 and 5 snapshots beside their best member."""
-    probs = variant_probs(training, learn, cbs)
-    targets, singles = probs.pop("targets"), probs.pop("snapshots", None)
-    out = {name: scores(p, targets) for name, p in probs.items()}
-    for m in (3, 5) if singles else ():
-        members = singles[-m:]
-        out[f"snapshot_best_single_m{m}"] = max((scores(p, targets) for p in members), key=lambda s: s["test_acc"])
-        out[f"snapshot_m{m}"] = {**scores(torch.stack(members).mean(0), targets), "members": len(members)}
-    return out
 
 
 def timed_predictions(learn) -> dict:

@@ -49,8 +49,8 @@ from .common import (
     write_rows,
 )
 
-__all__ = ["run", "TRAININGS", "VARIANTS", "expected_calibration_error", "averaging_summary", "averaging_claims",
-           "main"]
+__all__ = ["run", "EPOCHS", "TRAININGS", "VARIANTS", "expected_calibration_error", "scores", "softmax",
+           "variant_probs", "variant_scores", "averaging_summary", "averaging_claims", "main"]
 
 BATCH, EPOCHS, QUICK_EPOCHS = 256, 10, 6
 MAX_LR, SWA_LR, CYCLIC_LR, SWA_START, EMA_DECAY = 0.1, 0.01, (0.02, 0.002), 0.75, 0.999
@@ -75,13 +75,14 @@ def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, n_bin
     return ece
 
 
-def _scores(probs: torch.Tensor, targets: torch.Tensor) -> dict:
+def scores(probs: torch.Tensor, targets: torch.Tensor) -> dict:
+    """Test accuracy, test loss as the NLL of the probabilities, and the expected calibration error (ECE_BINS)."""
     nll = -probs.gather(1, targets[:, None]).clamp_min(1e-12).log().mean().item()
     acc = (probs.argmax(1) == targets).double().mean().item()
     return {"test_acc": acc, "test_loss": nll, "ece": expected_calibration_error(probs, targets)}
 
 
-def _softmax(out):
+def softmax(out: torch.Tensor) -> torch.Tensor:
     return out.softmax(-1)
 
 
@@ -92,8 +93,8 @@ def _swa_schedules(tail_cycles: int | None) -> dict:
     return swa_scheds(one_cycle(MAX_LR, final_div=MAX_LR / SWA_LR), tail, SWA_START)
 
 
-def _train(training: str, dls, seed: int, epochs: int, device) -> tuple[Learner, dict, list[dict]]:
-    """One training; returns the learner, its callbacks by name and its variants' scores."""
+def _train(training: str, dls, seed: int, epochs: int, device) -> tuple[Learner, dict]:
+    """One training; returns the learner and its averaging callbacks by name."""
     torch.manual_seed(seed)
     learn = Learner(lenet_bn(), dls, nn.CrossEntropyLoss(), opt_func=sgd, lr=MAX_LR, metrics=[accuracy],
                     device=device, progress=False)
@@ -117,29 +118,34 @@ def _train(training: str, dls, seed: int, epochs: int, device) -> tuple[Learner,
     return learn, cbs
 
 
-def _variants(training: str, learn: Learner, cbs: dict) -> dict[str, dict]:
-    """The scores of every variant one training gives."""
-    probs, y = learn.get_preds(act=_softmax)
+def variant_probs(training: str, learn: Learner, cbs: dict) -> dict[str, torch.Tensor | list]:
+    """The test probabilities of every variant one training gives (the SGDR run's single snapshots as a list under
+    'snapshots'), and the targets under 'targets'. `cbs`: the training's averaging callbacks by name ('ema', 'ens'
+    or 'swa')."""
+    probs, targets = learn.get_preds(act=softmax)
     if training == "one_cycle":
         with cbs["ema"].applied(learn):
-            ema_probs, _ = learn.get_preds(act=_softmax)
-        return {"one_cycle": _scores(probs, y), "one_cycle_ema": _scores(ema_probs, y)}
+            return {"one_cycle": probs, "one_cycle_ema": learn.get_preds(act=softmax)[0], "targets": targets}
     if training == "sgdr":
-        ens = cbs["ens"]
         singles = []
-        for k in range(len(ens)):
-            with loaded_weights(learn.model, ens.snapshot(k)):
-                singles.append(learn.get_preds(act=_softmax)[0])
-        out = {"sgdr": _scores(probs, y)}
-        for m in (3, 5):
-            members = singles[-m:]
-            best = max((_scores(p, y) for p in members), key=lambda s: s["test_acc"])
-            out[f"snapshot_best_single_m{m}"] = best
-            out[f"snapshot_m{m}"] = _scores(torch.stack(members).mean(0), y)
-        return out
+        for k in range(len(cbs["ens"])):
+            with loaded_weights(learn.model, cbs["ens"].snapshot(k)):
+                singles.append(learn.get_preds(act=softmax)[0])
+        return {"sgdr": probs, "snapshots": singles, "targets": targets}
     with cbs["swa"].applied(learn):
-        swa_probs, _ = learn.get_preds(act=_softmax)
-    return {f"{training}_last": _scores(probs, y), training: _scores(swa_probs, y)}
+        return {f"{training}_last": probs, training: learn.get_preds(act=softmax)[0], "targets": targets}
+
+
+def variant_scores(training: str, learn: Learner, cbs: dict) -> dict[str, dict]:
+    """Each variant's scores; the snapshot ensembles of the last 3 and 5 snapshots beside their best member."""
+    probs = variant_probs(training, learn, cbs)
+    targets, singles = probs.pop("targets"), probs.pop("snapshots", None)
+    out = {name: scores(p, targets) for name, p in probs.items()}
+    for m in (3, 5) if singles else ():
+        members = singles[-m:]
+        out[f"snapshot_best_single_m{m}"] = max((scores(p, targets) for p in members), key=lambda s: s["test_acc"])
+        out[f"snapshot_m{m}"] = {**scores(torch.stack(members).mean(0), targets), "members": len(members)}
+    return out
 
 
 def run(out: str | Path = "results/averaging", seeds: Sequence[int] = (0, 1, 2), epochs: int = EPOCHS,
@@ -174,11 +180,11 @@ def run(out: str | Path = "results/averaging", seeds: Sequence[int] = (0, 1, 2),
             seconds = time.perf_counter() - start
             if seed == seeds[0]:
                 lrs[training] = learn.recorder.lrs
-            for variant, scores in _variants(training, learn, cbs).items():
+            for variant, figures in variant_scores(training, learn, cbs).items():
                 append_row(runs_csv, RUN_FIELDS, {"variant": variant, "training": training, "seed": seed, **config,
-                                                  **scores, "train_seconds": seconds})
-                log(f"seed {seed} {variant}: test acc {scores['test_acc']:.4f}, loss {scores['test_loss']:.4f}, "
-                    f"ECE {scores['ece']:.4f} ({seconds:.0f} s training)")
+                                                  **figures, "train_seconds": seconds})
+                log(f"seed {seed} {variant}: test acc {figures['test_acc']:.4f}, loss {figures['test_loss']:.4f}, "
+                    f"ECE {figures['ece']:.4f} ({seconds:.0f} s training)")
     rows = rows_of_config(runs_csv, config)
     summary = averaging_summary(rows)
     write_rows(out / "averaging_summary.csv", list(summary[0]) if summary else ["variant"], summary)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import io
 import math
 import os
 import platform
@@ -13,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+from cyclr.data.state import atomic_write
 
 __all__ = [
     "machine_description", "today", "heading", "check_seeds", "check_positive_int", "summary_stats", "plus_minus",
@@ -121,10 +124,17 @@ def append_row(path: Path, fields: list[str], row: dict) -> None:
 
 
 def write_rows(path: Path, fields: list[str], rows: list[dict]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
+    """Write the CSV whole, atomically (a symbolic link at `path` is replaced, never written through)."""
+
+    def write(f) -> None:
+        text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+        writer = csv.DictWriter(text, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
+        text.flush()
+        text.detach()  # atomic_write flushes, syncs and closes the binary file itself
+
+    atomic_write(path, write)
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -135,7 +145,10 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def save_figure(fig, path: Path) -> None:
+    """Save `fig` atomically in the format of `path`'s suffix (png without one), then close it. A symbolic link at
+    `path` is replaced, never written through."""
     import matplotlib.pyplot as plt
 
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    form = Path(path).suffix[1:] or "png"
+    atomic_write(path, lambda f: fig.savefig(f, format=form, dpi=100, bbox_inches="tight"))
     plt.close(fig)

@@ -13,10 +13,20 @@ from pathlib import Path
 
 
 def _save_figure(fig, path: Path) -> None:
+    """Save `fig` as a PNG, atomically: a symbolic link planted at `path` is replaced, never written through."""
     import matplotlib.pyplot as plt
 
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    from ..data.state import atomic_write
+
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
+
+
+def _save_csv(frame, path: Path) -> None:
+    """Write a pandas frame as CSV, atomically (as _save_figure)."""
+    from ..data.state import atomic_write
+
+    atomic_write(path, lambda f: frame.to_csv(f, index=False, encoding="utf-8"))
 
 
 def demo(args) -> int:
@@ -51,9 +61,9 @@ def demo(args) -> int:
         return 0  # launched by torchrun: rank 0 writes the plots and history of the whole job
 
     _save_figure(finder.plot(), out / "lr_find.png")
-    _lr_find_frame(finder).to_csv(out / "lr_find.csv", index=False)
-    learn.recorder.to_df("batches").to_csv(out / "history_batches.csv", index=False)
-    learn.recorder.to_df("epochs").to_csv(out / "history_epochs.csv", index=False)
+    _save_csv(_lr_find_frame(finder), out / "lr_find.csv")
+    _save_csv(learn.recorder.to_df("batches"), out / "history_batches.csv")
+    _save_csv(learn.recorder.to_df("epochs"), out / "history_epochs.csv")
     _save_figure(learn.recorder.plot_loss(), out / "loss.png")
     _save_figure(learn.recorder.plot_sched(), out / "schedule.png")
     _save_figure(learn.recorder.plot_metrics(), out / "metrics.png")
@@ -94,7 +104,35 @@ def _experiments():
     return importlib.import_module("experiments")
 
 
+# The options of `cyclr reproduce` that only some experiments take: each experiment refuses the others when given.
+_OPTION_USERS = {"--epochs": ("d2l", "averaging"), "--epoch-scale": ("blog",), "--setup": ("blog",),
+                 "--model": ("blog",), "--n-train": ("averaging",)}
+
+
+def _options_given(args) -> list[str]:
+    """The experiment-specific options given a value other than their default."""
+    given = {"--epochs": args.epochs is not None, "--epoch-scale": args.epoch_scale is not None,
+             "--setup": args.setup != "auto", "--model": args.model != "lenet_bn",
+             "--n-train": args.n_train is not None}
+    return [option for option, is_given in given.items() if is_given]
+
+
+def _refuse_options_that_do_not_apply(args) -> None:
+    wrong = [option for option in _options_given(args) if args.experiment not in _OPTION_USERS[option]]
+    if wrong:
+        where = "; ".join(f"{option} is an option of " + " and ".join(f"`cyclr reproduce {e}`"
+                                                                      for e in _OPTION_USERS[option])
+                          for option in wrong)
+        hint = ("; the blog's runs scale their cyc_len with --epoch-scale"
+                if args.experiment == "blog" and "--epochs" in wrong else "")
+        raise SystemExit(f"cyclr reproduce {args.experiment}: {where}{hint}")
+    if args.experiment == "lr-finder" and args.device not in (None, "cpu"):
+        raise SystemExit(f"cyclr reproduce lr-finder: the study trains on the CPU only (its small tasks are "
+                         f"timed there); leave out --device {args.device}")
+
+
 def reproduce(args) -> int:
+    _refuse_options_that_do_not_apply(args)  # before anything is imported, trained or written
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,23 +142,26 @@ def reproduce(args) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)  # on a busy 2-core machine, 1 thread trains LeNet several times faster
-    out = Path(args.out or f"runs/{args.experiment}{'_quick' if args.quick else ''}")
+    name = args.experiment.replace("-", "_")
+    out = Path(args.out or f"runs/{name}{'_quick' if args.quick else ''}")
     command = "cyclr " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else None
+    # Each runner's own defaults (seeds, epochs) apply where an option was not given.
+    given = {"seeds": args.seeds} if args.seeds is not None else {}
+    if args.epochs is not None:
+        given["epochs"] = args.epochs
     if args.experiment == "d2l":
-        if args.epoch_scale is not None or args.setup != "auto" or args.model != "lenet_bn":
-            raise SystemExit("--epoch-scale, --setup and --model are options of `cyclr reproduce blog`")
-        epochs = args.epochs if args.epochs is not None else rep.D2L_EPOCHS
-        result = rep.run_d2l(out, seeds=args.seeds, epochs=epochs, quick=args.quick, device=args.device,
-                             command=command)
+        result = rep.run_d2l(out, quick=args.quick, device=args.device, command=command, **given)
+    elif args.experiment == "blog":
+        result = rep.run_blog(out, epoch_scale=args.epoch_scale, quick=args.quick, setup=args.setup,
+                              cpu_model=args.model, device=args.device, command=command, **given)
+    elif args.experiment == "averaging":
+        result = rep.run_averaging(out, quick=args.quick, n_train=args.n_train, device=args.device, command=command,
+                                   **given)
     else:
-        if args.epochs is not None:
-            raise SystemExit("--epochs is an option of `cyclr reproduce d2l`; the blog's runs scale their cyc_len "
-                             "with --epoch-scale")
-        result = rep.run_blog(out, seeds=args.seeds, epoch_scale=args.epoch_scale, quick=args.quick,
-                              setup=args.setup, cpu_model=args.model, device=args.device, command=command)
-    table = out / f"{args.experiment}_table.md"
+        result = rep.run_lr_finder_study(out, quick=args.quick, command=command, **given)
+    table = out / f"{name}_table.md"
     print(table.read_text())
-    print(f"CSV results, PNG plots and {table.name} written to {result['out'].resolve()}")
+    print(f"CSV results, PNG plots and {table.name} written to {Path(result['out']).resolve()}")
     return 0
 
 
@@ -209,24 +250,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=demo)
 
     p = sub.add_parser("reproduce", formatter_class=formatter,
-                       help="re-run the d2l chapter's schedules or the blog's one-cycle experiments",
-                       description="re-run the d2l chapter's schedules or the blog's one-cycle experiments; CSV "
-                                   "results, plots and a markdown table go to --out")
-    p.add_argument("experiment", choices=["d2l", "blog"], help="which experiments")
+                       help="re-run the d2l chapter's schedules, the blog's one-cycle experiments, the weight "
+                            "averaging comparison or the LR-finder study",
+                       description="re-run published learning-rate experiments: d2l (the chapter's schedules), "
+                                   "blog (the one-cycle experiments), averaging (SWA, EMA and snapshot ensembles "
+                                   "against plain training) or lr-finder (the finder's suggestions against a grid "
+                                   "search and Optuna); CSV results, plots and a markdown table go to --out")
+    p.add_argument("experiment", choices=["d2l", "blog", "averaging", "lr-finder"], help="which experiments")
     p.add_argument("--quick", action="store_true", help="a small data subset and a few epochs: a smoke test")
     p.add_argument("--out", default=None, help="output folder (created); None: runs/<experiment>[_quick]")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="one run per seed")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="one run per seed; None: 0 1 for d2l and blog, 0 1 2 for averaging and lr-finder")
     p.add_argument("--epochs", type=_int_at_least(1), default=None,
-                   help="d2l: epochs per run; None: 30, the book's")
+                   help="d2l: epochs per run, None: 30, the book's; averaging: epochs of every training (>= 5), "
+                        "None: 10")
     p.add_argument("--epoch-scale", type=_positive_float, default=None,
                    help="blog: epochs = cyc_len x this; None: 0.2 on the CPU, 1 with --setup gpu")
     p.add_argument("--setup", choices=["auto", "cpu", "gpu"], default="auto",
                    help="blog: gpu = ResNet-56 on CIFAR-10, cpu = LeNet on Fashion-MNIST; auto picks gpu with CUDA")
     p.add_argument("--model", choices=["lenet_bn", "lenet"], default="lenet_bn",
                    help="blog, cpu setup: LeNet with batch norm or plain LeNet")
+    p.add_argument("--n-train", type=_int_at_least(1), default=None,
+                   help="averaging: the first N training images (the test set is whole); None: all 60000")
     p.add_argument("--threads", type=_int_at_least(1), default=None,
                    help="torch.set_num_threads; None: torch's choice")
-    _add_device(p)
+    p.add_argument("--device", type=_device, default=None,
+                   help="where to train: cpu, cuda, cuda:1, mps; None: the GPU when there is one, else the CPU "
+                        "(lr-finder: the CPU only)")
     p.set_defaults(func=reproduce)
     return parser
 

@@ -89,3 +89,75 @@ def test_demo_trains_on_the_device_asked_for(tmp_path, monkeypatch, capsys):
     assert cli.main(argv) == 0
     assert devices == [torch.device("cpu")]
     assert (tmp_path / "history_epochs.csv").exists()
+
+
+# ----- cyclr reproduce: each experiment takes its own options and refuses the others' -----------------------------
+@pytest.mark.parametrize(("argv", "message"), [
+    (["averaging", "--epoch-scale", "2"], "cyclr reproduce averaging: --epoch-scale is an option of "
+                                          "`cyclr reproduce blog`"),
+    (["averaging", "--setup", "cpu", "--model", "lenet"],
+     "cyclr reproduce averaging: --setup is an option of `cyclr reproduce blog`; --model is an option of "
+     "`cyclr reproduce blog`"),
+    (["lr-finder", "--epochs", "3"], "cyclr reproduce lr-finder: --epochs is an option of `cyclr reproduce d2l` "
+                                     "and `cyclr reproduce averaging`"),
+    (["lr-finder", "--n-train", "100"], "--n-train is an option of `cyclr reproduce averaging`"),
+    (["lr-finder", "--device", "mps"], "cyclr reproduce lr-finder: the study trains on the CPU only"),
+    (["d2l", "--n-train", "100"], "cyclr reproduce d2l: --n-train is an option of `cyclr reproduce averaging`"),
+    (["blog", "--epochs", "3"], "--epochs is an option of `cyclr reproduce d2l` and `cyclr reproduce averaging`; "
+                                "the blog's runs scale their cyc_len with --epoch-scale"),
+])
+def test_reproduce_refuses_another_experiments_options_before_anything_runs(argv, message, tmp_path, monkeypatch):
+    import experiments
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the runner was called")
+
+    for runner in ("run_d2l", "run_blog", "run_averaging", "run_lr_finder_study"):
+        monkeypatch.setattr(experiments, runner, must_not_run)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["reproduce", *argv, "--out", str(out)])
+    assert message in str(exit_.value.code)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("argv", "runner", "expected"), [
+    # Options not given are left to the runner's own defaults (its seeds, its epochs).
+    (["averaging"], "run_averaging", {"quick": False, "n_train": None, "device": None}),
+    (["averaging", "--quick", "--seeds", "3", "4", "--epochs", "7", "--n-train", "2000", "--device", "cpu"],
+     "run_averaging", {"quick": True, "seeds": [3, 4], "epochs": 7, "n_train": 2000, "device": "cpu"}),
+    (["lr-finder"], "run_lr_finder_study", {"quick": False}),
+    (["lr-finder", "--quick", "--seeds", "0", "--device", "cpu"], "run_lr_finder_study",
+     {"quick": True, "seeds": [0]}),
+    (["d2l", "--epochs", "5"], "run_d2l", {"quick": False, "device": None, "epochs": 5}),
+])
+def test_reproduce_passes_each_experiment_its_options(argv, runner, expected, tmp_path, monkeypatch, capsys):
+    import experiments
+
+    calls = []
+    table = f"{argv[0].replace('-', '_')}_table.md"
+
+    def fake_runner(out, **kwargs):
+        calls.append(kwargs)
+        (out.mkdir(parents=True), (out / table).write_text("| the table |"))
+        return {"out": out}
+
+    monkeypatch.setattr(experiments, runner, fake_runner)
+    monkeypatch.setattr("sys.argv", ["cyclr", "reproduce", *argv])
+    assert cli.main(["reproduce", *argv, "--out", str(tmp_path / "out")]) == 0
+    command = "cyclr reproduce " + " ".join(argv)
+    assert calls == [{**expected, "command": command}]
+    printed = capsys.readouterr().out
+    assert "| the table |" in printed and f"{table} written to {tmp_path / 'out'}" in printed
+
+
+@pytest.mark.slow
+def test_reproduce_averaging_quick_writes_its_table_and_plots(tmp_path, capsys):
+    out = tmp_path / "averaging"
+    assert cli.main(["reproduce", "averaging", "--quick", "--seeds", "0", "--threads", "1", "--out", str(out)]) == 0
+    for name in ("averaging_runs.csv", "averaging_summary.csv", "averaging_table.md", "averaging_accuracy.png",
+                 "averaging_schedules.png"):
+        assert (out / name).stat().st_size > 0, name
+    table = (out / "averaging_table.md").read_text()
+    assert "QUICK SMOKE RUN" in table and "| swa_cyclic | swa_cyclic | 0 |" in table
+    assert table in capsys.readouterr().out
