@@ -395,6 +395,33 @@ FAULTS = [
      "test_a_bad_label_in_the_third_training_batch_names_the_batch_and_the_range"),
     ("a bad label in the first batch of a torch DataLoader, past its first two samples", "refused by the "
      "pre-flight before any step", "test_the_first_batch_is_still_the_pre_flights_with_every_label_of_it"),
+    ("a full disk under TensorBoard's folder during a fit (the checkpoints' disk healthy)",
+     "the epoch's checkpoint is written first, then a LoggerError names the folder and ENOSPC; a resume completes "
+     "the run, every step once",
+     "test_tensorboard_on_a_full_disk_keeps_the_epochs_checkpoint_and_a_resume_completes_the_run"),
+    ("a full disk under MLflow's SQLite store",
+     "the epoch's checkpoint is written first; one line says 'database or disk is full' and the store's path (no "
+     "SQL); the run ends FAILED, not RUNNING",
+     "test_mlflow_on_a_full_sqlite_disk_says_so_briefly_and_ends_the_run_failed"),
+    ("a full disk under the CSV log",
+     "the epoch's checkpoint is written first; no half row",
+     "test_csv_on_a_full_disk_keeps_the_epochs_checkpoint_and_no_half_row"),
+    ("a CSV log on a read-only file system",
+     "refused before the first step",
+     "test_a_csv_on_a_read_only_file_system_is_refused_before_the_first_step"),
+    ("2 and 4 runs started within milliseconds with TensorBoardCallback() and MLflowCallback() at their defaults "
+     "(one new mlflow.db)",
+     "a folder each; the store created once under a lock; every step of every run read back",
+     "test_runs_started_together_each_get_their_own_tensorboard_folder_and_mlflow_run"),
+    ("a second fit appending to a CSV log a live run is writing",
+     "refused before any step naming the writer (pid, host); allowed once it ended, even SIGKILLed",
+     "test_a_file_another_live_process_writes_is_refused_and_allowed_once_that_process_is_killed"),
+    ("a symbolic link planted at a CSV log's path",
+     "refused naming the link; its target untouched",
+     "test_a_symlink_planted_at_the_path_is_never_written_through"),
+    ("Ctrl-C (SIGINT) mid-epoch with TensorBoard and MLflow attached",
+     "both hold exactly the steps the Recorder kept; MLflow run KILLED",
+     "test_a_real_ctrl_c_mid_epoch_leaves_every_step_the_recorder_kept_in_both_trackers"),
 ]
 FAULTS_START, FAULTS_END = "<!-- faults-table: start -->", "<!-- faults-table: end -->"
 
