@@ -14,6 +14,7 @@ from .core import (
 )
 from .csv_logger import CSVLogger
 from .ensembles import SnapshotEnsemble
+from .held_failure import LoggerError
 from .loggers import MLflowCallback, TensorBoardCallback
 from .mixed_precision import MixedPrecision
 from .monitors import EarlyStoppingCallback, ReduceLROnPlateau
@@ -30,6 +31,6 @@ __all__ = [
     "ParamScheduler", "OneCycleCallback", "SGDRCallback", "CyclicLRCallback", "FlatCosCallback", "compare_runs",
     "stack_runs", "TorchScheduler",
     "SaveModelCallback", "EarlyStoppingCallback", "ReduceLROnPlateau", "TerminateOnNaNCallback", "GradientClip",
-    "GradientAccumulation", "CSVLogger", "MixedPrecision", "TensorBoardCallback", "MLflowCallback",
+    "GradientAccumulation", "CSVLogger", "MixedPrecision", "TensorBoardCallback", "MLflowCallback", "LoggerError",
     "OptunaPruning", "tune_lr", "SWA", "EMA", "SnapshotEnsemble", "swa_scheds", "swa_cycles",
 ]

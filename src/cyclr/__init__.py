@@ -28,6 +28,7 @@ from .callbacks import (
     FlatCosCallback,
     GradientAccumulation,
     GradientClip,
+    LoggerError,
     MixedPrecision,
     MLflowCallback,
     OneCycleCallback,
@@ -86,6 +87,7 @@ from .data import (
     synthetic_regression,
     tiny_images,
 )
+from .data.writer_lock import WriterConflictError
 from .learner import AccumMetric, Learner, Metric, accuracy, adam, error_rate, lenet, mae, rmse, sgd, top_k_accuracy
 from .learner.checkpoint_format import CheckpointError
 from .learner.models import lenet_bn, resnet56
@@ -97,7 +99,7 @@ __version__ = "0.1.0"
 __all__ = [
     # the Learner, its optimizers, metrics and models
     "Learner", "adam", "sgd", "accuracy", "error_rate", "top_k_accuracy", "rmse", "mae", "AccumMetric", "Metric",
-    "lenet", "lenet_bn", "resnet56", "CheckpointError",
+    "lenet", "lenet_bn", "resnet56", "CheckpointError", "WriterConflictError",
     # data
     "DataLoaders", "InMemoryLoader", "TorchLoader", "fashion_mnist", "load_fashion_mnist", "FASHION_MNIST_CLASSES",
     "synthetic_classification", "synthetic_regression", "tiny_images",
@@ -108,7 +110,7 @@ __all__ = [
     "Recorder", "ProgressCallback", "ParamScheduler", "OneCycleCallback", "FlatCosCallback", "SGDRCallback",
     "CyclicLRCallback", "SaveModelCallback", "EarlyStoppingCallback", "ReduceLROnPlateau", "TerminateOnNaNCallback",
     "GradientClip", "GradientAccumulation", "CSVLogger", "MixedPrecision", "TensorBoardCallback", "MLflowCallback",
-    "TorchScheduler", "compare_runs", "stack_runs",
+    "TorchScheduler", "compare_runs", "stack_runs", "LoggerError",
     # weight averaging and ensembles
     "SWA", "EMA", "swa_scheds", "swa_cycles", "SnapshotEnsemble",
     # tuning
