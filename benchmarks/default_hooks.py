@@ -3,7 +3,7 @@ MLP of `peers.py --model mlp` (16 -> 32 -> 2, batch 64, AdamW), where the framew
 
 The learner is put in the state of a fit of one-cycle training, mid-epoch (`before_fit`, `before_epoch`,
 `before_train` run; a real forward and backward pass so the gradients exist), then every per-batch hook of every
-callback is called `--reps` times in a row, the step counter advancing as in a fit; the median over `--blocks`
+callback is called `--reps` times in a row, the step counter advancing as in a fit; the fastest of `--blocks`
 blocks, in microseconds per call. A Recorder's per-step cost includes its flushes (one every 256 steps); the NaN
 guard's is its `after_loss` and `before_step` together. Beside them: the loop's own work per batch (`to_device`,
 `split_batch`, dispatching an event, the batch-level bookkeeping) and, for scale, one whole step of a plain loop
