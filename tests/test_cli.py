@@ -84,11 +84,19 @@ def test_demo_trains_on_the_device_asked_for(tmp_path, monkeypatch, capsys):
         devices.append(self.device)
 
     monkeypatch.setattr(cyclr.learner.Learner, "__init__", recording_init)
+    # Symbolic links planted where the demo writes a plot and a CSV: replaced, their targets never written through.
+    target = tmp_path / "elsewhere.txt"
+    target.write_text("someone else's file")
+    for name in ("loss.png", "history_epochs.csv"):
+        (tmp_path / name).symlink_to(target)
     argv = ["demo", "--epochs", "1", "--n-train", "256", "--n-valid", "128", "--num-it", "5", "--bs", "64",
             "--threads", "1", "--device", "cpu", "--out", str(tmp_path)]
     assert cli.main(argv) == 0
     assert devices == [torch.device("cpu")]
-    assert (tmp_path / "history_epochs.csv").exists()
+    assert target.read_text() == "someone else's file"
+    assert not (tmp_path / "loss.png").is_symlink() and (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    history = (tmp_path / "history_epochs.csv")
+    assert not history.is_symlink() and history.read_text().startswith("fit,epoch,")
 
 
 # ----- cyclr reproduce: each experiment takes its own options and refuses the others' -----------------------------

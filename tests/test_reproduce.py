@@ -247,3 +247,26 @@ def test_reproduce_blog_quick_runs_the_three_calls(tmp_path):
     assert max(moms["exp1_one_cycle"]) == pytest.approx(0.95) and min(moms["exp1_one_cycle"]) < 0.86
     table = (out / "blog_table.md").read_text()
     assert "QUICK SMOKE RUN" in table and "| claim (blog) |" in table and "use_clr_beta=(10, 13.68" in table
+
+
+# ----- the writers the reproductions share --------------------------------------------------------------------
+def test_figures_and_whole_csvs_replace_a_planted_link_and_never_write_through_it(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from experiments.common import read_rows, save_figure, write_rows
+
+    target = tmp_path / "private.txt"
+    target.write_text("keep")
+    for name in ("plot.png", "plot.svg", "rows.csv"):
+        (tmp_path / name).symlink_to(target)
+    save_figure(plt.figure(), tmp_path / "plot.png")
+    save_figure(plt.figure(), tmp_path / "plot.svg")  # the format follows the suffix
+    write_rows(tmp_path / "rows.csv", ["a", "b"], [{"a": 1, "b": "x,y"}])
+    assert target.read_text() == "keep"
+    assert not any((tmp_path / n).is_symlink() for n in ("plot.png", "plot.svg", "rows.csv"))
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG" and b"<svg" in (tmp_path / "plot.svg").read_bytes()
+    assert read_rows(tmp_path / "rows.csv") == [{"a": "1", "b": "x,y"}]
+    assert not list(tmp_path.glob(".*cyclr-tmp"))  # no temporary file left behind
