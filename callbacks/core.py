@@ -42,7 +42,8 @@ class CallbackOrders:
     trackers: int = 58  # callbacks/tracker.py (TensorBoard, MLflow): write the epoch's row
     progress: int = 60  # prints the row once everything above has filled it
     checkpoint: int = 90  # saves once every other callback has updated its state
-    pruning: int = 95  # callbacks/tuning.py: decides on the epoch the trackers and checkpoints wrote
+    pruning: int = 95  # OptunaPruning (callbacks/tuning.py), PreemptionCheckpoint: decide on the epoch the
+    # trackers and checkpoints wrote
 
 ORDER = CallbackOrders()
 
@@ -121,6 +122,10 @@ def check_hook_names(cb: Callback) -> None:
     """Refuse a callback whose method names look like hooks but are not events (e.g. ``after_batc``), are another
     framework's hook names (``on_epoch_end``), or whose hooks cannot be called as ``hook(learn)``."""
     if not isinstance(cb, Callback):
+        # Imported here: torch_scheduler.py builds on this module. A torch scheduler gets the way to run it.
+        from .torch_scheduler import refuse_torch_scheduler
+
+        refuse_torch_scheduler(cb, "a callback in cbs")
         raise TypeError(
             f"callbacks must be instances of callbacks.Callback, got {type(cb).__name__}; "
             "subclass Callback and pass an instance (did you pass the class instead of `MyCallback()`?)"

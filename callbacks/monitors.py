@@ -15,6 +15,16 @@ from .recorder import metric_name
 MODES = ("auto", "min", "max")
 
 
+def recorded_columns(learn) -> list[str]:
+    """The columns of the Recorder's epoch table a callback may watch: the losses and each metric (and its
+    `train_` twin when the Recorder measures the metrics on the training set too)."""
+    metric_names = [metric_name(m) for m in learn.metrics]
+    names = ["train_loss", "valid_loss", *metric_names]
+    if learn.recorder.train_metrics:
+        names += [f"train_{n}" for n in metric_names]
+    return names
+
+
 class Monitor(Callback):
     """A callback that watches one column of the Recorder's epoch table ('valid_loss', 'train_loss', a metric)."""
 
@@ -31,10 +41,7 @@ class Monitor(Callback):
 
     def _check_monitor(self, learn) -> None:
         """Refuse a name the Recorder does not record, before the first step."""
-        metric_names = [metric_name(m) for m in learn.metrics]
-        names = ["train_loss", "valid_loss", *metric_names]
-        if learn.recorder.train_metrics:
-            names += [f"train_{n}" for n in metric_names]
+        names = recorded_columns(learn)
         if self.monitor not in names:
             raise ValueError(f"{self.name}: monitor={self.monitor!r} is not recorded; choose one of {names}")
         if getattr(learn.dls, "valid", None) is None and not self.monitor.startswith("train_"):

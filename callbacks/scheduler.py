@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from ..data.checks import in_unit_interval, int_at_least, non_negative, positive
 from .core import ORDER, Callback
 from .hypers import has_hyper, hyper_range, out_of_range, writer
+from .torch_scheduler import refuse_torch_scheduler
 from .schedules import (
     CYCLICAL,
     FLAT_COS,
@@ -86,6 +87,7 @@ class ParamScheduler(Callback):
                     f"{name!r}: a OneCycle holds two schedules; pass ParamScheduler(one_cycle(...).scheds()) "
                     "or use OneCycleCallback"
                 )
+            refuse_torch_scheduler(sched, f"the schedule for {name!r}")
             if not callable(sched):
                 raise TypeError(f"the schedule for {name!r} must be callable as sched(position), got {sched!r}")
             domain = getattr(sched, "domain", None) if isinstance(sched, Schedule) else None

@@ -32,11 +32,10 @@ import warnings
 
 import torch
 
-from .core import Callback
+from .core import ORDER, Callback
 from .hypers import set_group_hyper
 from .lr_finder import LRFinderCallback
-from .monitors import ReduceLROnPlateau
-from .recorder import metric_name
+from .monitors import ReduceLROnPlateau, recorded_columns
 
 __all__ = ["TorchScheduler", "is_torch_scheduler", "refuse_torch_scheduler"]
 
@@ -122,7 +121,7 @@ class TorchScheduler(Callback):
     # After the Recorder (50), which has written the epoch's row that `monitor` reads when this steps in after_epoch,
     # and before SaveModelCallback (90), so checkpoints hold the stepped state. Stepping in after_step, its order
     # against the others does not matter: the Recorder reads the rate in before_step.
-    order = 54
+    order = ORDER.torch_scheduler
 
     def __init__(self, factory, interval: str = "step", monitor: str | None = None):
         refuse_torch_scheduler(factory, "TorchScheduler's factory")
@@ -274,10 +273,7 @@ class TorchScheduler(Callback):
     def _check_monitor(self, learn) -> None:
         if self.monitor is None:
             return
-        metric_names = [metric_name(m) for m in learn.metrics]
-        names = ["train_loss", "valid_loss", *metric_names]
-        if learn.recorder.train_metrics:
-            names += [f"train_{n}" for n in metric_names]
+        names = recorded_columns(learn)
         if self.monitor not in names:
             raise ValueError(f"TorchScheduler: monitor={self.monitor!r} is not recorded; choose one of {names}")
 

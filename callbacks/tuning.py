@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ..data.checks import int_at_least, positive
-from .core import CancelFitException
+from .core import ORDER, CancelFitException
 from .loggers import MLflowCallback
 from .lr_finder import LRFinderCallback
 from .monitors import Monitor
@@ -60,7 +60,7 @@ class OptunaPruning(Monitor):
     During an `lr_find` sweep the callback does nothing."""
 
     # After SaveModelCallback (90) and the trackers (58), which write the epoch that the decision is about.
-    order = 95
+    order = ORDER.pruning
 
     def __init__(self, trial, monitor: str = "valid_loss", mode: str = "auto"):
         optuna = _optuna()

@@ -38,7 +38,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
 
-from ..callbacks.core import Callback
+from ..callbacks.core import ORDER, Callback
 from ..callbacks.progress import ProgressCallback
 from ..data.core import DataLoaders, InMemoryLoader, TorchLoader
 from .dist_timeout import dist_timeout, is_timeout, note_ranks_not_answering
@@ -123,7 +123,7 @@ class DistributedCallback(Callback):
     checkpoints and the final model are the same on every process.
     """
 
-    order = -100  # first at every event: the wrapper is in place before anyone's before_batch and gone after after_pred
+    order = ORDER.distributed  # first: the wrapper is in place before anyone's before_batch, gone after after_pred
 
     def __init__(self, group_timeout: timedelta | None = None, **ddp_kwargs):
         self.ddp_kwargs = ddp_kwargs  # passed to DistributedDataParallel, e.g. find_unused_parameters=True

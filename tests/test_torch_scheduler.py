@@ -212,6 +212,19 @@ def test_a_bare_scheduler_where_a_callback_or_schedule_goes_is_named():
     with pytest.raises(TypeError, match=r"cbs=\[TorchScheduler\(lambda opt: CosineAnnealingLR\(opt, \.\.\.\)\)\]"):
         refuse_torch_scheduler(CosineAnnealingLR(opt, T_max=3), "a callback")
     refuse_torch_scheduler(lambda pct: 0.1, "a schedule")  # not a scheduler: nothing to say
+    # Where users put one: in a fit's callbacks, as a ParamScheduler's schedule; refused before any step.
+    learn = make_learner()
+    before = weights(learn)
+    bare = CosineAnnealingLR(opt, T_max=3)
+    with pytest.raises(TypeError, match=r"a callback in cbs is a torch scheduler \(CosineAnnealingLR\).*"
+                                        r"TorchScheduler\(lambda opt: CosineAnnealingLR"):
+        learn.fit(1, cbs=[bare])
+    with pytest.raises(TypeError, match=r"the schedule for 'lr' is a torch scheduler \(CosineAnnealingLR\).*"
+                                        r"TorchScheduler\(lambda opt"):
+        ParamScheduler({"lr": bare})
+    with pytest.raises(TypeError, match=r"the schedule for 'lr' is a torch scheduler"):
+        ParamScheduler({"lr": [lambda pct: 0.1, bare]})
+    assert all(torch.equal(a, b) for a, b in zip(before, weights(learn), strict=True)) and learn.train_iter == 0
 
 
 # ----- checkpoints, resume, lr_find -------------------------------------------------------------------------------
