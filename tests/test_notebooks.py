@@ -13,7 +13,8 @@ NBS = Path(__file__).resolve().parents[1] / "nbs"
 EXECUTED = NBS.parent / "build" / "nbs"
 NOTEBOOKS = ["00_quickstart.ipynb", "01_custom_callbacks.ipynb", "02_blog_experiments.ipynb",
              "03_d2l_lr_scheduling.ipynb", "04_bring_your_own.ipynb", "05_transfer_learning.ipynb",
-             "06_tracking.ipynb", "07_schedule_free.ipynb", "08_averaging.ipynb"]
+             "06_tracking.ipynb", "07_schedule_free.ipynb", "08_averaging.ipynb",
+             "09_lr_finder_study.ipynb"]
 KERNEL = "python3"
 
 
