@@ -6,6 +6,7 @@ atomically, so `fit(..., resume=path)` continues from it exactly.
 
 from __future__ import annotations
 
+import glob
 import math
 import os
 import string
@@ -14,6 +15,7 @@ from pathlib import Path
 from ..data.checks import int_at_least
 from ..data.state import check_file_path
 from ..data.writer_lock import WriterLock
+from .core import ORDER
 from .history import history_file_name, history_writer_lock
 from .monitors import Monitor
 
@@ -48,11 +50,16 @@ class SaveModelCallback(Monitor):
     - `every_n_batches=n` (with `every_epoch=True`): also after every n-th optimizer step, so a fit resumes
       mid-epoch. A checkpoint is only taken after a real step (never between the micro-batches of
       GradientAccumulation).
+
+    On a preemption signal (callbacks/preemption.py) the fit saves where this callback would (`preemption_path`):
+    with `every_epoch`, the file of the current step; for the best epoch, beside it, `<name>.preempted<ext>` (the
+    best stays the best; the file is removed when the fit ends normally). `fit(..., resume='auto')` looks for the
+    newest of the files this callback writes (`resume_paths`).
     """
 
-    # After every callback that updates its state at the end of a batch or epoch (the Recorder at 50,
-    # EarlyStoppingCallback, ReduceLROnPlateau, CSVLogger at 55-57), so the checkpoint holds their updates.
-    order = 90
+    # After every callback that updates its state at the end of a batch or epoch (the Recorder, the monitors, the
+    # loggers), so the checkpoint holds their updates.
+    order = ORDER.checkpoint
     writes_files = True  # the LR finder runs without it (callbacks/lr_finder.py)
 
     def __init__(self, path: str | os.PathLike = "model.pt", monitor: str = "valid_loss", mode: str = "auto",
@@ -106,7 +113,28 @@ class SaveModelCallback(Monitor):
             self.best, self.best_epoch = value, learn.epoch
         self.last_saved = str(learn.save(self._file(learn, learn.train_iter)))
 
+    def preemption_path(self, learn) -> str:
+        """Where a preempted fit saves, at the end of the current training batch or epoch."""
+        if not self.every_epoch:
+            return self._preempted_file()
+        return self._file(learn, learn.train_iter + int(learn.event == "after_batch" and learn.stepped))
+
+    def resume_paths(self) -> list[str]:
+        """Every file this callback may have written in an earlier run (for `fit(..., resume='auto')`)."""
+        pattern = "".join(glob.escape(text) + ("*" if field is not None else "")
+                          for text, field, _, _ in string.Formatter().parse(self.path))
+        found = sorted(glob.glob(pattern)) if self._templated else [self.path]
+        return found if self.every_epoch else [*found, self._preempted_file()]
+
+    def _preempted_file(self) -> str:
+        # One file for the best-epoch mode, its name the path's without format fields: 'best_{epoch}.pt' ->
+        # 'best_.preempted.pt'.
+        p = Path("".join(text for text, _, _, _ in string.Formatter().parse(self.path)))
+        return str(p.with_name(f"{p.stem}.preempted{p.suffix}"))
+
     def after_fit(self, learn):
+        if not self.every_epoch and getattr(learn, "is_main_process", True):
+            Path(self._preempted_file()).unlink(missing_ok=True)  # the fit ended: nothing to resume from it
         if self.load_best_at_end and self.best_epoch is not None:
             learn.barrier()  # data-parallel: the main process wrote the file the others read
             learn.load(self.last_saved, model_only=True)

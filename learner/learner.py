@@ -16,6 +16,7 @@ from ..callbacks import core
 from ..callbacks.core import EVENTS, Callback
 from ..callbacks.hypers import restore_hypers, saved_hypers
 from ..callbacks.optimizer_modes import OptimizerModes
+from ..callbacks.preemption import PreemptionCheckpoint
 from ..callbacks.progress import ProgressCallback
 from ..callbacks.recorder import Recorder
 from ..callbacks.training import TerminateOnNaNCallback
@@ -68,7 +69,7 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
         self.cbs: list[Callback] = []
         self._hooks: dict[str, list] = {e: [] for e in EVENTS}
         self.recorder = Recorder(train_metrics=train_metrics)
-        default_cbs = [self.recorder, TerminateOnNaNCallback(), OptimizerModes()]
+        default_cbs = [self.recorder, TerminateOnNaNCallback(), OptimizerModes(), PreemptionCheckpoint()]
         default_cbs += [ProgressCallback()] if progress else []
         self.add_cbs(default_cbs + preflight.callback_list(cbs))
 
@@ -126,9 +127,11 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
         `allow_length_change=True`, and start with the same settings (lr, wd, each scheduler's parameters, the
         batch sizes and the number of training samples, recorded in the checkpoint) unless `allow_config_change`
         allows the differences: True for all, or their names (`['max_lr']`, as the refusal lists them). This fit's
-        settings then apply from the checkpoint's position on, for every scheduler."""
+        settings then apply from the checkpoint's position on, for every scheduler. `resume='auto'`: the newest
+        checkpoint of the fit's checkpoint callbacks, or a fresh start when none (a job requeued after SIGTERM)."""
         cbs = preflight.check_fit_arguments(n_epoch, lr, wd, cbs)
         preflight.check_data(self)
+        resume = self.auto_resume_path(cbs) if isinstance(resume, str) and resume == "auto" else resume
         if resume is not None:
             # checks all, then sets the counters
             self.resume_from(resume, n_epoch, cbs, allow_length_change, allow_config_change, lr, wd)
@@ -161,6 +164,7 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
             finally:
                 self.remove_cbs(cbs)
                 self.training = False
+                self.release_run_locks()
 
     def validate(self, dl=None) -> dict[str, float]:
         """Validation loss and metrics on `dl` (default: the validation loader), with the usual events, named as in

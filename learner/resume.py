@@ -4,6 +4,14 @@
 started with the same settings (hyperparameters, schedulers, batch sizes, data size: learner/fit_config.py),
 restores everything (learner/checkpoint.py) and sets the loop's counters; the loop then starts at that epoch and
 passes over the batches already done. Nothing else in the loop knows about resuming.
+
+`fit(..., resume='auto')` resumes from the newest checkpoint that the fit's checkpoint callbacks could have written
+(SaveModelCallback, PreemptionCheckpoint: their `resume_paths()`), or starts fresh when there is none: a job
+requeued after a preemption runs the same script unchanged. The newest one must pass the same checks as an explicit
+path (the same length and settings): a checkpoint of another run at those paths is refused, never trained over.
+
+The run's writer lock is taken when the checkpoint is checked and held until the fit ends (`release_run_locks`), so
+no other process can start writing the run in between.
 """
 
 from __future__ import annotations
@@ -28,6 +36,8 @@ from .fit_config import allowed_changes, config_changes, describe_fit
 class Checkpoints:
     # What the running (or last) fit started with, set by `fit` before before_fit: its checkpoints record it.
     fit_config: dict | None = None
+    # The resumed run's writer locks, taken by the resume's checks and released when the fit ends.
+    run_locks: tuple = ()
 
     def save(self, path, at: str | None = None, model_only: bool = False, inline_history: bool | None = None) -> Path:
         """Write a checkpoint of everything to `path`, atomically (learner/checkpoint.py): model, optimizer, loop
@@ -68,6 +78,36 @@ class Checkpoints:
         all_cbs = sorted([*self.cbs, *cbs], key=lambda cb: cb.order)
         resume(self, path, n_epoch, all_cbs, allow_length_change, allow_config_change, lr, wd)
 
+    def auto_resume_path(self, cbs) -> str | None:
+        """For `fit(..., resume='auto')`: the newest checkpoint written during a fit among the files the fit's
+        callbacks (attached and `cbs`) name in `resume_paths()`; None when there is none (the fit starts fresh)."""
+        return newest_checkpoint(p for cb in [*self.cbs, *cbs] if hasattr(cb, "resume_paths")
+                                 for p in cb.resume_paths())
+
+    def release_run_locks(self) -> None:
+        """Release the writer locks a resume took (called when the fit ends)."""
+        locks, self.run_locks = self.run_locks, ()
+        for lock in locks:
+            lock.release()
+
+
+def newest_checkpoint(paths) -> str | None:
+    """The path among `paths` whose checkpoint, taken during a fit, is furthest on (optimizer steps, then position);
+    files that do not read as checkpoints are passed over with a warning, as are those saved between fits."""
+    found = []
+    for path in dict.fromkeys(os.fspath(p) for p in paths):
+        if not os.path.isfile(path):
+            continue
+        try:
+            p = read_checkpoint(path, with_history=False)["progress"]
+            check_progress(p)
+        except CheckpointError as e:
+            warnings.warn(f"resume='auto' passes over {path}: {e}", RuntimeWarning, stacklevel=4)
+            continue
+        if p["at"] != "outside_fit":
+            found.append(((p["train_iter"], p["epoch"], p["iter"]), path))
+    return max(found)[1] if found else None
+
 
 def resume(learn, path, n_epoch: int, cbs, allow_length_change: bool = False, allow_config_change=False,
            lr: float | None = None, wd: float | None = None) -> None:
@@ -97,7 +137,16 @@ def resume(learn, path, n_epoch: int, cbs, allow_length_change: bool = False, al
         )
     changes = _checked_config_changes(where, p, describe_fit(learn, lr, wd, cbs), allow)
     if learn.is_main_process:  # the only one that writes (data-parallel ranks take the lock of rank 0's run)
-        _refuse_if_another_process_writes_the_run(ckpt, cbs)
+        learn.run_locks = _hold_run_locks(ckpt, cbs)
+    try:
+        _go_on_from(learn, ckpt, where, n_epoch, cbs, changes, lr, wd)
+    except BaseException:
+        learn.release_run_locks()
+        raise
+
+
+def _go_on_from(learn, ckpt: dict, where: str, n_epoch: int, cbs, changes: list, lr, wd) -> None:
+    p, batches = ckpt["progress"], len(learn.dls.train)
     finished = p["epoch"] >= n_epoch if p["at"] == "epoch_end" else p["epoch"] >= n_epoch or p["iter"] > batches
     if finished:
         raise ValueError(
@@ -114,16 +163,24 @@ def resume(learn, path, n_epoch: int, cbs, allow_length_change: bool = False, al
     learn.train_iter, learn.start_epoch, learn.skip_batches = p["train_iter"], p["epoch"], p["iter"]
 
 
-def _refuse_if_another_process_writes_the_run(ckpt: dict, cbs) -> None:
-    """Refuse now, before anything changes and before any callback's before_fit (a CSV log truncated, a tracker's run
-    started), a resume whose run another process is writing: the callbacks that write the run's files
-    (SaveModelCallback) take and hold its lock in before_fit, and this tries it first."""
+def _hold_run_locks(ckpt: dict, cbs) -> tuple:
+    """Take the locks of the run's files now, before anything changes and before any callback's before_fit (a CSV
+    log truncated, a tracker's run started): a resume whose run another process is writing is refused with a
+    WriterConflictError naming that process. Held until the fit ends, so none can start writing it in between (the
+    callbacks take them again in before_fit: the lock is reentrant)."""
     run_id = ckpt["callbacks"].get("Recorder_0", {}).get("run_id")
-    for cb in cbs if run_id is not None else ():
-        lock = cb.run_files_lock(str(run_id)) if hasattr(cb, "run_files_lock") else None
-        if lock is not None:
-            with lock:  # raises WriterConflictError naming the process that holds it
-                pass
+    held = []
+    try:
+        for cb in cbs if run_id is not None else ():
+            lock = cb.run_files_lock(str(run_id)) if hasattr(cb, "run_files_lock") else None
+            if lock is not None:
+                lock.acquire()
+                held.append(lock)
+    except BaseException:
+        for lock in held:
+            lock.release()
+        raise
+    return tuple(held)
 
 
 def _checked_config_changes(where: str, progress: dict, now: dict, allow) -> list:

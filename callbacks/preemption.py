@@ -1,0 +1,171 @@
+"""Preemption: a scheduler's or a spot instance's SIGTERM (SLURM's warning signal SIGUSR1) ends the fit cleanly.
+
+The signal handler only notes the signal (nothing else is safe inside a handler). The fit goes on to the next
+point where a checkpoint is valid: the end of the current training batch that took an optimizer step, or the end of
+the epoch when the signal came during validation. There the run is saved where the user asked for checkpoints
+(`PreemptionCheckpoint(path)`, else every SaveModelCallback's `preemption_path`), and `Preempted` is raised: the fit's
+cleanup runs with it in flight (trackers end their runs as KILLED, logs keep the steps taken), then the process exits
+with status `PREEMPTED_EXIT_CODE`. A requeued job running the same script with `fit(..., resume='auto')` goes on from
+the newest checkpoint of that run, exactly.
+
+- Handlers are installed from the main thread only (Python allows no other), for the fit's duration; the handlers
+  that were there before are put back when it ends. A second arrival of the same signal before the fit stops gives
+  it back to the previous handler at once (a second SIGTERM then kills as it always did).
+- During an LR-finder sweep the weights are the sweep's, never worth saving: the signal waits for the next fit's
+  first valid point.
+- Data-parallel runs: every rank stops at the same batch. They agree through one all-reduce of the flag per step,
+  only when there are several processes.
+- `Preempted` is a `SystemExit`: a script exits with its code; IPython and Jupyter report it and keep the kernel.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+
+import torch
+import torch.distributed as dist
+
+from ..data.state import check_file_path
+from .core import ORDER, Callback
+from .lr_finder import LRFinderCallback
+
+__all__ = ["PREEMPTED_EXIT_CODE", "PREEMPTION_SIGNALS", "Preempted", "PreemptionCheckpoint"]
+
+# sysexits.h's EX_TEMPFAIL, "a temporary failure; the user is invited to retry": a job script can requeue on it.
+PREEMPTED_EXIT_CODE = 75
+# SIGTERM: what SLURM, Kubernetes and spot instances send before SIGKILL; SIGUSR1: SLURM's `--signal` warning.
+PREEMPTION_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s)
+
+
+class Preempted(SystemExit):
+    """Raised by the fit after a preemption signal, once it has saved the run (`checkpoints`, maybe empty) and stopped
+    at a valid point. A `SystemExit` with code `PREEMPTED_EXIT_CODE`: the fit's cleanup runs first."""
+
+    def __init__(self, signum: int, checkpoints: list[str], train_iter: int):
+        super().__init__(PREEMPTED_EXIT_CODE)
+        self.signum, self.checkpoints, self.train_iter = signum, checkpoints, train_iter
+        where = f"saved to {', '.join(checkpoints)}" if checkpoints else (
+            "no checkpoint written: pass SaveModelCallback(every_epoch=True) or PreemptionCheckpoint(path)")
+        self.message = (f"preempted by {signal.Signals(signum).name} after {train_iter} optimizer steps; {where}. "
+                        f"Run the same script with fit(..., resume='auto') to go on (exit status "
+                        f"{PREEMPTED_EXIT_CODE})")
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class SignalFlag:
+    """Notes the first of `signals` to arrive; installed and restored by the fit's main thread only."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._previous)
+
+    def install(self, signals) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal.signal raises elsewhere; a fit in a thread leaves signals to the main thread's owner
+        for signum in signals:
+            self._previous[signum] = signal.signal(signum, self._note)
+
+    def restore(self) -> None:
+        previous, self._previous = self._previous, {}
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+    def _note(self, signum, frame) -> None:
+        if self.received == signum:  # asked twice: the previous handler decides now
+            self.restore()
+            signal.raise_signal(signum)
+            return
+        self.received = signum
+
+
+class PreemptionCheckpoint(Callback):
+    """Stops a fit cleanly on `signals` (default SIGTERM and SIGUSR1) and saves it first: to `path` when given (a
+    checkpoint just for this, e.g. on a fast local disk), else where each SaveModelCallback of the fit saves (its
+    `preemption_path`). Every Learner has one (path None); pass your own, in the Learner's or the fit's callbacks, to
+    give a path or other signals (`signals=()` turns preemption handling off): the last one attached decides."""
+
+    # Runs last at after_batch / after_epoch: the step's and the epoch's state are complete (trackers have logged,
+    # SaveModelCallback has decided on its best) when it saves and stops. Shares its slot with pruning, which also
+    # decides on the epoch the trackers and checkpoints wrote.
+    order = ORDER.pruning
+    writes_files = False  # it must stay attached during an LR-finder sweep, to hold a signal back until after it
+
+    def __init__(self, path: str | os.PathLike | None = None, signals=PREEMPTION_SIGNALS):
+        if path is not None:
+            check_file_path(path, "preempted.pt")
+        self.path = None if path is None else os.fspath(path)
+        self.signals = tuple(signal.Signals(s) for s in signals)
+        self.flag = SignalFlag()
+        self._active = False
+
+    def preemption_path(self, learn) -> str | None:
+        return self.path
+
+    def resume_paths(self) -> list[str]:
+        return [] if self.path is None else [self.path]
+
+    def before_fit(self, learn):
+        ours = [cb for cb in learn.cbs if isinstance(cb, PreemptionCheckpoint)]
+        self._active = ours[-1] is self and bool(self.signals)
+        if self._active:  # a signal held back by another (the default one, during an LR-finder sweep) is ours now
+            for cb in ours[:-1]:
+                self.flag.received, cb.flag.received = self.flag.received or cb.flag.received, None
+        if self._active and not self.flag.installed:
+            self.flag.install(self.signals)
+
+    def after_batch(self, learn):
+        # A checkpoint is valid after a training batch that stepped (never between accumulation micro-batches).
+        if self._active and learn.training and learn.stepped:
+            self._stop_if_asked(learn)
+
+    def after_epoch(self, learn):
+        if self._active:
+            self._stop_if_asked(learn)
+
+    def cleanup_fit(self, learn):
+        self.flag.restore()
+        self._active = False
+
+    def _stop_if_asked(self, learn) -> None:
+        if self._sweeping(learn) or not self._agreed(learn):
+            return
+        signum, self.flag.received = self.flag.received, None
+        paths = self._save(learn)
+        steps = learn.train_iter + int(learn.event == "after_batch" and learn.stepped)
+        preempted = Preempted(signum or signal.SIGTERM, paths, steps)
+        print(preempted.message, file=sys.stderr)  # the job's log says why it stopped: SystemExit(75) prints nothing
+        raise preempted
+
+    def _agreed(self, learn) -> bool:
+        """Whether this rank, or under data-parallel training any rank, has received a signal."""
+        asked = self.flag.received is not None
+        if getattr(learn, "world_size", 1) <= 1 or not dist.is_initialized():
+            return asked
+        flag = torch.tensor([int(asked)], device=learn.device if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # one collective per step, only when distributed
+        if flag.item() and not asked:
+            self.flag.received = signal.SIGTERM  # another rank was signalled
+        return bool(flag.item())
+
+    @staticmethod
+    def _sweeping(learn) -> bool:
+        return any(isinstance(cb, LRFinderCallback) for cb in learn.cbs)
+
+    def _save(self, learn) -> list[str]:
+        targets = [self] if self.path is not None else [cb for cb in learn.cbs if hasattr(cb, "preemption_path")]
+        paths = [p for p in (cb.preemption_path(learn) for cb in targets) if p is not None]
+        paths = list(dict.fromkeys(paths))
+        for path in paths:
+            learn.save(path)  # only the main process writes
+        if getattr(learn, "world_size", 1) > 1:
+            learn.barrier()  # no rank exits (torchrun would then stop the others) before the checkpoint is written
+        return paths
