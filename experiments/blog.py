@@ -158,8 +158,10 @@ def run_blog(
                 continue
             epochs = scaled_epochs(call.cyc_len, epoch_scale)
             torch.manual_seed(seed)
+            # The study's SGD, momentum 0.9; fastai 0.7 gave `wds` to torch's SGD over every parameter, so batch
+            # norm and biases were decayed too (wd_bn_bias=True).
             learn = Learner(make_model(), dls, nn.CrossEntropyLoss(), opt_func=sgd, lr=call.max_lr,
-                            metrics=[accuracy], device=device, progress=False)  # the study's SGD, momentum 0.9
+                            metrics=[accuracy], device=device, progress=False, wd_bn_bias=True)
             start = time.perf_counter()
             learn.fit_one_cycle(**call.fit_kwargs(epochs))
             seconds = time.perf_counter() - start

@@ -137,6 +137,7 @@ def _d2l_learner(run: D2LRun, dls, seed: int, device) -> Learner:
         lenet(), dls, nn.CrossEntropyLoss(), opt_func=_sgd_without_momentum, lr=run.initial_lr,
         metrics=[accuracy], cbs=[ParamScheduler({"lr": run.sched}, unit="epoch")], device=device,
         progress=False, train_metrics=True,
+        wd_bn_bias=True,  # the chapter's SGD over net.parameters() (its weight decay is 0: no figure depends on it)
     )
 
 

@@ -92,6 +92,8 @@ def _train(name: str, dls, seed: int, epochs: int, device) -> tuple[Learner, flo
     torch.manual_seed(seed)  # the weights: PyTorch's default initialisation, drawn from this seed
     steps = epochs * len(dls.train)
 
+    # wd_bn_bias at cyclr's (fastai's) default: the AdamW run, fastai's recipe, decays no bias (LeNet has no batch
+    # norm); the other runs have no weight decay.
     def learner(opt_func, lr, cbs=()):
         return Learner(lenet(), dls, nn.CrossEntropyLoss(), opt_func=opt_func, lr=lr, metrics=[accuracy],
                        cbs=list(cbs), device=device, progress=False)

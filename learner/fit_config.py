@@ -6,7 +6,8 @@ settings, so `fit(..., resume=path)` compares them (learner/resume.py) and refus
 `allow_config_change` allows it. The config holds plain values only (the checkpoint is read with
 `torch.load(weights_only=True)`):
 
-    lr, wd              the fit's `lr` and `wd` as resolved (None given: the Learner's `lr` and `wd`)
+    lr, wd              the fit's `lr` and `wd` as resolved (None given: the Learner's `lr` and `wd`); an `lr`
+                        per group as a list, a slice as its repr
     optimizer           the optimizer's type (recorded, not compared here: restoring the optimizer's state refuses
                         another type, naming both)
     train_batch_size, train_samples, valid_batch_size
@@ -52,7 +53,7 @@ def describe_fit(learn, lr: float | None, wd: float | None, cbs=()) -> dict:
     train, valid = learn.dls.train, getattr(learn.dls, "valid", None)
     wd = learn.wd if wd is None else wd
     return {
-        "lr": float(learn.lr if lr is None else lr),
+        "lr": _rate(learn.lr if lr is None else lr),
         "wd": None if wd is None else float(wd),  # None: the optimizer's own weight decay
         "optimizer": None if learn.opt is None else type(learn.opt).__name__,
         "train_batch_size": _batch_size(train),
@@ -60,6 +61,13 @@ def describe_fit(learn, lr: float | None, wd: float | None, cbs=()) -> dict:
         "valid_batch_size": None if valid is None else _batch_size(valid),
         "callbacks": callbacks,
     }
+
+
+def _rate(lr):
+    # a slice as its repr (as the schedulers record theirs), one rate per group as a list
+    if isinstance(lr, slice):
+        return repr(lr)
+    return [float(v) for v in lr] if isinstance(lr, (list, tuple)) else float(lr)
 
 
 def _batch_size(dl) -> int | None:

@@ -46,12 +46,15 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
     group each (discriminative rates). For speed on CUDA: `channels_last=True` keeps 4-d weights and batches in
     NHWC; `compile=True` (or a dict of `torch.compile` arguments, e.g. `{'mode': 'max-autotune'}`) runs the model
     compiled, `learn.model` staying the plain module.
+    `wd_bn_bias=False` (fastai's default) keeps norm layers' parameters (batch, layer, group, instance, RMS) and
+    biases out of weight decay; True decays them too, as a torch optimizer given `model.parameters()` does.
     """
 
     def __init__(self, model: nn.Module, dls, loss_func: Callable | None, opt_func: Callable = adam, lr: float = 3e-3,
                  wd: float | None = None, metrics=(), cbs=(), device=None, splitter: Callable | None = None,
                  progress: bool = True, train_metrics: bool = False, channels_last: bool = False,
-                 compile: bool | dict = False, n_inp: int | None = None, sanity_check: bool = True):
+                 compile: bool | dict = False, n_inp: int | None = None, sanity_check: bool = True,
+                 wd_bn_bias: bool = False):
         metrics = preflight.check_learner_arguments(model, dls, loss_func, opt_func, lr, wd, metrics, n_inp)
         self.compile_options = preflight.compile_options(channels_last, compile)
         self.device = preflight.parse_device(device)
@@ -64,6 +67,7 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
         self.dls, self.loss_func, self.opt_func = dls, loss_func, opt_func
         self.lr, self.wd, self.metrics, self.splitter = float(lr), None if wd is None else float(wd), metrics, splitter
         self.n_inp, self.sanity_check = n_inp, sanity_check
+        self.wd_bn_bias = preflight.flag("wd_bn_bias", wd_bn_bias)  # create_opt: decay norm layers and biases?
         self.opt: torch.optim.Optimizer | None = None
 
         self.cbs: list[Callback] = []
@@ -118,9 +122,10 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
     def pct_train(self) -> float:
         return self.train_iter / self.n_train_iters if self.n_train_iters else 0.0
 
-    def fit(self, n_epoch: int, lr: float | None = None, wd: float | None = None, cbs: Iterable[Callback] = (),
+    def fit(self, n_epoch: int, lr=None, wd: float | None = None, cbs: Iterable[Callback] = (),
             resume=None, allow_length_change: bool = False, allow_config_change: bool | Collection[str] = False):
-        """Train for `n_epoch` epochs. `cbs` are attached for this fit only.
+        """Train for `n_epoch` epochs. `cbs` are attached for this fit only. `lr` (default: the Learner's) may be a
+        number, a list (one per parameter group) or `slice(lo, hi)` / `slice(hi)`, as in the recipes.
 
         `resume=path` goes on from a checkpoint written during an earlier run of this same fit (see `save`), at the
         batch it was taken, with everything restored; the fit must plan the same length unless

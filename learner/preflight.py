@@ -12,6 +12,7 @@ from torch import nn
 
 from ..callbacks.core import Callback, check_hook_names
 from ..callbacks.recorder import metric_name
+from ..callbacks.scheduler import check_lr_spec
 from ..data.checks import int_at_least, non_negative, positive
 from ..data.state import rng_state, set_rng_state
 from .batches import describe
@@ -54,6 +55,12 @@ def _is_epoch_metric(m) -> bool:
     return all(callable(getattr(m, name, None)) for name in ("update", "compute", "reset"))
 
 
+def flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def callback_list(cbs) -> list[Callback]:
     """`cbs` as a list: a single callback is accepted as well as a list of them."""
     return [cbs] if isinstance(cbs, Callback) else list(cbs)
@@ -63,7 +70,7 @@ def check_fit_arguments(n_epoch, lr, wd, cbs) -> list[Callback]:
     """A fit's arguments, checked; returns its callbacks as a list."""
     int_at_least("n_epoch", n_epoch, 1)
     if lr is not None:
-        positive("lr", lr)
+        check_lr_spec("lr", lr)  # a number, one per parameter group, or a slice
     if wd is not None:
         non_negative("wd", wd)
     cbs = callback_list(cbs)

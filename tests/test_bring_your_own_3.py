@@ -1,0 +1,143 @@
+"""Bring your own, part three (issue 23): fastai's habits (per-group rates in `fit`, no weight decay on norm layers
+and biases by default), loaders whose len() is wrong, several targets."""
+
+import functools
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from cyclr.data import DataLoaders
+from cyclr.learner import Learner
+
+
+def regression_loaders(n=48, n_features=5, bs=12, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, n_features, generator=g)
+    y = (x @ torch.randn(n_features, 2, generator=g)).tanh()
+    return DataLoaders(DataLoader(TensorDataset(x, y), batch_size=bs), DataLoader(TensorDataset(x[:12], y[:12]),
+                                                                                  batch_size=bs))
+
+
+def norm_model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 7), nn.BatchNorm1d(7), nn.ReLU(), nn.Linear(7, 4), nn.LayerNorm(4),
+                         nn.Linear(4, 2))
+
+
+def three_groups(m):
+    return [m[0].parameters(), list(m[1].parameters()) + list(m[3].parameters()),
+            list(m[4].parameters()) + list(m[5].parameters())]
+
+
+# ----- issue 23.10: fit(lr=slice / list) ------------------------------------------------------------------------
+def test_fit_takes_a_slice_or_a_list_of_rates_per_group():
+    learn = Learner(norm_model(), regression_loaders(), nn.MSELoss(), splitter=three_groups, progress=False)
+    learn.fit(1, lr=slice(1e-4, 1e-2))
+    assert [g["lr"] for g in learn.opt.param_groups] == pytest.approx([1e-4, 1e-3, 1e-2], rel=1e-12)
+    assert learn.fit_config["lr"] == "slice(0.0001, 0.01, None)"
+    assert learn.recorder.to_df("batches")["lr_1"].tolist() == pytest.approx([1e-3] * 4)
+    learn.fit(1, lr=slice(6e-3))  # fastai: hi/10 for every group but the last
+    assert [g["lr"] for g in learn.opt.param_groups] == pytest.approx([6e-4, 6e-4, 6e-3])
+    learn.fit(1, lr=[2e-3, 3e-3, 5e-3])
+    assert [g["lr"] for g in learn.opt.param_groups] == [2e-3, 3e-3, 5e-3]
+    assert learn.fit_config["lr"] == [2e-3, 3e-3, 5e-3]
+
+
+@pytest.mark.parametrize("lr, message", [([1e-3, 1e-2], "2 values for 3 parameter groups"),
+                                         ([1e-3, -1.0, 1e-2], "lr\\[1\\]"),
+                                         (slice(1e-3, 1e-2, 2), "slice"), ([], "empty list")])
+def test_bad_rates_per_group_are_refused_before_any_weight_changes(lr, message):
+    learn = Learner(norm_model(), regression_loaders(), nn.MSELoss(), splitter=three_groups, progress=False)
+    before = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    with pytest.raises((ValueError, TypeError), match=message):
+        learn.fit(1, lr=lr)
+    assert all(torch.equal(before[k], v) for k, v in learn.model.state_dict().items())
+
+
+# ----- issue 23.10: wd_bn_bias ------------------------------------------------------------------------------------
+def _plain_loop(model, dls, opt, n_epoch):
+    """The oracle: torch's own loop over the same batches."""
+    for _ in range(n_epoch):
+        model.train()
+        for x, y in dls.train:
+            nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+
+
+@pytest.mark.parametrize("opt_class", [torch.optim.AdamW, torch.optim.SGD])
+def test_norm_layers_and_biases_are_not_decayed_by_default(opt_class):
+    wd, lr = 0.3, 0.05
+    opt_func = functools.partial(opt_class, weight_decay=wd)
+    learn = Learner(norm_model(), regression_loaders(), nn.MSELoss(), opt_func=opt_func, lr=lr, wd=wd,
+                    splitter=three_groups, progress=False)
+    learn.fit(2)
+
+    oracle = norm_model()
+    exempt = [p for name, p in oracle.named_parameters() if name.endswith("bias") or name.split(".")[0] in "14"]
+    decayed = [p for p in oracle.parameters() if all(p is not q for q in exempt)]
+    assert len(exempt) == 7 and len(decayed) == 3
+    opt = opt_class([{"params": decayed}, {"params": exempt, "weight_decay": 0.0}], lr=lr, weight_decay=wd)
+    _plain_loop(oracle, learn.dls, opt, 2)
+    for (name, mine), theirs in zip(learn.model.state_dict().items(), oracle.state_dict().values(), strict=True):
+        assert torch.equal(mine, theirs), name
+    # the user's three groups, whole, between steps (per-group rates, freezing and checkpoints see them)
+    assert [len(g["params"]) for g in learn.opt.param_groups] == [2, 4, 4]
+    assert all(g["weight_decay"] == wd for g in learn.opt.param_groups)
+
+
+def test_wd_bn_bias_true_decays_every_parameter_as_torch_does():
+    wd, lr = 0.3, 0.05
+    opt_func = functools.partial(torch.optim.AdamW, weight_decay=wd)
+    learn = Learner(norm_model(), regression_loaders(), nn.MSELoss(), opt_func=opt_func, lr=lr, wd=wd,
+                    wd_bn_bias=True, progress=False)
+    learn.fit(1)
+    oracle = norm_model()
+    _plain_loop(oracle, learn.dls, torch.optim.AdamW(oracle.parameters(), lr=lr, weight_decay=wd), 1)
+    for mine, theirs in zip(learn.model.state_dict().values(), oracle.state_dict().values(), strict=True):
+        assert torch.equal(mine, theirs)
+
+
+def test_no_decay_survives_a_loaded_optimizer_state():
+    # load_state_dict replaces torch's group dicts: the exemption finds the groups by position
+    wd, lr = 0.2, 0.02
+    learn = Learner(norm_model(), regression_loaders(), nn.MSELoss(), lr=lr, wd=wd, progress=False)
+    learn.create_opt()
+    learn.opt.load_state_dict(learn.opt.state_dict())
+    learn.fit(1)
+    oracle = norm_model()
+    exempt = [p for name, p in oracle.named_parameters() if name.endswith("bias") or name.split(".")[0] in "14"]
+    decayed = [p for p in oracle.parameters() if all(p is not q for q in exempt)]
+    opt = torch.optim.AdamW([{"params": decayed}, {"params": exempt, "weight_decay": 0.0}], lr=lr, weight_decay=wd,
+                            betas=(0.9, 0.99), eps=1e-5)  # cyclr's default adam
+    _plain_loop(oracle, learn.dls, opt, 1)
+    for mine, theirs in zip(learn.model.state_dict().values(), oracle.state_dict().values(), strict=True):
+        assert torch.equal(mine, theirs)
+    assert len(learn.opt.param_groups) == 1
+
+
+def test_wd_bn_bias_must_be_a_bool():
+    with pytest.raises(TypeError, match="wd_bn_bias must be True or False"):
+        Learner(norm_model(), regression_loaders(), nn.MSELoss(), wd_bn_bias="no")
+
+
+def test_a_group_added_by_the_user_stays_and_a_failed_step_is_put_back():
+    learn = Learner(norm_model(), regression_loaders(), nn.MSELoss(), lr=0.01, wd=0.1, progress=False)
+    opt = learn.create_opt()
+    extra = nn.Parameter(torch.ones(3))
+    opt.add_param_group({"params": [extra]})
+    learn.fit(1)
+    assert len(opt.param_groups) == 2 and opt.param_groups[1]["params"][0] is extra
+    assert len(opt.param_groups[0]["params"]) == 10
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("the step failed")
+
+    handle = opt.register_step_pre_hook(fail)  # after the split: the groups are split when it raises
+    with pytest.raises(RuntimeError, match="the step failed"):
+        opt.step()
+    handle.remove()
+    opt.step()  # the next step joins them first
+    assert len(opt.param_groups) == 2 and len(opt.param_groups[0]["params"]) == 10
