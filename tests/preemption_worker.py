@@ -3,6 +3,10 @@ command runs the first launch and every requeue (`fit(..., resume='auto')`). A S
 (`PREEMPTED_EXIT_CODE`) after saving; run again, it goes on from its newest checkpoint.
 
     python tests/preemption_worker.py --dir D --out O [--started FILE] [--step-sleep S]
+    python -m torch.distributed.run --nproc_per_node=2 tests/preemption_worker.py --dir D --out O --signal-at S
+
+`--signal-at S` (data-parallel): rank 1 alone sends itself SIGTERM during optimizer step S (0-based); each rank
+writes to O.rank<R> the step its fit stopped after and the checkpoints it names.
 
 The run: one-cycle (lr and momentum), AdamW, BatchNorm, Dropout (torch's RNG), a shuffled loader, a CSVLogger and
 TensorBoard in D. `--started FILE` holds the number of optimizer steps taken. Once the fit finishes, O holds the
@@ -11,6 +15,7 @@ final weights and the Recorder's rows (wall times left out).
 
 import argparse
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -21,6 +26,7 @@ from cyclr.callbacks import Callback
 from cyclr.callbacks.checkpoint import SaveModelCallback
 from cyclr.callbacks.csv_logger import CSVLogger
 from cyclr.callbacks.loggers import TensorBoardCallback
+from cyclr.callbacks.preemption import Preempted
 from cyclr.data.synthetic import synthetic_classification
 from cyclr.learner import Learner, accuracy
 
@@ -40,14 +46,38 @@ class Pace(Callback):
         time.sleep(self.sleep)
 
 
+class SignalOnRank1(Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def before_step(self, learn):
+        if learn.rank == 1 and learn.train_iter == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def data_parallel(folder: Path, out: str, step: int) -> None:
+    torch.manual_seed(0)
+    dls = synthetic_classification(n_train=96, n_valid=32, bs=8, seed=0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    learn = Learner(model, dls, nn.CrossEntropyLoss(), device="cpu", progress=False)
+    try:
+        learn.fit(3, cbs=[SaveModelCallback(folder / "ck.pt", every_epoch=True), SignalOnRank1(step)])
+    except Preempted as e:
+        torch.save({"train_iter": e.train_iter, "checkpoints": e.checkpoints}, f"{out}.rank{learn.rank}")
+        raise
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--dir", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--started", default=None)
     parser.add_argument("--step-sleep", type=float, default=0.0)
+    parser.add_argument("--signal-at", type=int, default=None)
     args = parser.parse_args()
     folder = Path(args.dir)
+    if args.signal_at is not None:
+        return data_parallel(folder, args.out, args.signal_at)
 
     torch.set_num_threads(1)  # the same reduction order in every process
     torch.manual_seed(0)

@@ -6,6 +6,7 @@ it with the same command."""
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -77,6 +78,24 @@ def test_sigterm_at_a_random_step_then_requeue_gives_the_uninterrupted_run_bitwi
     for tag in tb_full:
         assert tb_job[tag] == tb_full[tag], tag
     assert [s for s, _ in tb_job["train/loss"]] == list(range(3 * STEPS_PER_EPOCH))
+
+
+def test_under_torchrun_every_rank_stops_after_the_same_step_when_one_is_signalled(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={port}", str(WORKER), "--dir", str(tmp_path), "--out", str(tmp_path / "r"),
+           "--signal-at", "4"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0  # torchrun reports its workers' status 75 as a failure of the job
+    ranks = [torch.load(tmp_path / f"r.rank{r}", weights_only=True) for r in range(2)]
+    assert [r["train_iter"] for r in ranks] == [5, 5], proc.stderr[-3000:]  # step 4 (0-based) done on both
+    assert ranks[0]["checkpoints"] == ranks[1]["checkpoints"] == [str(tmp_path / "ck.pt")]
+    p = read_checkpoint(tmp_path / "ck.pt", with_history=False)["progress"]
+    assert (p["at"], p["train_iter"]) == ("batch_end", 5)
 
 
 # ----- in process: where the fit stops, what it leaves ----------------------------------------------------------------
@@ -236,3 +255,34 @@ def test_signals_are_configurable_and_an_empty_tuple_turns_preemption_off():
     assert seen and all(h is signal.SIG_DFL for h in seen)
     with pytest.raises(ValueError):
         PreemptionCheckpoint(signals=[12345])
+
+
+# ----- a resume holds its run's lock from its check on (issue 24.2's race, pending from D1) --------------------------
+TRY_LOCK = """import sys
+from cyclr.data.writer_lock import WriterConflictError, WriterLock
+try:
+    WriterLock(sys.argv[1], 'test').acquire()
+except WriterConflictError:
+    sys.exit(3)
+"""
+
+
+def test_a_resume_holds_the_runs_writer_lock_from_its_check_to_the_end_of_the_fit(tmp_path):
+    ckpt = SaveModelCallback(tmp_path / "ck.pt", every_epoch=True)
+    first = make_learner()
+    with pytest.raises(Preempted):
+        first.fit(3, cbs=[ckpt, SignalAt("after_step", step=4)])
+    lock = ckpt.run_files_lock(first.recorder.run_id)
+    seen = []
+
+    class TryFromAnotherProcess(Callback):
+        order = -1000  # the first before_fit of all, before SaveModelCallback takes the lock itself
+
+        def before_fit(self, learn):
+            seen.append(subprocess.run([sys.executable, "-c", TRY_LOCK, str(lock.path)]).returncode)
+
+    resumed = make_learner()
+    resumed.fit(3, cbs=[SaveModelCallback(tmp_path / "ck.pt", every_epoch=True), TryFromAnotherProcess()],
+                resume="auto")
+    assert resumed.train_iter == 18 and seen == [3]  # between the check and before_fit no one else can take it
+    assert not lock.held and subprocess.run([sys.executable, "-c", TRY_LOCK, str(lock.path)]).returncode == 0
