@@ -71,9 +71,7 @@ class _Averaging(Callback):
     it with the learner's weights for a block, and the epoch table's columns."""
 
     prefix = ""
-    # The LR finder takes callbacks that declare `writes_files` off the learner for its sweep (callbacks/lr_finder.py):
-    # declared here so that no swept weight is ever averaged.
-    writes_files = True
+    sits_out_lr_find = True  # no swept weight is ever averaged or kept
 
     def __init__(self):
         self.averaged: AveragedModel | None = None

@@ -90,9 +90,25 @@ FOREIGN_HOOKS = {
 
 
 class Callback:
-    """Base class for callbacks. Lower `order` runs first; ties keep insertion order."""
+    """Base class for callbacks. Lower `order` runs first; ties keep insertion order. The class attributes and
+    methods below are every flag and question the learner and the other callbacks may ask of a callback; a subclass
+    overrides the ones that differ for it."""
 
-    order = 0
+    order: int = 0
+    """When it runs at each event, against the others: lower first (cyclr's own take theirs from `ORDER`)."""
+
+    writes_files: bool = False
+    """Writes files during a fit (checkpoints, logs). The LR finder's sweep runs without it, so that the sweep's
+    diverging state and rows never replace what the fit wrote, not even when the process is killed mid-sweep."""
+
+    sits_out_lr_find: bool = False
+    """Sits out the LR finder's sweep: taken off the learner while `lr_find` runs and put back after, untouched (an
+    average of the weights, a scheduler, a pruner must never see the swept steps)."""
+
+    def steps_per_epoch(self, n_batches: int) -> int:
+        """The optimizer steps an epoch of `n_batches` training batches takes with this callback attached:
+        `n_batches`, unless it groups batches into one step (GradientAccumulation)."""
+        return n_batches
 
     @property
     def name(self) -> str:

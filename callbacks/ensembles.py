@@ -85,8 +85,7 @@ class SnapshotEnsemble(Callback):
     """
 
     order = ORDER.snapshot_ensemble  # before the checkpoints, which then hold the new snapshot
-    # The LR finder takes callbacks that declare `writes_files` off the learner for its sweep (callbacks/lr_finder.py).
-    writes_files = True
+    sits_out_lr_find = True  # no swept weight is ever kept as a snapshot
 
     def __init__(self, keep: int | None = None, path: str | os.PathLike | None = None):
         self.keep = None if keep is None else int_at_least("keep", keep, 1)

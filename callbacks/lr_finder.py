@@ -13,7 +13,7 @@ still falling fast.
   sweep's defaults, declared once.
 - The suggestions (`suggest_valley`, `suggest_steep`, `suggest_minimum`, `suggest_slide`, read off the curve
   smoothed without lag by `centred_smooth`) live in callbacks/lr_suggest.py, the results (`LRFinderResult`,
-  `LRFinderSweep`, `LRFinderPlots`) in callbacks/lr_result.py; all are importable from here.
+  `LRFinderSweep`) in callbacks/lr_result.py; all are importable from here.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from ..data.checks import in_unit_interval, int_at_least, one_of, positive
 from .core import ORDER, Callback, CancelFitException, CancelValidException
 from .hypers import set_group_hyper
-from .lr_result import LRFinderPlots, LRFinderResult, LRFinderSweep
+from .lr_result import LRFinderResult, LRFinderSweep
 from .lr_suggest import (
     SUGGESTION_NAMES,
     Suggestion,
@@ -42,7 +42,7 @@ from .schedules import Exp, Lin
 from .snapshot import SNAPSHOT_MEMORY_LIMIT, TrainingSnapshot
 
 __all__ = [
-    "LRFinderCallback", "LRFinderResult", "LRFinderSweep", "LRFinderPlots", "Suggestion", "TrainingSnapshot",
+    "LRFinderCallback", "LRFinderResult", "LRFinderSweep", "Suggestion", "TrainingSnapshot",
     "run_lr_find", "suggest", "centred_smooth", "suggest_valley", "suggest_steep", "suggest_minimum", "suggest_slide",
     "SUGGESTION_NAMES", "STEP_MODES", "SNAPSHOT_MEMORY_LIMIT", "LR_FIND", "LRFindDefaults", "check_sweep",
 ]
@@ -258,12 +258,12 @@ def run_lr_find(learn, start_lr: float = LR_FIND.start_lr, end_lr: float = LR_FI
     if n_batches == 0:
         raise ValueError("the training loader is empty: the LR finder needs training batches")
     # Optimizer steps per epoch: fewer than batches under GradientAccumulation, which says how many.
-    steps = min([cb.steps_per_epoch(n_batches) for cb in learn.cbs if hasattr(cb, "steps_per_epoch")] + [n_batches])
+    steps = min((cb.steps_per_epoch(n_batches) for cb in learn.cbs), default=n_batches)
     n_epoch = math.ceil(num_it / steps)  # the callback cancels the fit once num_it steps are done
 
-    # Callbacks that write files (checkpoints, CSV logs) sit the sweep out: its diverging state and rows must never
-    # replace what the fit wrote, not even when the process is killed mid-sweep.
-    writers = [cb for cb in learn.cbs if getattr(cb, "writes_files", False)]
+    # Callbacks that write files (checkpoints, CSV logs) or declare that they sit the sweep out (averages, schedulers)
+    # are off the learner during it (Callback's `writes_files`, `sits_out_lr_find`).
+    writers = [cb for cb in learn.cbs if cb.writes_files or cb.sits_out_lr_find]
     learn.remove_cbs(writers)
     try:
         snapshot = TrainingSnapshot(learn, snapshot_memory_limit)

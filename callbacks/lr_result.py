@@ -1,6 +1,6 @@
-"""What an LR-finder sweep returns: `LRFinderResult` (one curve, its suggestions, its plots), `LRFinderSweep` (one
-curve per weight decay, per momentum, or per (wd, mom) pair) and `LRFinderPlots` (what `learn.sched` draws, for
-fastai 0.7's snippets).
+"""What an LR-finder sweep returns: `LRFinderResult` (one curve, its suggestions, its plots) and `LRFinderSweep` (one
+curve per weight decay, per momentum, or per (wd, mom) pair). Both have fastai 0.7's `plot()` and `plot_lr()`, so
+`learn.sched` (the last result) runs that course's snippets as they are.
 
 The plots draw the loss smoothed without lag and *uncapped*, so the blow-up after the minimum shows as it happened
 (the suggestions read a capped curve, `centred_losses`); the y-range keeps the descent readable: it reaches half
@@ -213,23 +213,6 @@ class LRFinderSweep:
 
     def plot_lr(self, ax=None):
         return next(iter(self.curves.values())).plot_lr(ax=ax)
-
-
-class LRFinderPlots:
-    """What `learn.sched` returns after `lr_find`, for fastai 0.7's snippets: `plot()` draws the LR-finder curve,
-    `plot_lr()` the learning rate per iteration. Read-only: it only draws the stored result."""
-
-    def __init__(self, result):
-        self.result = result
-
-    def plot(self, **kwargs):
-        return self.result.plot(**kwargs)
-
-    def plot_lr(self, **kwargs):
-        return self.result.plot_lr(**kwargs)
-
-    def __repr__(self) -> str:
-        return f"LRFinderPlots(for {type(self.result).__name__})"
 
 
 def _interp_log(lr: float, lrs: list[float], losses: list[float]) -> float:

@@ -27,7 +27,6 @@ from collections.abc import Callable, Sequence
 from ..data.checks import in_unit_interval, int_at_least, non_negative, positive
 from .core import ORDER, Callback
 from .hypers import has_hyper, hyper_range, out_of_range, writer
-from .torch_scheduler import refuse_torch_scheduler
 from .schedules import (
     CYCLICAL,
     FLAT_COS,
@@ -41,6 +40,7 @@ from .schedules import (
     scheds_state,
     sgdr,
 )
+from .torch_scheduler import refuse_torch_scheduler
 
 UNITS = ("pct", "batch", "epoch")
 

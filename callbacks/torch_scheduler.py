@@ -34,7 +34,6 @@ import torch
 
 from .core import ORDER, Callback
 from .hypers import set_group_hyper
-from .lr_finder import LRFinderCallback
 from .monitors import ReduceLROnPlateau, recorded_columns
 
 __all__ = ["TorchScheduler", "is_torch_scheduler", "refuse_torch_scheduler"]
@@ -122,6 +121,7 @@ class TorchScheduler(Callback):
     # and before SaveModelCallback (90), so checkpoints hold the stepped state. Stepping in after_step, its order
     # against the others does not matter: the Recorder reads the rate in before_step.
     order = ORDER.torch_scheduler
+    sits_out_lr_find = True  # an lr_find sweep sets the rates itself; this scheduler is left as it was
 
     def __init__(self, factory, interval: str = "step", monitor: str | None = None):
         refuse_torch_scheduler(factory, "TorchScheduler's factory")
@@ -141,7 +141,7 @@ class TorchScheduler(Callback):
         self.scheduler = None
         self._initial: dict | None = None  # the scheduler's state when it was built: its settings, for resuming
         self._saved: dict | None = None  # a checkpoint's state, loaded before the fit that resumes builds one
-        self._active = False
+        self._active = False  # whether this fit built a scheduler (cleanup_fit then takes the groups back)
 
     def __repr__(self) -> str:
         monitor = "" if self.monitor is None else f", monitor={self.monitor!r}"
@@ -150,9 +150,6 @@ class TorchScheduler(Callback):
     # ----- hooks -------------------------------------------------------------------------------------------------
     def before_fit(self, learn) -> None:
         saved, self._saved = self._saved, None
-        self._active = not any(isinstance(cb, LRFinderCallback) for cb in learn.cbs)
-        if not self._active:  # an lr_find sweep sets the rates itself; this scheduler is left as it was
-            return
         self._check_writers(learn, "lr")
         self._check_monitor(learn)
         groups = learn.opt.param_groups
@@ -175,7 +172,7 @@ class TorchScheduler(Callback):
         except BaseException:
             _put_back(groups, before, exactly=True)  # a refused or failed build changes nothing
             raise
-        self.scheduler = scheduler
+        self.scheduler, self._active = scheduler, True
 
     def after_step(self, learn) -> None:
         if self._active and self.interval == "step":

@@ -168,6 +168,7 @@ class GradientAccumulation(Callback):
         return {"n_batches": self.n_batches}
 
     def steps_per_epoch(self, n_batches: int) -> int:
+        """A group of `self.n_batches` batches takes one step; an epoch's last group may be shorter."""
         return math.ceil(n_batches / self.n_batches)
 
     def before_fit(self, learn):

@@ -24,7 +24,6 @@ from pathlib import Path
 from ..data.checks import int_at_least, positive
 from .core import ORDER, CancelFitException
 from .loggers import MLflowCallback
-from .lr_finder import LRFinderCallback
 from .monitors import Monitor
 
 __all__ = ["OptunaPruning", "tune_lr", "SEARCH_SCALES", "DEFAULT_SEARCH", "TUNE_EXTRA"]
@@ -61,6 +60,7 @@ class OptunaPruning(Monitor):
 
     # After SaveModelCallback (90) and the trackers (58), which write the epoch that the decision is about.
     order = ORDER.pruning
+    sits_out_lr_find = True  # nothing of an lr_find sweep is reported to the trial
 
     def __init__(self, trial, monitor: str = "valid_loss", mode: str = "auto"):
         optuna = _optuna()
@@ -83,12 +83,8 @@ class OptunaPruning(Monitor):
         self.trial = trial
         self.pruned_epoch: int | None = None
         self.pruned_value: float | None = None
-        self._active = False
 
     def before_fit(self, learn):
-        self._active = not any(isinstance(cb, LRFinderCallback) for cb in learn.cbs)
-        if not self._active:
-            return
         self.check(learn)
         self.pruned_epoch = self.pruned_value = None
 
@@ -100,8 +96,6 @@ class OptunaPruning(Monitor):
                              "trial): tune on one process")
 
     def after_epoch(self, learn):
-        if not self._active:
-            return
         value = float(self._current(learn))
         self.trial.report(value, step=learn.epoch)
         if self.trial.should_prune():
@@ -109,13 +103,13 @@ class OptunaPruning(Monitor):
             raise CancelFitException()
 
     def after_fit(self, learn):
-        if self._active and self.pruned_epoch is not None:
+        if self.pruned_epoch is not None:
             raise _optuna().TrialPruned(f"trial {self.trial.number} pruned after epoch {self.pruned_epoch} "
                                         f"({self.monitor}={self.pruned_value:.6g})")
 
     def cleanup_fit(self, learn):
         # The trackers (58) closed their runs as FINISHED just before: after_fit ran. Say what really happened.
-        if not self._active or self.pruned_epoch is None:
+        if self.pruned_epoch is None:
             return
         for cb in learn.cbs:
             if isinstance(cb, MLflowCallback) and cb.run_id is not None:

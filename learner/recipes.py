@@ -9,7 +9,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from ..callbacks.core import Callback
-from ..callbacks.lr_finder import LR_FIND, LRFinderPlots, run_lr_find
+from ..callbacks.lr_finder import LR_FIND, LRFinderResult, LRFinderSweep, run_lr_find
 from ..callbacks.scheduler import FlatCosCallback, OneCycleCallback, SGDRCallback
 from ..callbacks.schedules import FLAT_COS, ONE_CYCLE, SGDR_DEFAULTS
 from ..data.checks import int_at_least, positive
@@ -114,9 +114,10 @@ class Recipes:
         return result
 
     @property
-    def sched(self) -> LRFinderPlots:
-        """fastai 0.7's `learn.sched` after `lr_find`: `.plot()` the LR-finder curve, `.plot_lr()` the sweep's rates."""
-        result = getattr(self.recorder, "lr_find_result", None)
+    def sched(self) -> LRFinderResult | LRFinderSweep:
+        """fastai 0.7's `learn.sched` after `lr_find`: the last result, whose `.plot()` draws the LR-finder curve and
+        `.plot_lr()` the sweep's rates."""
+        result = self.recorder.lr_find_result
         if result is None:
             raise RuntimeError("learn.sched draws the last LR-finder sweep: run learn.lr_find() first")
-        return LRFinderPlots(result)
+        return result

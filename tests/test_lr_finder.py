@@ -29,6 +29,7 @@ from cyclr.callbacks.lr_finder import (  # noqa: E402
     suggest_steep,
     suggest_valley,
 )
+from cyclr.callbacks.recorder import SmoothedValue  # noqa: E402
 from cyclr.data import DataLoaders  # noqa: E402
 from cyclr.data.synthetic import synthetic_classification  # noqa: E402
 from cyclr.learner import Learner, accuracy  # noqa: E402
@@ -537,9 +538,8 @@ def test_centred_smoothing_has_no_lag_where_the_ema_does():
     centred = centred_smooth(losses, half_width=3)
     assert centred[:44] == [1.0] * 44 and centred[56:] == [0.0] * 44
     assert centred[49] > 0.5 > centred[50]
-    from cyclr.callbacks.recorder import smooth
-
-    assert smooth(losses)[60] > 0.5
+    ema = SmoothedValue()  # the finder's own smoothing (`smooth_losses`)
+    assert [ema.add(v) for v in losses][60] > 0.5
 
 
 def test_suggestions_are_below_the_analytic_divergence_threshold():
@@ -560,6 +560,33 @@ def test_suggestions_are_below_the_analytic_divergence_threshold():
     assert all(b < a for a, b in zip(losses, losses[1:], strict=False)) and losses[-1] < losses[0] / 2
 
 
+def test_a_callback_that_sits_out_the_sweep_sees_none_of_it_and_is_put_back():
+    class SeesEveryEvent(Callback):
+        sits_out_lr_find = True
+
+        def __init__(self):
+            self.events = []
+
+        def before_fit(self, learn):
+            self.events.append("before_fit")
+
+        def before_batch(self, learn):
+            self.events.append("before_batch")
+
+        def after_fit(self, learn):
+            self.events.append("after_fit")
+
+    sitting_out, counter = SeesEveryEvent(), BatchCounter()
+    learn = classification_learner(extra_cbs=[sitting_out, counter])
+    assert not Callback.sits_out_lr_find and not Callback.writes_files  # declared, off, on the base
+    learn.lr_find(num_it=15)
+    assert sitting_out.events == [] and sitting_out in learn.cbs
+    learn.fit(1)
+    n_batches = len(learn.dls.train) + len(learn.dls.valid)
+    assert sitting_out.events == ["before_fit", *["before_batch"] * n_batches, "after_fit"]
+    assert counter.n == n_batches  # it saw the sweep's 15 batches, which were then put back (it does not sit out)
+
+
 # ----- plots ----------------------------------------------------------------------------------------------------------
 def test_plots_log_axis_suggestions_and_the_fastai_07_names():
     learn = classification_learner()
@@ -568,7 +595,7 @@ def test_plots_log_axis_suggestions_and_the_fastai_07_names():
     with pytest.raises(RuntimeError, match="run learn.lr_find"):
         learn.sched.plot()
     result = learn.lr_find(num_it=30, show_plot=True)
-    assert learn.recorder.lr_find_result is result
+    assert learn.recorder.lr_find_result is result and learn.sched is result
     for fig in (result.plot(), learn.recorder.plot_lr_find(), learn.sched.plot()):
         ax = fig.axes[0]
         assert ax.get_xscale() == "log"
@@ -587,7 +614,7 @@ def test_weight_decay_sweep_plot_has_one_curve_per_value():
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "wd=0.01" in labels and "wd=0" in labels
     assert ax.get_xscale() == "log"
-    assert learn.sched.plot().axes[0].get_legend() is not None
+    assert learn.sched is sweep and learn.sched.plot().axes[0].get_legend() is not None
     assert "wd=0.01" in repr(sweep)
 
 
