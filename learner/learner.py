@@ -20,7 +20,7 @@ from ..callbacks.preemption import PreemptionCheckpoint
 from ..callbacks.progress import ProgressCallback
 from ..callbacks.recorder import Recorder
 from ..callbacks.training import TerminateOnNaNCallback
-from . import distributed, preflight
+from . import distributed, epoch_length, preflight
 from .attached import AttachedCallbacks
 from .batches import Batches
 from .fit_config import describe_fit
@@ -220,18 +220,23 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
             self._all_batches()
 
     def _all_batches(self) -> None:
-        batches = enumerate(self.dl)
+        planned = epoch_length.planned_batches(self) if self.training else None  # the loader held to its len()
+        batches, i = enumerate(self.dl), -1
         if self.training and self.skip_batches:
             # Resuming mid-epoch: the loaders were restored to this epoch's start, so the same shuffle is drawn;
             # pass over the batches done before the checkpoint.
             batches = itertools.islice(batches, self.skip_batches, None)
         for i, batch in batches:
+            if i == planned:
+                raise epoch_length.too_many_batches(self, planned)
             self.iter = i
             self.xb, self.yb = self.split_batch(self.to_device(batch))
             self.stepped = False
             self._with_events(self._do_one_batch, "batch")
             if self.stepped:  # train_iter counts optimizer steps: not cancelled ones, not accumulation micro-batches
                 self.train_iter += 1
+        if self.training:
+            epoch_length.warn_if_short(self, i + 1, planned)
 
     def _do_one_batch(self) -> None:
         self.pred = self.forward(self.xb)

@@ -2,12 +2,14 @@
 and biases by default), loaders whose len() is wrong, several targets."""
 
 import functools
+import warnings
 
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from cyclr.callbacks.core import Callback
 from cyclr.data import DataLoaders
 from cyclr.learner import Learner
 
@@ -141,3 +143,58 @@ def test_a_group_added_by_the_user_stays_and_a_failed_step_is_put_back():
     handle.remove()
     opt.step()  # the next step joins them first
     assert len(opt.param_groups) == 2 and len(opt.param_groups[0]["params"]) == 10
+
+
+# ----- issue 23.3: a loader whose len() is wrong ------------------------------------------------------------------
+class LenLies:
+    """A loader that yields the batches of `dl` but says it has `claimed` of them."""
+
+    def __init__(self, dl, claimed):
+        self.dl, self.claimed = dl, claimed
+
+    def __iter__(self):
+        return iter(self.dl)
+
+    def __len__(self):
+        return self.claimed
+
+
+def lying_learner(claimed, n=60, bs=12, **kwargs):
+    dls = regression_loaders(n=n, bs=bs)
+    return Learner(norm_model(), DataLoaders(LenLies(dls.train, claimed), dls.valid), nn.MSELoss(), progress=False,
+                   **kwargs)
+
+
+def test_an_epoch_shorter_than_len_warns_with_how_far_the_schedule_falls_short():
+    learn = lying_learner(claimed=8)  # yields 5
+    with pytest.warns(RuntimeWarning) as caught:
+        learn.fit_one_cycle(3, 1e-2)
+    messages = [str(w.message) for w in caught if "len() says" in str(w.message)]
+    assert len(messages) == 3 and messages[0].startswith("epoch 0: the training loader yielded 5 batches where "
+                                                          "its len() says 8")
+    assert "3 batches short" in messages[0] and "ends at pct_train 0.62 instead of 1.00" in messages[0]
+    assert "cut by 38%" in messages[0]
+    assert learn.train_iter == 15 and learn.pct_train == pytest.approx(15 / 24)
+
+
+def test_a_loader_yielding_more_than_len_is_refused_at_the_first_extra_batch():
+    learn = lying_learner(claimed=3)  # yields 5
+    seen = []
+
+    class Positions(Callback):
+        def before_batch(self, learn):
+            seen.append(learn.pct_train)
+
+    with pytest.raises(RuntimeError, match=r"more batches than the 3 its len\(\) announced \(epoch 0 reached "
+                                           r"batch 4\).*planned over 2 epochs of 3 batches \(6 steps\).*train_iter 3"):
+        learn.fit_one_cycle(2, 1e-2, cbs=[Positions()])
+    assert learn.train_iter == 3 and max(seen) < 1  # no schedule position past the plan was fed
+    assert len(learn.recorder.to_df("batches")) == 3
+
+
+def test_a_loader_whose_len_is_right_says_nothing():
+    learn = lying_learner(claimed=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn.fit(2)
+    assert learn.train_iter == 10

@@ -334,7 +334,8 @@ def test_show_loop_lists_callbacks_at_each_event(capsys):
     make_learner(cbs=[Trace()]).show_loop()
     out = capsys.readouterr().out
     assert "      before_batch: Trace" in out
-    assert "  after_epoch: Trace, Recorder\n" in out  # Trace has order 0, the Recorder 50
+    # Trace has order 0, the Recorder 50, PreemptionCheckpoint (a default callback: issue 24.4) after them
+    assert "  after_epoch: Trace, Recorder, PreemptionCheckpoint\n" in out
 
 
 def test_no_bar_removes_progress_for_the_block_only():
