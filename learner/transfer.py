@@ -35,6 +35,23 @@ def body_head_split(model: nn.Module) -> list[list[nn.Parameter]]:
     return [body, head]
 
 
+def splitter_groups(model: nn.Module, splitter) -> list[dict]:
+    """The optimizer's parameter groups from `splitter(model)`, one per list it returns. A trainable parameter left
+    out of every group would never train, silently: refused, naming it (a parameter meant to stay fixed says so with
+    `requires_grad=False`)."""
+    groups = [{"params": list(p)} for p in splitter(model)]
+    grouped = {id(p) for g in groups for p in g["params"]}
+    left_out = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in grouped]
+    if left_out:
+        shown = ", ".join(left_out[:8]) + (f" and {len(left_out) - 8} more" if len(left_out) > 8 else "")
+        raise ValueError(
+            f"the splitter leaves {len(left_out)} trainable parameter(s) out of every group, so they would never "
+            f"train: {shown}. Return them in one of the splitter's groups, or set requires_grad=False on those meant "
+            "to stay fixed"
+        )
+    return groups
+
+
 def bn_parameters(model: nn.Module) -> set[int]:
     """The ids of the parameters of the model's batch-norm layers."""
     return {id(p) for m in model.modules() if isinstance(m, BN_TYPES) for p in m.parameters(recurse=False)}

@@ -24,6 +24,7 @@ from cyclr.callbacks.schedules import (
     cosine,
     exp_range,
     factor,
+    flat_cos,
     multi_factor,
     one_cycle,
     schedule_from_state,
@@ -389,6 +390,21 @@ BAD = [
     (lambda: warmup(Lin(0, 1), 5), ValueError, "is a function of pct"),
     (lambda: warmup(square_root(0.1), 0), ValueError, "steps must be an int >= 1"),
     (lambda: Exp(0, 1), ValueError, "start must be > 0"),
+    # issue 24.11: bounds the wrong way round, and one rule for every decay factor
+    (lambda: triangular(0.1, 0.01, 10), ValueError, r"base_lr must be <= max_lr .* got base_lr=0.1 > max_lr=0.01"),
+    (lambda: exp_range(0.1, 0.01, 10, 0.9), ValueError, "base_lr must be <= max_lr"),
+    (lambda: cosine(0.1, 0.2, 10), ValueError, r"final must be <= base .*use Cos\(0.1, 0.2\)"),
+    (lambda: multi_factor(0.1, [5], 2), ValueError, r"factor must be in \(0, 1\] \(the decay at each of steps\)"),
+    # issue 24.13: rates torch cannot hold, and divisors that would put the cycle's ends above its peak
+    (lambda: one_cycle(1e300), ValueError, r"max_lr must be at most 3.4e\+38 \(float32's largest"),
+    (lambda: one_cycle(0.1, div_factor=1e-300), ValueError, r"div_factor must be >= 1 \(the start rate"),
+    (lambda: one_cycle(0.1, final_div=0.5), ValueError, r"final_div must be >= 1 \(the final rate"),
+    (lambda: sgdr(1e300, 3, 1), ValueError, "max_lr must be at most 3.4e"),
+    (lambda: flat_cos(1e300), ValueError, "lr must be at most 3.4e"),
+    (lambda: flat_cos(0.1, div_final=0.1), ValueError, "div_final must be >= 1"),
+    (lambda: triangular(0, 1e300, 10), ValueError, "max_lr must be at most 3.4e"),
+    (lambda: factor(1e300, 0.5), ValueError, "base must be at most 3.4e"),
+    (lambda: square_root(1e300), ValueError, "lr0 must be at most 3.4e"),
 ]
 
 

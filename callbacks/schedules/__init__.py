@@ -21,6 +21,7 @@ chapter's decays and ``warmup``). Import from here: ``from cyclr.callbacks.sched
 
 from .base import (
     BOUNDARY_TOL,
+    MAX_RATE,
     Combine,
     Configured,
     Const,
@@ -29,6 +30,8 @@ from .base import (
     Lin,
     Poly,
     Schedule,
+    check_rate,
+    check_rate_slice,
     check_schedule,
     combine,
     scheds_from_state,
@@ -73,6 +76,7 @@ from .decay import (
 
 __all__ = [
     "Configured", "Schedule", "Lin", "Cos", "Exp", "Poly", "Const", "Combine", "combine", "check_schedule",
+    "check_rate", "check_rate_slice", "MAX_RATE",
     "schedule_from_state", "schedule_kinds", "scheds_state", "scheds_from_state", "BOUNDARY_TOL",
     "OneCycle", "one_cycle", "SGDR", "sgdr", "Cyclical", "cyclical", "triangular", "triangular2", "exp_range",
     "CYCLIC_MODES", "ONE_CYCLE", "SGDR_DEFAULTS", "CYCLICAL", "OneCycleDefaults", "SGDRDefaults", "CyclicalDefaults",

@@ -13,7 +13,7 @@ import math
 import textwrap
 from collections.abc import Sequence
 
-from ...data.checks import int_at_least, positive, real
+from ...data.checks import int_at_least, non_negative, positive, real
 
 # A position this close to a phase or cycle boundary belongs to the phase that starts there: `i / N` computed in
 # floating point can land a hair before the boundary it means (e.g. 0.1 + 0.2 != 0.3).
@@ -28,6 +28,34 @@ def check_schedule(name: str, value) -> Schedule:
             f"({value!r}); only schedule objects can be saved and rebuilt"
         )
     return value
+
+
+# The largest rate torch's optimizers can take: they hold it in the parameters' float32 (foreach and fused kernels
+# convert it), and a larger one fails deep inside torch ("value cannot be converted to type float without overflow").
+MAX_RATE = 3.4028234663852886e38
+
+
+def check_rate(name: str, value, allow_zero: bool = False):
+    """A learning rate: finite, > 0 (>= 0 with `allow_zero`) and at most MAX_RATE; else an error saying so."""
+    (non_negative if allow_zero else positive)(name, value)
+    if value > MAX_RATE:
+        raise ValueError(
+            f"{name} must be at most {MAX_RATE:.3g} (float32's largest number, in which torch's optimizers hold the "
+            f"rate), got {value!r}; learning rates are usually between 1e-6 and 10"
+        )
+    return value
+
+
+def check_rate_slice(name: str, lo, hi) -> None:
+    """Refuse `slice(lo, hi)` of per-group rates with lo > hi: such a slice spreads rates from its start (the first
+    parameter group, the body) to its stop (the last group, the head), and reversed it would train the body faster
+    than the new head, the opposite of what discriminative rates are for. A list says falling rates explicitly."""
+    if lo is not None and hi is not None and lo > hi:
+        raise ValueError(
+            f"{name}=slice({lo!r}, {hi!r}) is reversed: a slice gives its start to the first parameter group (the "
+            f"body) and its stop to the last (the head), so the body would train faster than the head. Pass "
+            f"slice({hi!r}, {lo!r}), or a list with one rate per group if falling rates are what you mean"
+        )
 
 
 def wrap_title(text: str, width: int = 70) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ...data.checks import in_unit_interval, int_at_least, non_negative, one_of, positive, real
-from .base import BOUNDARY_TOL, Combine, Configured, Const, Cos, Lin, Schedule, wrap_title
+from .base import BOUNDARY_TOL, Combine, Configured, Const, Cos, Lin, Schedule, check_rate, wrap_title
 
 
 @dataclass(frozen=True)
@@ -94,14 +94,15 @@ class OneCycle(Configured):
         anneal_strategy: str = ONE_CYCLE.anneal_strategy,
         three_phase: bool = ONE_CYCLE.three_phase,
     ):
-        self.max_lr = positive("max_lr", max_lr)
-        self.div_factor = positive("div_factor", div_factor)
+        self.max_lr = check_rate("max_lr", max_lr)
+        self.div_factor = at_least_one("div_factor", div_factor, "the start rate max_lr/div_factor")
         if not 0 < real("pct_start", pct_start) < 1:
             raise ValueError(
                 f"pct_start must be in (0, 1) (the fraction of training spent raising the lr), got {pct_start!r}"
             )
         self.pct_start = pct_start
-        self.final_div = positive("final_div", div_factor * 1e4 if final_div is None else final_div)
+        self.final_div = at_least_one("final_div", div_factor * 1e4 if final_div is None else final_div,
+                                      "the final rate max_lr/final_div")
         if moms is not None:
             if not isinstance(moms, Sequence) or len(moms) not in (2, 3):
                 raise ValueError(f"moms must be a 2-tuple (start, mid) or a 3-tuple (start, mid, end), got {moms!r}")
@@ -169,6 +170,13 @@ class OneCycle(Configured):
         return fig
 
 
+def at_least_one(name: str, value, what: str):
+    """A divisor of the peak rate: > 0, and >= 1 so that `what` stays at or below the peak."""
+    if positive(name, value) < 1:
+        raise ValueError(f"{name} must be >= 1 ({what} is at most the peak), got {value!r}")
+    return value
+
+
 def one_cycle(
     max_lr: float,
     div_factor: float = ONE_CYCLE.div_factor,
@@ -186,10 +194,10 @@ def one_cycle(
 def flat_cos(lr: float, pct_start: float = FLAT_COS.pct_start, div_final: float = FLAT_COS.div_final) -> Combine:
     """`lr` held flat for the first `pct_start` of training, then half a cosine down to `lr / div_final` (fastai v2's
     `fit_flat_cos`, `combined_cos(pct_start, lr, lr, lr / div_final)`), a function of pct."""
-    positive("lr", lr)
+    check_rate("lr", lr)
     if not 0 < real("pct_start", pct_start) < 1:
         raise ValueError(f"pct_start must be in (0, 1) (the fraction of training at the flat rate), got {pct_start!r}")
-    positive("div_final", div_final)
+    at_least_one("div_final", div_final, "the final rate lr/div_final")
     return Combine((pct_start, 1 - pct_start), (Const(lr), Cos(lr, lr / div_final)))
 
 
@@ -203,7 +211,7 @@ class SGDR(Schedule):
 
     def __init__(self, max_lr: float, n_cycles: int, cycle_len: int, cycle_mult: int = SGDR_DEFAULTS.cycle_mult,
                  eta_min: float = SGDR_DEFAULTS.eta_min):
-        self.max_lr = positive("max_lr", max_lr)
+        self.max_lr = check_rate("max_lr", max_lr)
         self.n_cycles = int_at_least("n_cycles", n_cycles, 1)
         self.cycle_len = int_at_least("cycle_len", cycle_len, 1)
         self.cycle_mult = int_at_least("cycle_mult", cycle_mult, 1)
@@ -298,7 +306,12 @@ def cyclical(base_lr, max_lr, step_size, mode, gamma=CYCLICAL.gamma, step_size_d
     """Smith's cyclical lr from `base_lr` (>= 0) up to `max_lr` (> 0) over `step_size` batches and back over
     `step_size_down` (default: `step_size`)."""
     non_negative("base_lr", base_lr)
-    positive("max_lr", max_lr)
+    check_rate("max_lr", max_lr)
+    if base_lr > max_lr:
+        raise ValueError(
+            f"base_lr must be <= max_lr (the cycle goes from base_lr up to max_lr and back), got base_lr={base_lr!r} "
+            f"> max_lr={max_lr!r}: swap them"
+        )
     return Cyclical(base_lr, max_lr, step_size, mode, gamma, step_size_down)
 
 

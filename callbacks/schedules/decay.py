@@ -8,8 +8,8 @@ import bisect
 import math
 from collections.abc import Sequence
 
-from ...data.checks import int_at_least, non_negative, positive, real
-from .base import Schedule, check_schedule
+from ...data.checks import int_at_least, non_negative, real
+from .base import Schedule, check_rate, check_schedule
 
 
 class SquareRoot(Schedule):
@@ -18,7 +18,7 @@ class SquareRoot(Schedule):
     domain = "step"
 
     def __init__(self, lr0: float):
-        self.lr0 = positive("lr0", lr0)
+        self.lr0 = check_rate("lr0", lr0)
 
     def config(self) -> dict:
         return {"lr0": self.lr0}
@@ -37,7 +37,7 @@ class Factor(Schedule):
     domain = "step"
 
     def __init__(self, base: float, factor: float, stop: float = 1e-7):
-        self.base = positive("base", base)
+        self.base = check_rate("base", base)
         if not 0 < real("factor", factor) <= 1:
             raise ValueError(f"factor must be in (0, 1] (the decay per step), got {factor!r}")
         self.factor = factor
@@ -58,7 +58,7 @@ class MultiFactor(Schedule):
     domain = "step"
 
     def __init__(self, base: float, steps: Sequence[int], factor: float):
-        self.base = positive("base", base)
+        self.base = check_rate("base", base)
         if not isinstance(steps, Sequence) or len(steps) == 0:
             raise ValueError(f"steps must be a non-empty list of increasing ints >= 1, got {steps!r}")
         for i, s in enumerate(steps):
@@ -66,7 +66,9 @@ class MultiFactor(Schedule):
         if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
             raise ValueError(f"steps must be strictly increasing, got {list(steps)}")
         self.steps = tuple(int(s) for s in steps)
-        self.factor = positive("factor", factor)
+        if not 0 < real("factor", factor) <= 1:  # as Factor: a decay, never growth without bound
+            raise ValueError(f"factor must be in (0, 1] (the decay at each of steps), got {factor!r}")
+        self.factor = factor
 
     def config(self) -> dict:
         return {"base": self.base, "steps": self.steps, "factor": self.factor}
@@ -85,8 +87,13 @@ class CosineDecay(Schedule):
     domain = "step"
 
     def __init__(self, base: float, final: float, max_update: int, warmup_steps: int = 0, warmup_begin: float = 0.0):
-        self.base = positive("base", base)
+        self.base = check_rate("base", base)
         self.final = non_negative("final", final)
+        if final > base:
+            raise ValueError(
+                f"final must be <= base (a cosine decay from base to final), got final={final!r} > base={base!r}; "
+                f"for a rate that rises along a cosine use Cos({base!r}, {final!r}), a schedule of pct"
+            )
         self.max_update = int_at_least("max_update", max_update, 1)
         self.warmup_steps = int_at_least("warmup_steps", warmup_steps, 0)
         if warmup_steps >= max_update:
