@@ -9,7 +9,9 @@ started) and the averaged model's validation loss and metrics (`swa_valid_loss`,
 where it was not validated.
 
     learn.fit_one_cycle(10, 1e-2, cbs=[SWA(start=0.75)])   # the last 25% averaged; learn.model ends averaged
-    # the paper's: a constant rate while averaging, the tail of the one schedule
+    # the paper's: a constant rate while averaging, the tail of the one-cycle (truncated at `start`)
+    learn.fit_one_cycle(10, 0.1, cbs=[SWA(start=0.75, lr=0.01)])
+    # or the whole one-cycle squeezed into the first 75%, then the constant tail
     learn.fit(10, cbs=[ParamScheduler(swa_scheds(one_cycle(0.1, final_div=10), Const(0.01))), SWA()])
     ema = EMA(decay=0.999)
     learn.fit(5, cbs=[ema])
@@ -29,6 +31,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from ..data.checks import int_at_least, positive, real
 from .core import ORDER, Callback
 from .ensembles import cycle_ends, lr_per_step
+from .schedule_tail import check_tail
+from .scheduler import ParamScheduler
 from .schedules import Const, Lin, OneCycle, Schedule, combine
 from .weights import exchange_weights, recompute_batch_norm, validate_with, validation_columns
 
@@ -159,16 +163,20 @@ class SWA(_Averaging):
       processes when data-parallel) and it is validated: `swa_valid_loss` and `swa_<metric>` in the last row of the
       epoch table. `swap=True` (default) then copies it into `learn.model`; `swa.model` keeps it either way.
 
-    The learning rate while averaging is the schedule's: the one ParamScheduler applies it, so give the schedule
-    that tail with `swa_scheds(head, tail, start)`: the paper's constant rate,
-    `ParamScheduler(swa_scheds(one_cycle(lr, final_div=lr / swa_lr), Const(swa_lr)))`, or its cyclical one, K short
-    cycles from a1 down to a2, `swa_scheds(..., swa_cycles(a1, a2, K))` with `every='cycle'`.
+    - `lr`: the learning rate while averaging, from `start` to the end: None (the default) leaves the fit's schedule
+      as it is; a number (the paper's constant rate) or a schedule of the fraction of the averaging done (its
+      cyclical rate, K cycles from a1 down to a2: `swa_cycles(a1, a2, K)` with `every='cycle'`) becomes the tail of
+      the fit's lr schedule: the ParamScheduler of the fit (`fit_one_cycle`'s, `fit_sgdr`'s, your own) runs its
+      own rates up to `start`, exactly, then this one (`Callback.schedule_tails`), so one writer sets, checks and
+      records every rate; momentum keeps its own schedule. A fit without a ParamScheduler of the rate is refused.
+      `swa_scheds(head, tail, start)` instead squeezes the whole head into the first `start` of the fit.
     """
 
     order = ORDER.swa  # after the Recorder wrote the epoch's row; before the loggers, the table, the checkpoints
     prefix = "swa"
 
-    def __init__(self, start: float | int = SWA_START, every: str | int = "epoch", swap: bool = True):
+    def __init__(self, start: float | int = SWA_START, every: str | int = "epoch", swap: bool = True,
+                 lr: float | Schedule | None = None):
         super().__init__()
         if isinstance(start, bool) or not isinstance(start, numbers.Real):
             raise TypeError(f"start must be a fraction of the fit in (0, 1) or an epoch index (int), got {start!r}")
@@ -180,29 +188,46 @@ class SWA(_Averaging):
         if every not in ("epoch", "cycle"):
             int_at_least("every (optimizer steps between averaging points, or 'epoch' or 'cycle')", every, 1)
         self.start, self.every, self.swap = start, every, bool(swap)
+        self.lr = None if lr is None else check_tail("lr", lr)
+        if self.lr is not None:
+            positive("lr", self.lr.value(0.0))  # a first look; the ParamScheduler checks the whole tail in the fit
         self.start_step = 0  # averaging points come after this many optimizer steps of the fit
         self.points: set[int] = set()  # every='cycle' or n: the optimizer steps done at each averaging point
         self.finalized = False
 
     def __repr__(self) -> str:
-        return f"SWA(start={self.start!r}, every={self.every!r}, swap={self.swap})"
+        lr = "" if self.lr is None else f", lr={self.lr!r}"
+        return f"SWA(start={self.start!r}, every={self.every!r}, swap={self.swap}{lr})"
 
     def fit_config(self) -> dict:
-        return {"start": self.start, "every": self.every, "swap": self.swap}
+        return {"start": self.start, "every": self.every, "swap": self.swap,
+                "lr": None if self.lr is None else repr(self.lr)}
+
+    def schedule_tails(self, learn) -> dict:
+        """With `lr`, the averaging rate as the tail of the fit's lr schedule, from the first averaged step on."""
+        return {} if self.lr is None else {"lr": (self.start_step_in(learn), self.lr)}
+
+    def start_step_in(self, learn) -> int:
+        """The optimizer steps of the fit before averaging starts (`start` as an epoch index or a fraction)."""
+        if isinstance(self.start, numbers.Integral):
+            if self.start >= learn.n_epoch:
+                raise ValueError(f"SWA start={self.start} is an epoch index after the end of this fit of "
+                                 f"{learn.n_epoch} epochs: pass an epoch < {learn.n_epoch} or a fraction in (0, 1)")
+            return self.start * (learn.n_train_iters // learn.n_epoch)
+        return round(self.start * learn.n_train_iters)
 
     def _new_average(self, learn) -> AveragedModel:
         # Parameters only: the buffers (batch-norm statistics) are recomputed for the mean at the end.
         return AveragedModel(learn.model, use_buffers=False)
 
     def before_fit(self, learn):
+        if self.lr is not None and not any(isinstance(cb, ParamScheduler) and "lr" in cb.fit_scheds
+                                           for cb in learn.cbs):
+            raise ValueError(f"{self!r} supplies the learning rate while averaging as the tail of the fit's lr "
+                             "schedule, but no ParamScheduler schedules the rate in this fit: use a recipe "
+                             "(fit_one_cycle, fit_sgdr, ...) or a ParamScheduler({'lr': ...}), or SWA without lr")
         steps_per_epoch = learn.n_train_iters // learn.n_epoch
-        if isinstance(self.start, numbers.Integral):
-            if self.start >= learn.n_epoch:
-                raise ValueError(f"SWA start={self.start} is an epoch index after the end of this fit of "
-                                 f"{learn.n_epoch} epochs: pass an epoch < {learn.n_epoch} or a fraction in (0, 1)")
-            start_step = self.start * steps_per_epoch
-        else:
-            start_step = round(self.start * learn.n_train_iters)
+        start_step = self.start_step_in(learn)
         n = learn.n_train_iters
         if self.every == "epoch":
             self.points = set()

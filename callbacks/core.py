@@ -110,6 +110,13 @@ class Callback:
         `n_batches`, unless it groups batches into one step (GradientAccumulation)."""
         return n_batches
 
+    def schedule_tails(self, learn) -> dict:
+        """The ends of the fit's schedules this callback supplies, asked by the fit's ParamScheduler in before_fit:
+        `{hyperparameter: (optimizer step, tail)}`, the tail a schedule of the fraction of the tail done, run from
+        that step on in place of the rest of the ParamScheduler's own (callbacks/schedule_tail.py). SWA(lr=...)
+        supplies its averaging rate this way. `{}` (the default): none."""
+        return {}
+
     @property
     def name(self) -> str:
         return type(self).__name__

@@ -26,6 +26,7 @@ import torch
 from ..data.checks import int_at_least
 from ..data.state import atomic_torch_save
 from .core import ORDER, Callback
+from .scheduler import ParamScheduler
 from .weights import copy_state, loaded_weights
 
 __all__ = ["SnapshotEnsemble", "cycle_ends", "lr_per_step"]
@@ -50,8 +51,7 @@ def cycle_ends(lrs: list[float]) -> list[int]:
 
 def _lr_scheduler(learn):
     """The attached scheduler of the learning rate (a ParamScheduler or one of its recipes)."""
-    found = [cb for cb in learn.cbs if isinstance(getattr(cb, "scheds", None), dict) and "lr" in cb.scheds
-             and getattr(cb, "unit", None) in ("pct", "batch", "epoch")]
+    found = [cb for cb in learn.cbs if isinstance(cb, ParamScheduler) and "lr" in cb.fit_scheds]
     if not found:
         raise ValueError("SnapshotEnsemble takes a snapshot at the end of each cycle of the learning-rate schedule, "
                          "but this fit has no lr schedule: use fit_sgdr, fit_one_cycle, or a ParamScheduler / "
@@ -64,9 +64,9 @@ def _lr_scheduler(learn):
 
 def lr_per_step(learn) -> list[float]:
     """The learning rate (of the last parameter group, as the Recorder records it) at every optimizer step of the
-    fit being started, read from its scheduler at the positions its unit gives each step."""
+    fit being started, read from its scheduler (tails included) at the positions its unit gives each step."""
     sched = _lr_scheduler(learn)
-    lr = sched.scheds["lr"]
+    lr = sched.fit_scheds["lr"]
     lr = lr[-1] if isinstance(lr, list) else lr
     n, steps_per_epoch = learn.n_train_iters, max(1, learn.n_train_iters // learn.n_epoch)
     positions = {"pct": lambda t: t / n, "batch": lambda t: t, "epoch": lambda t: t // steps_per_epoch}[sched.unit]

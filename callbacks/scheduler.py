@@ -1,21 +1,20 @@
 """ParamScheduler: set any optimizer hyperparameter from a schedule before every training batch.
 
-`ParamScheduler({'lr': f, 'mom': g, 'wd': h}, unit='pct')` calls each schedule with the position of the batch about
-to run and writes the value into the optimizer's parameter groups (through callbacks/hypers.py, the one writer):
-
-- unit='pct':   the fraction of the fit done, `learn.pct_train` (batch i of N sees i/N);
-- unit='batch': the global training batch index of this fit, `learn.train_iter` (0, 1, ...);
-- unit='epoch': the epoch index, `learn.epoch`, so the value is constant within an epoch (d2l steps its schedulers
-  once per epoch, as torch's epoch schedulers do).
+`ParamScheduler({'lr': f, 'mom': g, 'wd': h}, unit='pct')` calls each schedule at the position of the batch about to
+run and writes the value into the optimizer's parameter groups (through callbacks/hypers.py, the one writer). The
+position: with unit='pct' the fraction of the fit done, `learn.pct_train` (batch i of N sees i/N); 'batch' the
+fit's global training batch index, `learn.train_iter`; 'epoch' the epoch index, `learn.epoch` (constant within an
+epoch, as torch's and d2l's epoch schedulers step).
 
 A value may be one callable for every parameter group, or a list with one callable per group (discriminative
 learning rates). Any callable works; the schedule objects of `callbacks.schedules` also save and plot themselves.
 `OneCycleCallback`, `FlatCosCallback`, `SGDRCallback` and `CyclicLRCallback` are ParamSchedulers with their
-schedules built for you (their defaults are declared once, on the schedules).
+schedules built for you (their defaults are declared once, on the schedules). A callback may supply the end of a
+schedule (SWA's averaging rate: `Callback.schedule_tails`, callbacks/schedule_tail.py), run as part of it.
 
-Every value a fit will write is computed and checked in `before_fit`, at exactly the positions the loop will feed:
-a schedule that leaves its range anywhere in the fit is refused before the first step, naming the hyperparameter,
-the position and the value. Per batch the scheduler only evaluates and writes.
+Every value a fit will write, tails included, is computed and checked in `before_fit` at exactly the positions the
+loop will feed: a schedule that leaves its range anywhere in the fit is refused before the first step, naming the
+hyperparameter, the position and the value. Per batch the scheduler only evaluates and writes.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ from collections.abc import Callable, Sequence
 from ..data.checks import in_unit_interval, int_at_least, non_negative, positive
 from .core import ORDER, Callback
 from .hypers import has_hyper, hyper_range, out_of_range, writer
+from .schedule_tail import with_tails
 from .schedules import (
     CYCLICAL,
     FLAT_COS,
@@ -58,11 +58,8 @@ def evaluator(sched) -> Callable:
 class ParamScheduler(Callback):
     """Schedules hyperparameters per training batch: `scheds` maps a name ('lr', 'mom', 'wd', 'beta2' or any
     param_group key) to a schedule, or to a list of schedules, one per parameter group. See the module docstring.
-
-    Everything is resolved and checked once, in `before_fit`: the group count, that the optimizer has each key, and
-    every value the fit will write (each schedule called at exactly the positions the loop will feed it, from the
-    resume point on), so a schedule that leaves its range late in the fit is refused before the first step. Per
-    batch it only evaluates and writes."""
+    `before_fit` resolves and checks everything once: the group count, each key, and every value from the resume
+    point on; `fit_scheds` are then the schedules the fit runs, with any tails callbacks supplied."""
 
     order = ORDER.scheduler
 
@@ -73,6 +70,7 @@ class ParamScheduler(Callback):
             raise TypeError(f"scheds must be a non-empty dict like {{'lr': sched}}, got {scheds!r}")
         self.unit = unit
         self.scheds = {name: self._checked(name, value) for name, value in scheds.items()}
+        self.fit_scheds = self.scheds  # what the last fit ran: the schedules with the tails callbacks supplied
         self._writes: list[tuple] = []  # (write, schedule) for each value set before a batch: built in before_fit
 
     def _checked(self, name, value):
@@ -114,8 +112,9 @@ class ParamScheduler(Callback):
         groups = learn.opt.param_groups
         opt_name = type(learn.opt).__name__
         scheds = self.group_scheds(len(groups))
+        self.fit_scheds = with_tails(learn, scheds, self.unit)  # with the ends callbacks supply (SWA's rate)
         plan = []  # (name, group index or None for all, schedule, its evaluator, write)
-        for name, value in scheds.items():
+        for name, value in self.fit_scheds.items():
             if name == "mom" and not all(has_hyper(g, "mom") for g in groups):
                 warnings.warn(f"{opt_name} has no momentum or betas: the 'mom' schedule is ignored in this fit",
                               stacklevel=2)
@@ -133,7 +132,7 @@ class ParamScheduler(Callback):
             plan += [(name, i, s, evaluator(s), writer([groups[i]], name, opt_name)) for i, s in enumerate(value)]
         for name, group, sched, value_at, _ in plan:
             self._check_values(learn, name, group, sched, value_at)
-        self.scheds = scheds  # what this fit runs, and what its checkpoints save
+        self.scheds = scheds  # what this fit runs (but for the tails) and its checkpoints save
         self._writes = [(write, value_at) for *_, value_at, write in plan]
 
     def before_batch(self, learn) -> None:
@@ -174,8 +173,7 @@ class ParamScheduler(Callback):
             whose = f"{name!r}" + ("" if group is None else f" of parameter group {group}")
             what, fix = f"the schedule for {whose} ({describe(sched)})", "checked before any step, nothing was changed"
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise TypeError(f"{what} must return a float, got {type(value).__name__} ({value!r}) at {where}; "
-                                f"{fix}")
+                raise TypeError(f"{what} must return a float, got {type(value).__name__} ({value!r}) at {where}; {fix}")
             raise ValueError(f"{what} returned {value!r} at {where}; {problem}; {fix}")
 
     # ----- checkpoints ---------------------------------------------------------------------------------------------
