@@ -43,7 +43,8 @@ class Recipes:
 
         `max_lr` (default `self.lr`) may be a list or `slice(lo, hi)` for per-group rates; `moms=None` leaves the
         momentum alone; `anneal_strategy='linear'` and `three_phase=True` as torch's OneCycleLR. `resume`,
-        `allow_length_change` and `allow_config_change` as in `fit`."""
+        `allow_length_change` and `allow_config_change` as in `fit`. With `cbs=[SWA(start=0.75, lr=0.01)]` the
+        cycle runs up to `start` and the rest of the fit at SWA's averaging rate (its `lr`, the cycle's tail)."""
         cb = OneCycleCallback(self.lr if max_lr is None else max_lr, div_factor, pct_start, final_div, moms,
                               anneal_strategy, three_phase)
         self.fit(cyc_len, wd=wd, cbs=[cb, *cbs], resume=resume, allow_length_change=allow_length_change,
