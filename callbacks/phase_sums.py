@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from ..data.core import Targets
+
 
 class PhaseSums:
     """Sample-weighted sums of the loss and metrics over one phase, kept on the device until read."""
@@ -33,12 +35,13 @@ class PhaseSums:
         if not (batch_metrics or epoch_metrics):
             return
         pred = learn.metric_output(learn.pred) if hasattr(learn, "metric_output") else learn.pred
+        targets = learn.yb if type(learn.yb) is Targets else (learn.yb,)  # several: metric(pred, y, w), as fastai
         if batch_metrics:
-            values = torch.stack([torch.as_tensor(m(pred, learn.yb)).detach().float() for m in batch_metrics])
+            values = torch.stack([torch.as_tensor(m(pred, *targets)).detach().float() for m in batch_metrics])
             values = values.to(loss.device) * n
             self.metrics = values if self.metrics is None else self.metrics + values
         for m in epoch_metrics:
-            m.update(pred, learn.yb)
+            m.update(pred, *targets)
 
     def summed_over_processes(self, learn, n_metrics: int) -> PhaseSums:
         """The sums over every process's shard (learner/distributed.py), so that all report the average over all

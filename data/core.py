@@ -20,7 +20,19 @@ from .checks import int_at_least
 from .in_memory import InMemoryLoader
 from .torch_loader import TorchLoader
 
-__all__ = ["InMemoryLoader", "TorchLoader", "DataLoaders"]
+__all__ = ["InMemoryLoader", "TorchLoader", "DataLoaders", "Targets"]
+
+
+class Targets(tuple):
+    """The targets of a batch that has several: the parts after its `n_inp` inputs (`(x, y, w)` with `n_inp=1`).
+    The loss and the metrics get them as separate arguments, `loss_func(pred, y, w)` and `metric(pred, y, w)`, as
+    fastai calls them (`loss_func(pred, *yb)`); a single target is passed as it is. Otherwise a tuple: moved to the
+    device, concatenated and returned by `get_preds` as one."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"Targets{tuple.__repr__(self)}"
 
 
 class DataLoaders:

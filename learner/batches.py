@@ -1,7 +1,9 @@
 """What users bring (mixed into `Learner`): splitting a batch into inputs and targets, calling the model with them,
 reading the loss and the metrics' input off the model's output, and moving nested batches to the device.
 
-Batches: `(x, y)`; `(x1, ..., xn, y)` (the first `n_inp` are inputs, default all but the last); `((x1, x2), y)`; a
+Batches: `(x, y)`; `(x1, ..., xn, y)` (the first `n_inp` are inputs, default all but the last); several targets
+`(x, y, w)` with `n_inp=1`, which the loss and the metrics get as separate arguments, `loss_func(pred, y, w)` (fastai's
+convention: `Targets`); `((x1, x2), y)`; a
 dict (HuggingFace style), passed whole as `model(**batch)`, its targets read from `labels` (or `label`, `target`,
 `targets`, `y`). Inputs that are a tuple/list of tensors go in as `model(*inputs)`; a list of anything else (token
 lists, strings from a `collate_fn`) is one argument.
@@ -14,7 +16,15 @@ from __future__ import annotations
 
 import torch
 
+from ..data.core import Targets
+
 TARGET_KEYS = ("labels", "label", "target", "targets", "y")
+
+
+def target_args(yb) -> tuple:
+    """The targets as the loss and the metrics take them after the output: several (`Targets`) as separate
+    arguments, one as it is."""
+    return yb if type(yb) is Targets else (yb,)
 
 
 def output_field(out, name: str):
@@ -132,7 +142,7 @@ class Batches:
                 )
             xb = batch[0] if n_inp == 1 else tuple(batch[:n_inp])
             targets = batch[n_inp:]
-            yb = None if not targets else targets[0] if len(targets) == 1 else tuple(targets)
+            yb = None if not targets else targets[0] if len(targets) == 1 else Targets(targets)
             return xb, yb
         return batch, None  # a bare tensor (an unlabelled loader): all input
 
@@ -147,9 +157,10 @@ class Batches:
         return model(xb)
 
     def get_loss(self, pred, yb):
+        """`loss_func(pred, yb)`; with several targets (`Targets`), `loss_func(pred, *yb)`, as fastai calls it."""
         if self.loss_func is not None:
             try:
-                return self.loss_func(pred, yb)
+                return self.loss_func(pred, *yb) if type(yb) is Targets else self.loss_func(pred, yb)
             except _NOT_ABOUT_THE_BATCH:
                 raise
             except Exception as e:

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from ..callbacks.optimizer_modes import evaluating
-from .batches import TARGET_KEYS, Batches, describe, logits_of
+from ..data.core import Targets
+from .batches import TARGET_KEYS, Batches, describe, logits_of, target_args
 from .preflight import first_batch
 
 
@@ -66,7 +67,7 @@ class Inference:
                     if with_input:
                         inputs.append(_to_cpu(xb))
                     if with_loss:
-                        losses.append(loss_func(pred, yb).float().cpu())
+                        losses.append(loss_func(pred, *target_args(yb)).float().cpu())
         finally:
             self.model.train(was_training)
         if not preds:
@@ -114,7 +115,7 @@ class Inference:
             raise ValueError(_count_error(n, n_inp, with_targets))
         xb = batch[0] if n_inp == 1 else tuple(batch[:n_inp])
         rest = batch[n_inp:]
-        return xb, None if not rest else rest[0] if len(rest) == 1 else tuple(rest)
+        return xb, None if not rest else rest[0] if len(rest) == 1 else Targets(rest)
 
     def training_n_inp(self) -> int | None:
         """How many leading parts of a tuple batch are inputs: `n_inp`, or else as the fit splits the training

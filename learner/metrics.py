@@ -2,7 +2,9 @@
 the Recorder averages it over the samples of the epoch. An epoch-level metric is an object with `update(pred,
 target)`, `compute()` and `reset()`: a torchmetrics `Metric`, or `AccumMetric(func)`, which computes `func` once on
 the epoch's concatenated outputs and targets (F1, AUC and the like, whose batch average is not their value).
-`Metric(metric, target='mask', output='seg')` gives either kind one part of dict (or tuple) targets and outputs."""
+`Metric(metric, target='mask', output='seg')` gives either kind one part of dict (or tuple) targets and outputs.
+Batches with several targets (`(x, y, w)` with `n_inp=1`) give each as an argument: `metric(pred, y, w)`,
+`update(pred, y, w)` and `AccumMetric`'s `func(preds, y, w)`, as fastai calls them; `Metric(m, target=0)` picks one."""
 
 from __future__ import annotations
 
@@ -60,19 +62,20 @@ class AccumMetric:
     def reset(self) -> None:
         self._preds, self._targets = [], []
 
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+    def update(self, pred: torch.Tensor, *targets: torch.Tensor) -> None:
+        """One batch: its output and its target (or, for batches with several, each: `func(preds, y, w)`)."""
         self._preds.append(pred.detach())
-        self._targets.append(target.detach())
+        self._targets.append(tuple(t.detach() for t in targets))
 
     def compute(self):
         if not self._preds:
             return torch.tensor(float("nan"))
-        preds, targets = torch.cat(self._preds), torch.cat(self._targets)
+        preds, targets = torch.cat(self._preds), [torch.cat(column) for column in zip(*self._targets, strict=True)]
         if self.activation is not None:
             preds = self.activation(preds)
         if self.flatten:
-            preds, targets = preds.flatten(), targets.flatten()
-        return self.func(preds, targets)
+            preds, targets = preds.flatten(), [t.flatten() for t in targets]
+        return self.func(preds, *targets)
 
     def __repr__(self) -> str:
         return f"AccumMetric({self.name})"
@@ -105,12 +108,12 @@ class Metric(nn.Module):
         if epoch_level:  # only then does the Recorder see update/compute/reset and treat it as epoch-level
             self.update, self.compute, self.reset = self._update, self._compute, self._reset
 
-    def forward(self, pred, target):
-        return self.metric(*self.parts(pred, target))
+    def forward(self, pred, *targets):
+        return self.metric(*self.parts(pred, _joined(targets)))
 
     # Methods of the wrapper, not the metric's own, so that a copy of the wrapper (the pre-flight's) uses its copy.
-    def _update(self, pred, target) -> None:
-        self.metric.update(*self.parts(pred, target))
+    def _update(self, pred, *targets) -> None:
+        self.metric.update(*self.parts(pred, _joined(targets)))
 
     def _compute(self):
         return self.metric.compute()
@@ -124,6 +127,11 @@ class Metric(nn.Module):
 
     def extra_repr(self) -> str:
         return f"target={self.target!r}, output={self.output!r}"
+
+
+def _joined(targets: tuple):
+    # Several targets arrive as separate arguments (fastai's convention); `target=i` picks one of them.
+    return targets[0] if len(targets) == 1 else targets
 
 
 def _part(value, key, side: str, metric: Metric):

@@ -14,8 +14,9 @@ from ..callbacks.core import Callback, check_hook_names
 from ..callbacks.recorder import metric_name
 from ..callbacks.scheduler import check_lr_spec
 from ..data.checks import int_at_least, non_negative, positive
+from ..data.core import Targets
 from ..data.state import rng_state, set_rng_state
-from .batches import describe
+from .batches import describe, target_args
 
 _COMPILE_KEYS = ("fullgraph", "dynamic", "backend", "mode", "options", "disable")
 
@@ -230,8 +231,13 @@ def _check_loss(learn, pred, yb, phase: str = "training"):
             warnings.simplefilter("always")
             loss = learn.get_loss(pred, yb)
     except Exception as e:
+        several = (f" The batches have {len(yb)} targets after their {learn.n_inp or 1} input(s), given to the loss "
+                   f"as separate arguments, loss_func(pred, {', '.join(f'y{i}' for i in range(len(yb)))}) (fastai's "
+                   "convention): write the loss to take them, or set n_inp if some are inputs."
+                   if type(yb) is Targets else "")
         raise ValueError(
-            f"loss_func failed on the model output {_shaped(pred)} and targets {_shaped(yb)} of a {phase} batch: {e}"
+            f"loss_func failed on the model output {_shaped(pred)} and targets {_shaped(yb)} of a {phase} batch: "
+            f"{e}.{several}"
         ) from e
     # MSELoss and friends broadcast a target of another shape with only a warning: the loss would be silently wrong.
     if any("target size" in str(w.message) for w in caught):
@@ -258,10 +264,10 @@ def _check_metrics(learn, pred, yb, loss) -> None:
                 if isinstance(probe, nn.Module):
                     probe.to(loss.device)
                 probe.reset()
-                probe.update(out, yb)
+                probe.update(out, *target_args(yb))
                 value = probe.compute()
             else:
-                value = m(out, yb)
+                value = m(out, *target_args(yb))
             torch.as_tensor(value).float()
         except Exception as e:
             raise ValueError(

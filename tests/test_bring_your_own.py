@@ -86,8 +86,7 @@ def test_n_inp_splits_extra_targets_and_is_checked():
     w = torch.ones(96)
     items = [(x[i], y[i], w[i]) for i in range(96)]
 
-    def weighted_ce(pred, targets):
-        y, w = targets
+    def weighted_ce(pred, y, w):  # several targets: loss_func(pred, *yb), fastai's convention (issue 23.6)
         return (nn.functional.cross_entropy(pred, y, reduction="none") * w).mean()
 
     learn = quiet(nn.Linear(8, 3), loaders(items[:64], items[64:]), weighted_ce, n_inp=1, lr=0.05)

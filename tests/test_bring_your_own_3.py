@@ -198,3 +198,52 @@ def test_a_loader_whose_len_is_right_says_nothing():
         warnings.simplefilter("error")
         learn.fit(2)
     assert learn.train_iter == 10
+
+
+# ----- issue 23.6: several targets ----------------------------------------------------------------------------------
+def weighted_loaders(n=40, bs=8):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(n, 6, generator=g)
+    y = torch.randn(n, 3, generator=g)
+    w = torch.rand(n, 1, generator=g)
+    offset = torch.randn(n, 3, generator=g)
+    ds = TensorDataset(x, y, w, offset)
+    return DataLoaders(DataLoader(ds, batch_size=bs), DataLoader(ds, batch_size=bs)), (x, y, w, offset)
+
+
+def weighted_mse(pred, y, w, offset):  # written for fastai: loss_func(pred, *yb)
+    return (((pred + offset - y) ** 2) * w).mean()
+
+
+def weighted_mae(pred, y, w, offset):
+    return ((pred + offset - y).abs() * w).mean()
+
+
+def test_several_targets_reach_the_loss_and_metrics_as_separate_arguments():
+    from cyclr.learner import AccumMetric, Metric
+
+    dls, (x, y, w, offset) = weighted_loaders()
+    torch.manual_seed(0)
+    model = nn.Linear(6, 3)
+    accum = AccumMetric(weighted_mae, name="epoch_wmae")
+    only_y = Metric(lambda pred, target: (pred - target).abs().mean(), target=0, name="mae_y")
+    learn = Learner(model, dls, weighted_mse, n_inp=1, metrics=[weighted_mae, accum, only_y], progress=False)
+    learn.fit(1, lr=1e-2)
+    with torch.no_grad():
+        pred = model(x)
+    results = learn.validate()
+    assert results["valid_loss"] == pytest.approx(float(weighted_mse(pred, y, w, offset)), rel=1e-5)
+    assert results["weighted_mae"] == pytest.approx(float(weighted_mae(pred, y, w, offset)), rel=1e-5)
+    assert results["epoch_wmae"] == pytest.approx(float(weighted_mae(pred, y, w, offset)), rel=1e-5)
+    assert results["mae_y"] == pytest.approx(float((pred - y).abs().mean()), rel=1e-5)
+    preds, targets = learn.get_preds()
+    assert isinstance(targets, tuple) and len(targets) == 3
+    assert all(torch.equal(a, b) for a, b in zip(targets, (y, w, offset), strict=True))
+
+
+def test_a_loss_taking_one_target_is_told_what_it_got():
+    dls, _ = weighted_loaders()
+    learn = Learner(nn.Linear(6, 3), dls, nn.MSELoss(), n_inp=1, progress=False)
+    with pytest.raises(ValueError, match=r"3 targets after their 1 input\(s\), given to the loss as separate "
+                                         r"arguments, loss_func\(pred, y0, y1, y2\)"):
+        learn.fit(1)
