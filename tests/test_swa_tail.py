@@ -66,6 +66,20 @@ def test_the_tail_of_an_sgdr_recipe_and_of_a_batch_unit_scheduler():
     assert learn.recorder.lrs == [0.1 / (1 + t) for t in range(12)] + [0.02] * 12
 
 
+def test_discriminative_rates_each_run_their_own_head_then_the_one_tail():
+    def two_groups(model):
+        return [list(model[0].parameters()), list(model[2].parameters())]
+
+    plain = learner(splitter=two_groups)
+    plain.fit_one_cycle(4, slice(0.01, 0.1))
+    learn = learner(splitter=two_groups)
+    learn.fit_one_cycle(4, slice(0.01, 0.1), cbs=[SWA(start=0.5, lr=0.02)])
+    heads, both = plain.recorder.group_values("lr"), learn.recorder.group_values("lr")
+    assert len(both) == 2 and heads[0][0] < heads[1][0]  # two groups at their own rates
+    for head, lrs in zip(heads, both, strict=True):
+        assert lrs[:12] == head[:12] and lrs[12:] == [0.02] * 12
+
+
 def test_an_epoch_unit_scheduler_takes_a_tail_from_an_epoch_boundary_only():
     learn = learner()
     learn.fit(8, cbs=[ParamScheduler({"lr": lambda e: 0.1 / (1 + e)}, unit="epoch"), SWA(start=6, lr=0.01)])
