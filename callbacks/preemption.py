@@ -105,7 +105,8 @@ class PreemptionCheckpoint(Callback):
         self.path = None if path is None else os.fspath(path)
         self.signals = tuple(signal.Signals(s) for s in signals)
         self.flag = SignalFlag()
-        self._active = False
+        # Set in before_fit: this one decides for the fit; the ranks must agree (data-parallel); an LR-finder sweep.
+        self._active = self._collective = self._sweeping = False
 
     def preemption_path(self, learn) -> str | None:
         return self.path
@@ -121,10 +122,13 @@ class PreemptionCheckpoint(Callback):
                 self.flag.received, cb.flag.received = self.flag.received or cb.flag.received, None
         if self._active and not self.flag.installed:
             self.flag.install(self.signals)
+        self._collective = getattr(learn, "world_size", 1) > 1 and dist.is_initialized()
+        self._sweeping = any(isinstance(cb, LRFinderCallback) for cb in learn.cbs)
 
     def after_batch(self, learn):
         # A checkpoint is valid after a training batch that stepped (never between accumulation micro-batches).
-        if self._active and learn.training and learn.stepped:
+        # The hot path: a single process with no signal reads three attributes.
+        if self._active and learn.training and learn.stepped and (self.flag.received or self._collective):
             self._stop_if_asked(learn)
 
     def after_epoch(self, learn):
@@ -133,10 +137,10 @@ class PreemptionCheckpoint(Callback):
 
     def cleanup_fit(self, learn):
         self.flag.restore()
-        self._active = False
+        self._active = self._collective = self._sweeping = False
 
     def _stop_if_asked(self, learn) -> None:
-        if self._sweeping(learn) or not self._agreed(learn):
+        if self._sweeping or not self._agreed(learn):
             return
         signum, self.flag.received = self.flag.received, None
         paths = self._save(learn)
@@ -148,17 +152,13 @@ class PreemptionCheckpoint(Callback):
     def _agreed(self, learn) -> bool:
         """Whether this rank, or under data-parallel training any rank, has received a signal."""
         asked = self.flag.received is not None
-        if getattr(learn, "world_size", 1) <= 1 or not dist.is_initialized():
+        if not self._collective:
             return asked
         flag = torch.tensor([int(asked)], device=learn.device if dist.get_backend() == "nccl" else "cpu")
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # one collective per step, only when distributed
         if flag.item() and not asked:
             self.flag.received = signal.SIGTERM  # another rank was signalled
         return bool(flag.item())
-
-    @staticmethod
-    def _sweeping(learn) -> bool:
-        return any(isinstance(cb, LRFinderCallback) for cb in learn.cbs)
 
     def _save(self, learn) -> list[str]:
         targets = [self] if self.path is not None else [cb for cb in learn.cbs if hasattr(cb, "preemption_path")]
