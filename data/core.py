@@ -20,7 +20,16 @@ from .checks import int_at_least
 from .in_memory import InMemoryLoader
 from .torch_loader import TorchLoader
 
-__all__ = ["InMemoryLoader", "TorchLoader", "DataLoaders", "Targets"]
+__all__ = ["InMemoryLoader", "TorchLoader", "DataLoaders", "Targets", "loader_length"]
+
+
+def loader_length(dl) -> int | None:
+    """`len(dl)`, or None for a stream: an iterable without a length (a generator), or a torch DataLoader over an
+    IterableDataset that has none (its `__len__` raises TypeError)."""
+    try:
+        return len(dl)
+    except TypeError:
+        return None
 
 
 class Targets(tuple):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ..data.core import Targets
+from ..data.core import Targets, loader_length
 
 TARGET_KEYS = ("labels", "label", "target", "targets", "y")
 
@@ -69,7 +69,8 @@ def batch_loss_error(learn, error: Exception, pred, yb) -> Exception:
     type cannot be built from a message) whose message says which batch, what its targets and the model's output
     were, and what to change. Computed only on failure: reading the targets' range costs a host sync."""
     phase = "training" if learn.training else "validation"
-    where = f"{phase} batch {learn.iter}" + (f" (of {len(learn.dl)})" if hasattr(learn.dl, "__len__") else "")
+    n = loader_length(learn.dl)
+    where = f"{phase} batch {learn.iter}" + (f" (of {n})" if n is not None else "")
     if learn.in_fit:
         where += f" in epoch {learn.epoch}"
     message = (

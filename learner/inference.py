@@ -158,7 +158,7 @@ class Inference:
         if train is None:
             return None
         if self._training_shapes is None or self._training_shapes[0] is not train:
-            self._training_shapes = (train, _sample_shapes(first_batch(train)))
+            self._training_shapes = (train, _sample_shapes(first_batch(train, self.peeked)))
         return self._training_shapes[1]
 
     def _training_input_shapes(self):

@@ -20,6 +20,7 @@ from ..callbacks.preemption import PreemptionCheckpoint
 from ..callbacks.progress import ProgressCallback
 from ..callbacks.recorder import Recorder
 from ..callbacks.training import TerminateOnNaNCallback
+from ..data.core import loader_length
 from . import distributed, epoch_length, preflight
 from .attached import AttachedCallbacks
 from .batches import Batches
@@ -86,6 +87,9 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
         # those only). resuming: from a checkpoint, at epoch start_epoch, after its first skip_batches batches.
         self.in_fit = self.fit_started = self.stepped = self.resuming = False
         self.start_epoch = self.skip_batches = 0
+        # steps_per_epoch: a stream's batches an epoch (0: the loader's len()). peeked: one-shot streams' first
+        # batches, drawn by the pre-flight, which their next epoch yields first.
+        self.steps_per_epoch, self.peeked = 0, {}
 
         # Launched by torchrun, this process joins the others now (learner/distributed.py).
         self.rank, self.world_size = 0, 1
@@ -93,7 +97,7 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
 
     def __repr__(self) -> str:
         n_params = sum(p.numel() for p in self.model.parameters())
-        sizes = ", ".join(f"{k}={len(dl) if hasattr(dl, '__len__') else '?'} batches"
+        sizes = ", ".join(f"{k}={'?' if (n := loader_length(dl)) is None else n} batches"
                           for k, dl in (("train", self.dls.train), ("valid", getattr(self.dls, "valid", None)))
                           if dl is not None)
         opt = type(self.opt).__name__ if self.opt is not None else getattr(self.opt_func, "__name__", self.opt_func)
@@ -123,9 +127,11 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
         return self.train_iter / self.n_train_iters if self.n_train_iters else 0.0
 
     def fit(self, n_epoch: int, lr=None, wd: float | None = None, cbs: Iterable[Callback] = (),
-            resume=None, allow_length_change: bool = False, allow_config_change: bool | Collection[str] = False):
+            resume=None, allow_length_change: bool = False, allow_config_change: bool | Collection[str] = False,
+            steps_per_epoch: int | None = None):
         """Train for `n_epoch` epochs. `cbs` are attached for this fit only. `lr` (default: the Learner's) may be a
-        number, a list (one per parameter group) or `slice(lo, hi)` / `slice(hi)`, as in the recipes.
+        number, a list (one per parameter group) or `slice(lo, hi)` / `slice(hi)`, as in the recipes. A training
+        loader without a len() (a stream) needs `steps_per_epoch` (batches drawn an epoch) for a scheduled fit.
 
         `resume=path` goes on from a checkpoint written during an earlier run of this same fit (see `save`), at the
         batch it was taken, with everything restored; the fit must plan the same length unless
@@ -135,13 +141,15 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
         settings then apply from the checkpoint's position on, for every scheduler. `resume='auto'`: the newest
         checkpoint of the fit's checkpoint callbacks, or a fresh start when none (a job requeued after SIGTERM)."""
         cbs = preflight.check_fit_arguments(n_epoch, lr, wd, cbs)
+        per_epoch = epoch_length.batches_per_epoch(self, cbs, steps_per_epoch)  # 0: a stream, no plan
+        self.steps_per_epoch = steps_per_epoch or 0
         preflight.check_data(self)
         resume = self.auto_resume_path(cbs) if isinstance(resume, str) and resume == "auto" else resume
         if resume is not None:
             # checks all, then sets the counters
             self.resume_from(resume, n_epoch, cbs, allow_length_change, allow_config_change, lr, wd)
         else:
-            self.n_epoch, self.n_train_iters = n_epoch, n_epoch * len(self.dls.train)
+            self.n_epoch, self.n_train_iters = n_epoch, n_epoch * per_epoch
             self.train_iter = self.start_epoch = self.skip_batches = 0
         if self.opt is None:
             self.create_opt()
@@ -177,7 +185,7 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
         dl = dl if dl is not None else self.dls.valid
         if dl is None:
             raise ValueError("no validation loader: pass validate(dl=...) or build DataLoaders with a valid set")
-        if len(dl) == 0:
+        if loader_length(dl) == 0:
             raise ValueError("the validation loader is empty")
         self._start_phase(training=False, dl=dl)
         self._with_events(self._do_validate, "validate")
@@ -221,7 +229,7 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
 
     def _all_batches(self) -> None:
         planned = epoch_length.planned_batches(self) if self.training else None  # the loader held to its len()
-        batches, i = enumerate(self.dl), -1
+        batches, i = enumerate(epoch_length.epoch_batches(self)), -1
         if self.training and self.skip_batches:
             # Resuming mid-epoch: the loaders were restored to this epoch's start, so the same shuffle is drawn;
             # pass over the batches done before the checkpoint.

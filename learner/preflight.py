@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -14,7 +15,7 @@ from ..callbacks.core import Callback, check_hook_names
 from ..callbacks.recorder import metric_name
 from ..callbacks.scheduler import check_lr_spec
 from ..data.checks import int_at_least, non_negative, positive
-from ..data.core import Targets
+from ..data.core import Targets, loader_length
 from ..data.state import rng_state, set_rng_state
 from .batches import describe, target_args
 
@@ -129,10 +130,10 @@ def check_data(learn) -> None:
             "change it: unfreeze some with learn.unfreeze() or learn.freeze_to(n), or param.requires_grad_(True)"
         )
     train = learn.dls.train
-    if train is None or len(train) == 0:
+    if train is None or loader_length(train) == 0:
         raise ValueError("the training loader is empty: give DataLoaders at least one training batch")
     valid = getattr(learn.dls, "valid", None)
-    if valid is not None and hasattr(valid, "__len__") and len(valid) == 0:
+    if valid is not None and loader_length(valid) == 0:
         raise ValueError("the validation loader is empty: give it at least one batch, or pass valid=None")
     model = learn.model
     was_training = model.training
@@ -156,9 +157,14 @@ def check_data(learn) -> None:
         model.train(was_training)
 
 
-def first_batch(dl):
+def first_batch(dl, peeked: dict | None = None):
     """The loader's first batch as it yields it (collate_fn, batch_tfm included), leaving its shuffling state and
-    the global RNGs as they were."""
+    the global RNGs as they were. A one-shot stream (an iterator, such as a generator) cannot give a
+    batch back: the one drawn is kept in `peeked` (the learner's), where the next epoch over it takes it first."""
+    if peeked is not None and isinstance(dl, Iterator):  # iter(dl) would start an epoch of any other loader
+        if id(dl) not in peeked:
+            peeked[id(dl)] = next(dl)
+        return peeked[id(dl)]
     if hasattr(dl, "one_batch"):
         return dl.one_batch()
     rng = rng_state()
@@ -207,7 +213,7 @@ def _tensors(obj) -> list:
 def _run_first_batch(learn, dl, phase: str, few: bool):
     """(inputs, targets, output) of the loader's first batch, or with `few` of its first samples, and the targets
     of the whole batch (whose labels are all checked, whatever `few`)."""
-    whole = learn.to_device(first_batch(dl))
+    whole = learn.to_device(first_batch(dl, learn.peeked))
     batch = (_head(whole) or whole) if few else whole
     try:
         xb, yb = learn.split_batch(batch)
