@@ -12,6 +12,7 @@ import math
 import shutil
 import sys
 
+from ..data.core import loader_length
 from .core import ORDER, Callback
 
 
@@ -143,10 +144,13 @@ class ProgressCallback(Callback):
     def _start_child(self, learn):
         if not getattr(self, "bars", self._bars_wanted()):
             return
+        n = loader_length(learn.dl) or (getattr(learn, "steps_per_epoch", 0) if learn.training else 0)
+        if not n:  # a stream of unknown length: no bar to fill (the epoch table still shows each epoch)
+            return
         if self.master is None:  # validate() outside fit: a bar of its own
-            self.child = _progress_bar(range(len(learn.dl)), leave=False)
+            self.child = _progress_bar(range(n), leave=False)
         else:
-            self.child = self.master.pcls(range(len(learn.dl)), parent=self.master, leave=False)
+            self.child = self.master.pcls(range(n), parent=self.master, leave=False)
         self.child.update(0)  # opens its display: starting it before as well left a second, empty bar
 
     def _end_child(self):

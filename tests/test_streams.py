@@ -87,3 +87,13 @@ def test_steps_per_epoch_is_for_streams_only():
     learn.dls.train = DataLoader(list(zip(torch.randn(12, 5), torch.randn(12, 2))), batch_size=4)
     with pytest.raises(ValueError, match=r"steps_per_epoch=2 is for a training loader without a len\(\).*len\(\) 3"):
         learn.fit(1, steps_per_epoch=2)
+
+
+def test_progress_bars_on_a_stream(capsys):
+    from cyclr.callbacks.progress import ProgressCallback
+
+    learn = stream_learner(train_n=12, cbs=[ProgressCallback(show_bars=True)])  # as in a terminal or a notebook
+    learn.fit(1, lr=1e-2)  # no length: the table only
+    learn.dls.train.dataset.n = None
+    learn.fit(1, lr=1e-2, steps_per_epoch=3)  # a bar of 3
+    assert learn.train_iter == 3 and "valid_loss" in capsys.readouterr().out
