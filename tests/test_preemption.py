@@ -150,6 +150,25 @@ def test_the_batch_in_progress_finishes_then_the_run_is_saved_and_the_tracker_ru
     assert signal.getsignal(signum) is signal.SIG_DFL  # the handlers before the fit are back
 
 
+def test_mlflow_run_is_killed_by_the_preemption_and_finished_by_the_requeue_every_step_once(tmp_path):
+    from mlflow import MlflowClient
+
+    from cyclr.callbacks.loggers import MLflowCallback
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client, ckpt = MlflowClient(tracking_uri=uri), tmp_path / "ck_{train_iter}.pt"
+    first = MLflowCallback(uri, experiment="preempted")
+    with pytest.raises(Preempted):
+        make_learner(cbs=[first]).fit(3, cbs=[SaveModelCallback(ckpt, every_epoch=True), SignalAt("after_step", 10)])
+    assert client.get_run(first.run_id).info.status == "KILLED"
+    again = MLflowCallback(uri, experiment="preempted")
+    requeued = make_learner(cbs=[again])
+    requeued.fit(3, cbs=[SaveModelCallback(ckpt, every_epoch=True)], resume="auto")
+    assert again.run_id == first.run_id and client.get_run(first.run_id).info.status == "FINISHED"
+    logged = sorted((m.step, m.value) for m in client.get_metric_history(first.run_id, "train/loss"))
+    assert logged == [(i, v) for i, v in enumerate(requeued.recorder.to_df("batches")["loss"])]  # each step once
+
+
 def test_a_signal_during_validation_waits_for_the_end_of_the_epoch(tmp_path):
     learn = make_learner()
     with pytest.raises(Preempted) as info:
