@@ -113,9 +113,12 @@ class OptimizerSetup:
 
     def reset_lrs(self) -> None:
         """Every group back at the rate the user gave it (`lr`, or `set_hyper('lr', ...)` outside a fit), whatever
-        value a schedule or a loaded checkpoint left: what a fit without `lr` starts from."""
+        value a schedule or a loaded checkpoint left: what a fit without `lr` starts from. A group with torch's
+        `initial_lr` is left alone: the user's own torch scheduler, built on this optimizer, has set its rate (a
+        LambdaLR warm-up's first step at 0); cyclr's TorchScheduler removes it when its fit ends."""
         for i, lr in enumerate(self._base_lrs):
-            set_hyper(self.opt, "lr", lr, i)
+            if "initial_lr" not in self.opt.param_groups[i]:
+                set_hyper(self.opt, "lr", lr, i)
 
     def hypers(self) -> list[dict]:
         """The current lr, mom and wd of every parameter group."""

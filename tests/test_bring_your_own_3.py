@@ -247,3 +247,21 @@ def test_a_loss_taking_one_target_is_told_what_it_got():
     with pytest.raises(ValueError, match=r"3 targets after their 1 input\(s\), given to the loss as separate "
                                          r"arguments, loss_func\(pred, y0, y1, y2\)"):
         learn.fit(1)
+
+
+# ----- pending G.1: a torch scheduler built on learn.create_opt() keeps its first rate ----------------------------
+def test_a_lambda_lr_built_on_the_learners_optimizer_keeps_its_warm_up():
+    learn = Learner(norm_model(), regression_loaders(n=60, bs=12), nn.MSELoss(), lr=4e-3, progress=False)
+    opt = learn.create_opt()
+
+    def warmup(step):  # HF's linear warm-up over 3 steps, then flat
+        return min(1.0, step / 3)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup)
+
+    class StepIt(Callback):
+        def after_step(self, learn):
+            sched.step()
+
+    learn.fit(1, cbs=[StepIt()])
+    assert learn.recorder.to_df("batches")["lr"].tolist() == pytest.approx([4e-3 * warmup(s) for s in range(5)])
