@@ -16,12 +16,17 @@ the newest checkpoint of that run, exactly.
 - Data-parallel runs: every rank stops at the same batch. They agree through one all-reduce of the flag per step,
   only when there are several processes.
 - `Preempted` is a `SystemExit`: a script exits with its code; IPython and Jupyter report it and keep the kernel.
+- In a SLURM job (SLURM_JOB_ID set, `scontrol` on the PATH) the main process also requeues the job once the
+  checkpoint is written (`scontrol requeue`, as Lightning does); `requeue=False` leaves that to the job script,
+  which can requeue on exit status 75.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import threading
 
@@ -44,13 +49,13 @@ class Preempted(SystemExit):
     """Raised by the fit after a preemption signal, once it has saved the run (`checkpoints`, maybe empty) and stopped
     at a valid point. A `SystemExit` with code `PREEMPTED_EXIT_CODE`: the fit's cleanup runs first."""
 
-    def __init__(self, signum: int, checkpoints: list[str], train_iter: int):
+    def __init__(self, signum: int, checkpoints: list[str], train_iter: int, requeued: str = ""):
         super().__init__(PREEMPTED_EXIT_CODE)
         self.signum, self.checkpoints, self.train_iter = signum, checkpoints, train_iter
         where = f"saved to {', '.join(checkpoints)}" if checkpoints else (
             "no checkpoint written: pass SaveModelCallback(every_epoch=True) or PreemptionCheckpoint(path)")
         self.message = (f"preempted by {signal.Signals(signum).name} after {train_iter} optimizer steps; {where}. "
-                        f"Run the same script with fit(..., resume='auto') to go on (exit status "
+                        f"{requeued}Run the same script with fit(..., resume='auto') to go on (exit status "
                         f"{PREEMPTED_EXIT_CODE})")
 
     def __str__(self) -> str:
@@ -91,7 +96,8 @@ class PreemptionCheckpoint(Callback):
     """Stops a fit cleanly on `signals` (default SIGTERM and SIGUSR1) and saves it first: to `path` when given (a
     checkpoint just for this, e.g. on a fast local disk), else where each SaveModelCallback of the fit saves (its
     `preemption_path`). Every Learner has one (path None); pass your own, in the Learner's or the fit's callbacks, to
-    give a path or other signals (`signals=()` turns preemption handling off): the last one attached decides."""
+    give a path or other signals (`signals=()` turns preemption handling off): the last one attached decides.
+    `requeue=True`: in a SLURM job, requeue it once the checkpoint is written (module docstring)."""
 
     # Runs last at after_batch / after_epoch: the step's and the epoch's state are complete (trackers have logged,
     # SaveModelCallback has decided on its best) when it saves and stops. Shares its slot with pruning, which also
@@ -99,9 +105,12 @@ class PreemptionCheckpoint(Callback):
     order = ORDER.pruning
     writes_files = False  # it must stay attached during an LR-finder sweep, to hold a signal back until after it
 
-    def __init__(self, path: str | os.PathLike | None = None, signals=PREEMPTION_SIGNALS):
+    def __init__(self, path: str | os.PathLike | None = None, signals=PREEMPTION_SIGNALS, requeue: bool = True):
         if path is not None:
             check_file_path(path, "preempted.pt")
+        if not isinstance(requeue, bool):
+            raise TypeError(f"requeue must be True or False, got {requeue!r}")
+        self.requeue = requeue
         self.path = None if path is None else os.fspath(path)
         self.signals = tuple(signal.Signals(s) for s in signals)
         self.flag = SignalFlag()
@@ -145,7 +154,8 @@ class PreemptionCheckpoint(Callback):
         signum, self.flag.received = self.flag.received, None
         paths = self._save(learn)
         steps = learn.train_iter + int(learn.event == "after_batch" and learn.stepped)
-        preempted = Preempted(signum or signal.SIGTERM, paths, steps)
+        requeued = slurm_requeue() if self.requeue and getattr(learn, "is_main_process", True) else ""
+        preempted = Preempted(signum or signal.SIGTERM, paths, steps, requeued)
         print(preempted.message, file=sys.stderr)  # the job's log says why it stopped: SystemExit(75) prints nothing
         raise preempted
 
@@ -169,3 +179,21 @@ class PreemptionCheckpoint(Callback):
         if getattr(learn, "world_size", 1) > 1:
             learn.barrier()  # no rank exits (torchrun would then stop the others) before the checkpoint is written
         return paths
+
+
+def slurm_requeue() -> str:
+    """Requeue this SLURM job (`scontrol requeue`) when running in one; what happened, as a sentence ('' outside
+    SLURM). An array task is requeued by its own id."""
+    job = os.environ.get("SLURM_JOB_ID")
+    scontrol = shutil.which("scontrol")
+    if job is None or scontrol is None:
+        return ""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job = f"{array_job}_{task}" if array_job and task else job
+    try:
+        done = subprocess.run([scontrol, "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"SLURM job {job} NOT requeued ({e}). "
+    if done.returncode != 0:
+        return f"SLURM job {job} NOT requeued (scontrol: {done.stderr.strip() or done.returncode}). "
+    return f"SLURM job {job} requeued. "

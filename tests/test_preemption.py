@@ -262,6 +262,29 @@ def _fit_catching(learn, errors):
         errors.append(e)
 
 
+def test_in_a_slurm_job_the_job_is_requeued_once_the_checkpoint_is_written(tmp_path, monkeypatch):
+    calls = tmp_path / "calls"
+    fake = tmp_path / "bin" / "scontrol"  # records its arguments and whether the checkpoint existed by then
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\necho \"$@\" $(ls {tmp_path}/ck.pt) >> {calls}\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    with pytest.raises(Preempted) as info:
+        make_learner().fit(2, cbs=[SaveModelCallback(tmp_path / "ck.pt", every_epoch=True),
+                                   SignalAt("after_step", step=2, signum=signal.SIGUSR1)])
+    assert calls.read_text() == f"requeue 4242 {tmp_path}/ck.pt\n" and "SLURM job 4242 requeued" in str(info.value)
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "7"), monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    with pytest.raises(Preempted):
+        make_learner().fit(2, cbs=[SaveModelCallback(tmp_path / "ck.pt", every_epoch=True),
+                                   SignalAt("after_step", step=2)])
+    assert calls.read_text().splitlines()[-1] == f"requeue 7_3 {tmp_path}/ck.pt"
+    with pytest.raises(Preempted) as info:  # requeue=False: left to the job script
+        make_learner(cbs=[PreemptionCheckpoint(tmp_path / "p.pt", requeue=False)]).fit(
+            2, cbs=[SignalAt("after_step", step=2)])
+    assert len(calls.read_text().splitlines()) == 2 and "requeued" not in str(info.value)
+
+
 def test_signals_are_configurable_and_an_empty_tuple_turns_preemption_off():
     learn = make_learner(cbs=[PreemptionCheckpoint(signals=())])
     seen = []
