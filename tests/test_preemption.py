@@ -56,11 +56,11 @@ def test_sigterm_at_a_random_step_then_requeue_gives_the_uninterrupted_run_bitwi
         time.sleep(0.005)
     job.send_signal(signal.SIGTERM)
     _, err = job.communicate(timeout=60)
-    assert job.returncode == PREEMPTED_EXIT_CODE, err[-3000:]
+    assert job.returncode == PREEMPTED_EXIT_CODE, f"stop_at={stop_at}\n{err[-3000:]}"
     assert "preempted by SIGTERM" in err and "resume='auto'" in err
     assert not (tmp_path / "job.pt").exists()  # it stopped before the end
     saved = read_checkpoint(max(job_dir.glob("ck_*.pt")), with_history=False)["progress"]
-    assert stop_at <= saved["train_iter"] < 3 * STEPS_PER_EPOCH
+    assert stop_at <= saved["train_iter"] < 3 * STEPS_PER_EPOCH, (stop_at, saved)
 
     requeued = launch(job_dir, tmp_path / "job.pt")  # the same command
     for proc in (requeued, full):
@@ -68,7 +68,7 @@ def test_sigterm_at_a_random_step_then_requeue_gives_the_uninterrupted_run_bitwi
         assert proc.returncode == 0, err[-3000:]
     got, want = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("job", "full"))
     for k in want["weights"]:
-        assert torch.equal(got["weights"][k], want["weights"][k]), k  # bitwise, BatchNorm statistics included
+        assert torch.equal(got["weights"][k], want["weights"][k]), (k, stop_at)  # bitwise, BatchNorm statistics too
     assert got["batch_rows"] == want["batch_rows"] and got["epoch_rows"] == want["epoch_rows"]
     # The logs are complete: every epoch once in the CSV (wall times aside), every step once in TensorBoard.
     rows = [[line.rsplit(",", 1)[0] for line in (d / "log.csv").read_text().splitlines()] for d in (job_dir, full_dir)]
