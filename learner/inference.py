@@ -122,6 +122,8 @@ class Inference:
         batches (all but the last part); None when the training batches are not tuples."""
         if self.n_inp is not None:
             return self.n_inp
+        if self.train_n_inp is not None:  # learned by the first fit's pre-flight
+            return self.train_n_inp
         shapes = self._training_batch_shapes()
         return len(shapes) - 1 if _is_parts(shapes) and len(shapes) > 1 else None
 

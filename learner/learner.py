@@ -68,6 +68,7 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
         self.dls, self.loss_func, self.opt_func = dls, loss_func, opt_func
         self.lr, self.wd, self.metrics, self.splitter = float(lr), None if wd is None else float(wd), metrics, splitter
         self.n_inp, self.sanity_check = n_inp, sanity_check
+        self.train_n_inp: int | None = None  # inputs of the tuple batches the first pre-flight split (inference's)
         self.wd_bn_bias = preflight.flag("wd_bn_bias", wd_bn_bias)  # create_opt: decay norm layers and biases?
         self.opt: torch.optim.Optimizer | None = None
 

@@ -218,6 +218,9 @@ def _run_first_batch(learn, dl, phase: str, few: bool):
     try:
         xb, yb = learn.split_batch(batch)
         all_yb = yb if batch is whole else learn.split_batch(whole)[1]
+        if phase == "training" and learn.train_n_inp is None and isinstance(batch, (tuple, list)):
+            # what every later batch, at inference too, is split with, whatever loaders come later
+            learn.train_n_inp = learn.n_inp or len(batch) - 1
     except Exception as e:
         raise ValueError(f"split_batch failed on a {phase} batch {_shaped(batch)}: {e}") from e
     try:

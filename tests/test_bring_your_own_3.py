@@ -265,3 +265,29 @@ def test_a_lambda_lr_built_on_the_learners_optimizer_keeps_its_warm_up():
 
     learn.fit(1, cbs=[StepIt()])
     assert learn.recorder.to_df("batches")["lr"].tolist() == pytest.approx([4e-3 * warmup(s) for s in range(5)])
+
+
+# ----- pending G.5: the number of inputs learned at the first pre-flight holds for later loaders --------------------
+class Masked(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, x, mask):
+        return self.lin(x * mask)
+
+
+def test_n_inp_learned_by_the_first_fit_holds_when_the_loaders_change():
+    g = torch.Generator().manual_seed(2)
+    x, mask, y = torch.randn(30, 4, generator=g), (torch.rand(30, 4, generator=g) > 0.3).float(), torch.randn(30, 3)
+    train = DataLoader(TensorDataset(x, mask, y), batch_size=10)
+    learn = Learner(Masked(), DataLoaders(train, None), nn.MSELoss(), progress=False)
+    learn.fit(1, lr=1e-2)
+    assert learn.train_n_inp == 2
+    # new data, unlabelled: (x, mask) only; the learner's loaders replaced too
+    unlabelled = DataLoader(TensorDataset(x[:7], mask[:7]), batch_size=4)
+    learn.dls = DataLoaders(unlabelled, None)
+    preds, targets = learn.get_preds(dl=unlabelled)
+    assert targets is None
+    with torch.no_grad():
+        assert torch.equal(preds, learn.model(x[:7], mask[:7]))
