@@ -141,7 +141,9 @@ class PreemptionCheckpoint(Callback):
             self._stop_if_asked(learn)
 
     def after_epoch(self, learn):
-        if self._active:
+        # After the last epoch only after_fit is left: the fit ends as it would have (a checkpoint here would mark a
+        # finished fit, which resume='auto' refuses); a signal still held stops the script's next fit.
+        if self._active and learn.epoch < learn.n_epoch - 1:
             self._stop_if_asked(learn)
 
     def cleanup_fit(self, learn):

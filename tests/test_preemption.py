@@ -179,6 +179,16 @@ def test_a_signal_during_validation_waits_for_the_end_of_the_epoch(tmp_path):
     assert (p["at"], p["epoch"], p["train_iter"]) == ("epoch_end", 2, 12)
 
 
+def test_a_signal_during_the_last_validation_lets_the_fit_end_and_stops_the_next_one(tmp_path):
+    learn, tracker = make_learner(), Events()
+    sender = SignalAt("after_pred", validation=True)
+    learn.fit(2, cbs=[SaveModelCallback(tmp_path / "ck.pt", every_epoch=True), tracker, sender])
+    assert sender.sent and learn.train_iter == 12 and tracker.statuses == ["FINISHED"]
+    with pytest.raises(Preempted) as info:
+        learn.fit(2, cbs=[tracker])
+    assert info.value.train_iter == 1 and tracker.statuses == ["FINISHED", "KILLED"]
+
+
 def test_resume_auto_starts_fresh_then_goes_on_from_the_newest_checkpoint(tmp_path):
     path = tmp_path / "ck_{train_iter:03d}.pt"
     reference = make_learner()
