@@ -212,6 +212,18 @@ def test_resume_auto_starts_fresh_then_goes_on_from_the_newest_checkpoint(tmp_pa
         make_learner().fit(3, lr=2e-2, cbs=[PreemptionCheckpoint(tmp_path / "preempted.pt")], resume="auto")
 
 
+def test_resume_auto_passes_over_a_damaged_file_and_one_saved_between_fits(tmp_path):
+    path = tmp_path / "ck_{train_iter:03d}.pt"
+    with pytest.raises(Preempted):
+        make_learner().fit(3, cbs=[SaveModelCallback(path, every_epoch=True), SignalAt("after_step", step=8)])
+    (tmp_path / "ck_999.pt").write_bytes(b"not a checkpoint")  # a damaged file that would sort as the newest
+    make_learner().save(tmp_path / "ck_500.pt")  # saved between fits: no place in a fit to go on from
+    requeued = make_learner()
+    with pytest.warns(RuntimeWarning, match=r"resume='auto' passes over .*ck_999.pt: .*is corrupt or not a torch file"):
+        requeued.fit(3, cbs=[SaveModelCallback(path, every_epoch=True)], resume="auto")
+    assert len(requeued.recorder.batch_rows) == 18 and requeued.recorder.batch_rows[0]["train_iter"] == 0
+
+
 def test_best_epoch_checkpoints_stay_the_best_and_the_preemption_file_goes_when_the_fit_ends(tmp_path):
     best = tmp_path / "best.pt"
     learn = make_learner()
