@@ -28,7 +28,7 @@ import warnings
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ..data.checks import int_at_least, positive, real
+from ..data.checks import int_at_least, positive, real, user_stacklevel
 from .core import ORDER, Callback
 from .ensembles import cycle_ends, lr_per_step
 from .schedule_tail import check_tail
@@ -271,7 +271,7 @@ class SWA(_Averaging):
         self.finalized = True
         if self.n == 0:
             warnings.warn("SWA: the fit stopped before the first averaging point; nothing was averaged and the model "
-                          "is left as trained", stacklevel=2)
+                          "is left as trained", stacklevel=user_stacklevel())
             return {}
         with self.applied(learn):
             recompute_batch_norm(learn)

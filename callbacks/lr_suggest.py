@@ -13,6 +13,8 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from ..data.checks import user_stacklevel
+
 SUGGESTION_NAMES = ("valley", "steep", "minimum", "slide")
 # A curve has a clear descent when its smoothed loss falls by this fraction of its level, or by this many times the
 # batch-to-batch noise (and at least NOISE_FLOOR of its level, for curves without noise).
@@ -210,7 +212,7 @@ def suggest(lrs: Sequence[float], losses: Sequence[float], names: Iterable[str] 
         warnings.warn(
             f"the LR-finder curve shows no clear descent ({problem}); every suggestion falls back to the lr at the "
             "minimum / 10. Try a smaller start_lr, a larger end_lr or more iterations (num_it).",
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
     out = {}
     for name in names:

@@ -7,7 +7,7 @@ import logging
 import math
 import warnings
 
-from ..data.checks import int_at_least, non_negative, real
+from ..data.checks import int_at_least, non_negative, real, user_stacklevel
 from .core import ORDER, Callback, CancelFitException
 from .hypers import set_group_hyper
 from .recorder import metric_name
@@ -55,7 +55,7 @@ class Monitor(Callback):
 
     def _warn_not_finite(self, learn, value: float, consequence: str) -> None:
         warnings.warn(f"{self.name}: {self.monitor} is {value} at epoch {learn.epoch}; {consequence}",
-                      RuntimeWarning, stacklevel=3)
+                      RuntimeWarning, stacklevel=user_stacklevel())
 
     def _improved(self, value: float) -> bool:
         # A NaN never improves (both comparisons are False).

@@ -23,7 +23,7 @@ import numbers
 import warnings
 from collections.abc import Callable, Sequence
 
-from ..data.checks import in_unit_interval, int_at_least, non_negative, positive
+from ..data.checks import in_unit_interval, int_at_least, non_negative, positive, user_stacklevel
 from .core import ORDER, Callback
 from .hypers import has_hyper, hyper_range, out_of_range, writer
 from .schedule_tail import with_tails
@@ -117,7 +117,7 @@ class ParamScheduler(Callback):
         for name, value in self.fit_scheds.items():
             if name == "mom" and not all(has_hyper(g, "mom") for g in groups):
                 warnings.warn(f"{opt_name} has no momentum or betas: the 'mom' schedule is ignored in this fit",
-                              stacklevel=2)
+                              stacklevel=user_stacklevel())
                 continue
             missing = [i for i, g in enumerate(groups) if not has_hyper(g, name)]
             if missing:
@@ -346,7 +346,7 @@ class SGDRCallback(RecipeScheduler):
             warnings.warn(
                 f"SGDR cycles assume {self.total_epochs} epochs but this fit has {learn.n_epoch}: "
                 "the cycles are stretched to fit",
-                stacklevel=2,
+                stacklevel=user_stacklevel(),
             )
         super().before_fit(learn)
 

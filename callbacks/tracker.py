@@ -15,6 +15,7 @@ import warnings
 
 import torch
 
+from ..data.checks import user_stacklevel
 from .core import ORDER, Callback
 from .held_failure import HeldFailure, after_checkpoint
 from .hypers import get_hyper
@@ -140,7 +141,7 @@ class TrackerCallback(Callback):
         ended.attempt(lambda: self._close(status), lambda e: self._describe(f"the end of its run (as {status})", e))
         failure = self._failure.error or ended.error  # the first says it: closing after a failure fails again
         if failure is not None and failure is not error:
-            warnings.warn(str(failure), RuntimeWarning, stacklevel=2)
+            warnings.warn(str(failure), RuntimeWarning, stacklevel=user_stacklevel())
 
     # ----- failures ----------------------------------------------------------------------------------------------
     def _describe(self, what: str, error: Exception) -> str:

@@ -14,7 +14,7 @@ import warnings
 
 import torch
 
-from ..data.checks import int_at_least, positive
+from ..data.checks import int_at_least, positive, user_stacklevel
 from .core import ORDER, Callback, CancelBatchException, CancelFitException
 from .mixed_precision import MixedPrecision
 
@@ -88,7 +88,7 @@ class TerminateOnNaNCallback(Callback):
             "before this batch's step, so the weights are those of the last step with finite loss and gradients. "
             "Try a lower learning rate, gradient clipping (GradientClip) or check the data of this batch.",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
         raise CancelFitException()
 

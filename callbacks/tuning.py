@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from ..data.checks import int_at_least, positive
+from ..data.checks import int_at_least, positive, user_stacklevel
 from .core import ORDER, CancelFitException
 from .loggers import MLflowCallback
 from .monitors import Monitor
@@ -120,7 +120,7 @@ class OptunaPruning(Monitor):
                 except Exception as e:  # noqa: BLE001 - raising here would replace TrialPruned: the trial would FAIL
                     warnings.warn(f"OptunaPruning could not mark the MLflow run {cb.run_id} of pruned trial "
                                   f"{self.trial.number} as KILLED ({type(e).__name__}: {e}); it stays FINISHED",
-                                  RuntimeWarning, stacklevel=2)
+                                  RuntimeWarning, stacklevel=user_stacklevel())
 
 
 # ----- the recipe ---------------------------------------------------------------------------------------------------

@@ -12,9 +12,26 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import sys
 from collections.abc import Sequence
 
-__all__ = ["real", "positive", "non_negative", "int_at_least", "in_unit_interval", "one_of", "shard_position"]
+__all__ = ["real", "positive", "non_negative", "int_at_least", "in_unit_interval", "one_of", "shard_position",
+           "user_stacklevel"]
+
+# cyclr's three packages, side by side: a frame whose file lies in one of them is the library's.
+_LIBRARY = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), package, "")
+                 for package in ("learner", "callbacks", "data"))
+
+
+def user_stacklevel() -> int:
+    """The `stacklevel` that makes a `warnings.warn` in the calling function point at the user's line: the first
+    frame outside cyclr's packages (a notebook cell, a script), however deep in the library the warning is raised.
+    Called as `warnings.warn(message, category, stacklevel=user_stacklevel())`."""
+    frame, level = sys._getframe(1), 1  # the frame calling warnings.warn: level 1
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(_LIBRARY):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def real(name: str, value, hint: str = ""):

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .checks import user_stacklevel
 from .core import DataLoaders
 from .sources import disk_cache_path, guarded_download, locate_data, read_disk_cache, write_disk_cache
 
@@ -177,7 +178,7 @@ def _load(root=None, download: bool = True) -> dict[str, torch.Tensor]:
             try:  # checked as a fresh decode is: a cache written by another version or edited by hand
                 tensors = _checked(tensors, where=lambda _: f"the cache {disk_cache_path('fashion_mnist')}")
             except ValueError as e:
-                warnings.warn(f"{e}: decoding the source files again", stacklevel=3)
+                warnings.warn(f"{e}: decoding the source files again", stacklevel=user_stacklevel())
                 tensors = None
         if tensors is None:
             tensors = _decode(paths)

@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from .checks import user_stacklevel
 from .state import atomic_torch_save, digest
 
 __all__ = ["DOWNLOAD_TIMEOUT_S", "cache_dir", "disk_cache_path", "tensors_digest", "read_disk_cache",
@@ -53,7 +54,7 @@ def read_disk_cache(key: str, name: str) -> dict[str, torch.Tensor] | None:
         return None  # written before caches carried a checksum: decode again and rewrite it
     if not all(isinstance(t, torch.Tensor) for t in tensors.values()) or saved["sha256"] != tensors_digest(tensors):
         warnings.warn(f"the cache {path} is damaged (its tensors do not match their checksum): decoding the source "
-                      "files again", stacklevel=3)
+                      "files again", stacklevel=user_stacklevel())
         return None
     return tensors
 

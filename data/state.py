@@ -23,6 +23,8 @@ from typing import BinaryIO
 
 import torch
 
+from .checks import user_stacklevel
+
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; files are then never judged abandoned
@@ -287,7 +289,8 @@ def set_rng_state(state: dict) -> None:
         if torch.cuda.is_available() and torch.cuda.device_count() == len(state["cuda"]):
             torch.cuda.set_rng_state_all(state["cuda"])
         else:
-            warnings.warn("the saved CUDA RNG states are for another set of GPUs: they are not restored", stacklevel=3)
+            warnings.warn("the saved CUDA RNG states are for another set of GPUs: they are not restored",
+                stacklevel=user_stacklevel())
     if "numpy" in state:
         import numpy as np
 

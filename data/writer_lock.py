@@ -20,6 +20,7 @@ import time
 import warnings
 from pathlib import Path
 
+from .checks import user_stacklevel
 from .state import NOFOLLOW, still_names, try_lock
 
 __all__ = ["WriterConflictError", "WriterLock"]
@@ -107,7 +108,7 @@ class WriterLock:
         warnings.warn(
             f"the file system at {self.path.parent} refuses advisory locks (ENOLCK): {self.what} is guarded by the "
             f"exclusive creation of {self.path.name} instead; a process killed while writing leaves that file behind, "
-            "and it must then be removed by hand", stacklevel=4)
+            "and it must then be removed by hand", stacklevel=user_stacklevel())
         return created
 
     def _conflict_message(self, fd: int, no_locks: bool) -> str:

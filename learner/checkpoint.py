@@ -40,6 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..callbacks.core import Callback
 from ..callbacks.history import BatchHistory, HistoryFileError, read_history_file
+from ..data.checks import user_stacklevel
 from ..data.state import atomic_torch_save, check_file_path, digest, rng_state, set_rng_state
 from .checkpoint_checks import (
     check_callbacks,
@@ -316,7 +317,7 @@ def restore(learn, ckpt: dict, *, with_opt: bool = True, model_only: bool = Fals
             f"the checkpoint holds the state of {unused}, which this fit does not have: the run will differ from "
             "the one that was interrupted. Resume with the same callbacks (and the same fit method, e.g. "
             "fit_one_cycle for a one-cycle run)",
-            stacklevel=4,
+            stacklevel=user_stacklevel(),
         )
     if ckpt["data"]:
         learn.dls.load_state_dict(ckpt["data"])

@@ -19,7 +19,7 @@ import warnings
 
 from ..callbacks.scheduler import ParamScheduler
 from ..callbacks.torch_scheduler import TorchScheduler
-from ..data.checks import int_at_least
+from ..data.checks import int_at_least, user_stacklevel
 from ..data.core import loader_length
 
 
@@ -84,5 +84,5 @@ def warn_if_short(learn, drawn: int, planned: int | None) -> None:
         f"fall {planned - drawn} batches short in this epoch; if every epoch is as short, the fit ends at pct_train "
         f"{drawn / planned:.2f} instead of 1.00 (its schedules cut by {1 - drawn / planned:.0%}). Make the loader's "
         "__len__ say how many batches it yields.",
-        RuntimeWarning, stacklevel=2,
+        RuntimeWarning, stacklevel=user_stacklevel(),
     )

@@ -14,7 +14,7 @@ from torch import nn
 from ..callbacks.core import Callback, check_hook_names
 from ..callbacks.recorder import metric_name
 from ..callbacks.scheduler import check_lr_spec
-from ..data.checks import int_at_least, non_negative, positive
+from ..data.checks import int_at_least, non_negative, positive, user_stacklevel
 from ..data.core import Targets, loader_length
 from ..data.state import rng_state, set_rng_state
 from .batches import describe, target_args
@@ -104,7 +104,7 @@ def warn_compile_on_cpu(device: torch.device, options: dict | None) -> None:
         warnings.warn(
             "compile=True on the CPU: torch.compile's generated CPU code was measured 1.68x slower than the eager "
             "model for LeNet on Fashion-MNIST; it pays off on CUDA devices. Pass compile=False to train eagerly.",
-            UserWarning, stacklevel=3,
+            UserWarning, stacklevel=user_stacklevel(),
         )
 
 

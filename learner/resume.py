@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 
 from ..callbacks.optimizer_modes import evaluating
+from ..data.checks import user_stacklevel
 from .checkpoint import (
     CheckpointError,
     check_progress,
@@ -102,7 +103,7 @@ def newest_checkpoint(paths) -> str | None:
             p = read_checkpoint(path, with_history=False)["progress"]
             check_progress(p)
         except CheckpointError as e:
-            warnings.warn(f"resume='auto' passes over {path}: {e}", RuntimeWarning, stacklevel=4)
+            warnings.warn(f"resume='auto' passes over {path}: {e}", RuntimeWarning, stacklevel=user_stacklevel())
             continue
         if p["at"] != "outside_fit":
             found.append(((p["train_iter"], p["epoch"], p["iter"]), path))
@@ -191,7 +192,7 @@ def _checked_config_changes(where: str, progress: dict, now: dict, allow) -> lis
         warnings.warn(
             f"{where} does not record the settings its fit started with (written by an older cyclr): only the "
             "fit's length was compared; resume with the same hyperparameters, callbacks and data",
-            stacklevel=5,
+            stacklevel=user_stacklevel(),
         )
         return []
     changes = config_changes(saved, now)

@@ -15,6 +15,8 @@ import warnings
 
 from torch import nn
 
+from ..data.checks import user_stacklevel
+
 # The layers `train_bn` keeps trainable in frozen groups (fastai's bn_types, with the synchronised and lazy kinds).
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.LazyBatchNorm1d, nn.LazyBatchNorm2d,
             nn.LazyBatchNorm3d)
@@ -82,10 +84,11 @@ class Transfer:
         if n_groups == 1 and n == -1:
             warnings.warn(
                 "freeze(): the optimizer has a single parameter group, so nothing is frozen; give the Learner a "
-                "splitter=..., or freeze before the first fit to get the default body/head split", stacklevel=3)
+                "splitter=..., or freeze before the first fit to get the default body/head split",
+                stacklevel=user_stacklevel())
         elif frozen == n_groups:
             warnings.warn(f"freeze_to({n}) freezes all {n_groups} parameter groups: only batch norm (with train_bn) "
-                          "can train", stacklevel=2)
+                          "can train", stacklevel=user_stacklevel())
         train_bn = self.train_bn if train_bn is None else train_bn
         bn = bn_parameters(self.model) if train_bn else set()
         for i, params in enumerate(param_lists):

@@ -291,3 +291,17 @@ def test_n_inp_learned_by_the_first_fit_holds_when_the_loaders_change():
     assert targets is None
     with torch.no_grad():
         assert torch.equal(preds, learn.model(x[:7], mask[:7]))
+
+
+# ----- issue 23.12: warnings point at the user's line ---------------------------------------------------------------
+def test_warnings_raised_deep_in_the_library_point_at_the_users_line():
+    learn = lying_learner(claimed=7, opt_func=torch.optim.Adagrad)  # yields 5
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        learn.fit_one_cycle(1, 1e-2)  # the user's line: every warning below names it
+    short = [w for w in caught if "len() says" in str(w.message)]
+    no_mom = [w for w in caught if "no momentum" in str(w.message)]
+    assert short and no_mom
+    for w in short + no_mom:
+        assert (w.filename, w.lineno) == (__file__, test_warnings_raised_deep_in_the_library_point_at_the_users_line
+                                          .__code__.co_firstlineno + 4)
