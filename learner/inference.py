@@ -29,7 +29,8 @@ class Inference:
 
         Outputs with `logits` give those; tuple and dict outputs are concatenated element by element, and their 0-d
         parts (a batch's auxiliary loss) are stacked, one value per batch. `act` (e.g. `lambda p: p.softmax(-1)`)
-        is applied to the output tensor, or to the first element of a tuple, or to a dict's `logits`.
+        is applied to the output tensor, or to the first element of a tuple, or to a dict's `logits`; 'softmax'
+        (over the last dimension) and 'sigmoid' may be given by name.
 
         Targets are None on an unlabelled loader: tuple batches of the inputs alone (as many parts as the model
         takes: `n_inp`, or as the training batches were split, all but their last part), bare tensors, or dicts
@@ -38,6 +39,7 @@ class Inference:
 
         `ensemble` (a `SnapshotEnsemble` that took snapshots) gives `(probabilities, targets)`: the mean over its
         snapshots of `act(outputs)` (softmax by default); the learner's own weights are back afterwards."""
+        act = _activation(act)
         if ensemble is not None:
             if with_input or with_loss:
                 raise ValueError("get_preds(ensemble=...) gives (probabilities, targets) only: drop with_input and "
@@ -312,6 +314,22 @@ def _concat(parts: list):
     if isinstance(first, list):  # lists of items (token lists, strings): one long list
         return [item for p in parts for item in p]
     return parts
+
+
+# `act` by name, as fastai users write it: over the last dimension (the classes).
+ACTIVATIONS = {"softmax": lambda p: p.softmax(-1), "sigmoid": torch.sigmoid}
+
+
+def _activation(act):
+    """`act` as a callable (None stays None), refused before any batch runs when it cannot be one."""
+    if isinstance(act, str):
+        if act not in ACTIVATIONS:
+            raise ValueError(f"get_preds(act={act!r}): an activation by name must be one of {sorted(ACTIVATIONS)}, "
+                             "or pass a callable (e.g. lambda p: p.log_softmax(-1))")
+        return ACTIVATIONS[act]
+    if act is not None and not callable(act):
+        raise TypeError(f"get_preds(act=...) must be callable, 'softmax', 'sigmoid' or None, got {act!r}")
+    return act
 
 
 def _apply_act(preds, act):

@@ -5,6 +5,8 @@ an epoch."""
 from __future__ import annotations
 
 import copy
+import functools
+import math
 import warnings
 from collections.abc import Iterator
 
@@ -64,8 +66,14 @@ def flag(name: str, value) -> bool:
 
 
 def callback_list(cbs) -> list[Callback]:
-    """`cbs` as a list: a single callback is accepted as well as a list of them."""
-    return [cbs] if isinstance(cbs, Callback) else list(cbs)
+    """`cbs` as a list: a single callback is accepted as well as a list of them, and None as none."""
+    if cbs is None:
+        return []
+    if isinstance(cbs, Callback):
+        return [cbs]
+    if isinstance(cbs, (str, bytes, dict)) or not hasattr(cbs, "__iter__"):
+        raise TypeError(f"cbs must be a Callback, a list of them or None, got {type(cbs).__name__} {cbs!r}")
+    return list(cbs)
 
 
 def check_fit_arguments(n_epoch, lr, wd, cbs) -> list[Callback]:
@@ -113,11 +121,17 @@ def parse_device(device) -> torch.device:
     if device is None:
         return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     try:
-        return torch.device(device)
+        parsed = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ValueError(
             f"device must be a torch.device or a string like 'cpu', 'cuda', 'cuda:1' or 'mps', got {device!r}"
         ) from e
+    if parsed.type == "meta":  # checked before the model moves: on 'meta' its weights would be gone for good
+        raise ValueError(
+            "device='meta' holds no data: the model's weights would be discarded and nothing could train; pass "
+            "a real device ('cpu', 'cuda'), or build the model on 'meta' yourself and load weights before training"
+        )
+    return parsed
 
 
 def check_data(learn) -> None:
@@ -147,6 +161,9 @@ def check_data(learn) -> None:
             loss = _check_loss(learn, pred, yb, "validation")
             _check_metrics(learn, pred, yb, loss)
 
+    single = {}  # batch-norm layers that see one value per channel of a sample: they cannot train on one sample
+    hooks = [m.register_forward_pre_hook(functools.partial(_record_single, single, name))
+             for name, m in model.named_modules() if isinstance(m, _BATCH_NORMS)]
     try:
         with torch.no_grad():
             try:
@@ -155,6 +172,38 @@ def check_data(learn) -> None:
                 checks(few=False)  # the whole batches: the error, if any, then names their real shapes
     finally:
         model.train(was_training)
+        for h in hooks:
+            h.remove()
+    _check_last_batch(train, single)
+
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def _record_single(single: dict, name: str, module, args) -> None:
+    x = args[0] if args else None
+    if isinstance(x, torch.Tensor) and x.dim() >= 2 and math.prod(x.shape[2:]) == 1:
+        single[name or "the model"] = type(module).__name__
+
+
+def _check_last_batch(train, single: dict) -> None:
+    """A last training batch of one sample through a batch norm that sees one value per channel fails in the
+    middle of the first epoch (torch: 'Expected more than 1 value per channel when training'): refused now."""
+    if not single or getattr(train, "drop_last", False):
+        return
+    n, bs = getattr(train, "n_local", None), getattr(train, "bs", None)
+    if n is None:
+        dataset = getattr(train, "dataset", None)
+        n = len(dataset) if hasattr(type(dataset), "__len__") else None
+        bs = getattr(train, "batch_size", None)
+    if not isinstance(n, int) or not isinstance(bs, int) or bs < 2 or n % bs != 1:
+        return
+    name, kind = next(iter(single.items()))
+    raise ValueError(
+        f"the training loader's last batch (batch {n // bs} of each epoch: {n} samples in batches of {bs}) holds "
+        f"one sample, and {name} ({kind}) cannot normalise a single value per channel in training: pass "
+        "drop_last=True to the training loader, or a batch size that leaves more than one sample at the end"
+    )
 
 
 def first_batch(dl, peeked: dict | None = None):
