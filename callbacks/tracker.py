@@ -28,7 +28,9 @@ TRACK_EXTRA = "pip install 'cyclr[track]'"
 # Hyperparameters the Recorder does not record, logged per step only when a ParamScheduler changes them.
 _EXTRA_HYPERS = ("wd", "beta2")
 # Callbacks every learner carries: not part of what makes one fit differ from another.
-_DEFAULT_CALLBACKS = ("Recorder", "ProgressCallback", "TerminateOnNaNCallback", "OptimizerModes")
+_DEFAULT_CALLBACKS = (
+    "Recorder", "ProgressCallback", "TerminateOnNaNCallback", "OptimizerModes", "PreemptionCheckpoint",
+)
 
 
 def require(module: str, package: str, callback: str) -> None:
