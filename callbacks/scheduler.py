@@ -23,7 +23,7 @@ import numbers
 import warnings
 from collections.abc import Callable, Sequence
 
-from ..data.checks import in_unit_interval, int_at_least, non_negative, positive, user_stacklevel
+from ..data.checks import in_unit_interval, int_at_least, non_negative, user_stacklevel
 from .core import ORDER, Callback
 from .hypers import has_hyper, hyper_range, out_of_range, writer
 from .schedule_tail import with_tails
@@ -34,6 +34,8 @@ from .schedules import (
     SGDR_DEFAULTS,
     OneCycle,
     Schedule,
+    check_rate,
+    check_rate_slice,
     cyclical,
     flat_cos,
     scheds_from_state,
@@ -81,10 +83,8 @@ class ParamScheduler(Callback):
             raise ValueError(f"the schedule list for {name!r} is empty; give one schedule per parameter group")
         for sched in values:
             if isinstance(sched, OneCycle):
-                raise TypeError(
-                    f"{name!r}: a OneCycle holds two schedules; pass ParamScheduler(one_cycle(...).scheds()) "
-                    "or use OneCycleCallback"
-                )
+                raise TypeError(f"{name!r}: a OneCycle holds two schedules; pass ParamScheduler(one_cycle(...)"
+                                ".scheds()) or use OneCycleCallback")
             refuse_torch_scheduler(sched, f"the schedule for {name!r}")
             if not callable(sched):
                 raise TypeError(f"the schedule for {name!r} must be callable as sched(position), got {sched!r}")
@@ -204,19 +204,19 @@ class ParamScheduler(Callback):
 
 # ----- per-group learning rates ---------------------------------------------------------------------------------------
 def lrs_per_group(lr, n_groups: int, name: str = "max_lr") -> list[float]:
-    """One learning rate per parameter group from a number (all equal), a list (one each), or `slice(lo, hi)`:
-    geometrically spread, lo for the first group and hi for the last; `slice(hi)` gives hi/10 to all groups but the
-    last (fastai's convention)."""
+    """One learning rate per parameter group: a number (all equal), a list (one each), `slice(lo, hi)` (geometric,
+    lo first, hi last; lo <= hi) or `slice(hi)` (hi/10 to all groups but the last: fastai's convention)."""
     if isinstance(lr, slice):
         lo, hi = lr.start, lr.stop
         if lr.step is not None or hi is None:
             raise ValueError(f"{name} as a slice must be slice(lo, hi) or slice(hi), got {lr!r}")
-        positive(f"{name} slice end", hi)
+        check_rate(f"{name} slice end", hi)
         if n_groups == 1:
             return [hi]
         if lo is None:
             return [hi / 10] * (n_groups - 1) + [hi]
-        positive(f"{name} slice start", lo)
+        check_rate(f"{name} slice start", lo)
+        check_rate_slice(name, lo, hi)
         return [lo * (hi / lo) ** (i / (n_groups - 1)) for i in range(n_groups)]
     if isinstance(lr, (list, tuple)):
         if len(lr) != n_groups:
@@ -235,7 +235,7 @@ def one_or_per_group(lr, n_groups: int | None, name: str = "max_lr"):
     return lrs_per_group(lr, n_groups, name)
 
 
-def check_lr_spec(name: str, lr, check=positive) -> None:
+def check_lr_spec(name: str, lr, check=check_rate) -> None:
     """Refuse a bad learning rate (number, list or slice) at construction, before the groups are known."""
     if isinstance(lr, slice):
         lrs_per_group(lr, 2, name)
