@@ -49,13 +49,14 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
     compiled, `learn.model` staying the plain module.
     `wd_bn_bias=False` (fastai's default) keeps norm layers' parameters (batch, layer, group, instance, RMS) and
     biases out of weight decay; True decays them too, as a torch optimizer given `model.parameters()` does.
+    Under torchrun, `dist_timeout` (seconds) is how long a collective waits for the other processes.
     """
 
     def __init__(self, model: nn.Module, dls, loss_func: Callable | None, opt_func: Callable = adam, lr: float = 3e-3,
                  wd: float | None = None, metrics=(), cbs=(), device=None, splitter: Callable | None = None,
                  progress: bool = True, train_metrics: bool = False, channels_last: bool = False,
                  compile: bool | dict = False, n_inp: int | None = None, sanity_check: bool = True,
-                 wd_bn_bias: bool = False):
+                 wd_bn_bias: bool = False, dist_timeout: float | None = None):
         metrics = preflight.check_learner_arguments(model, dls, loss_func, opt_func, lr, wd, metrics, n_inp)
         self.compile_options = preflight.compile_options(channels_last, compile)
         self.device = preflight.parse_device(device)
@@ -94,7 +95,9 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
 
         # Launched by torchrun, this process joins the others now (learner/distributed.py).
         self.rank, self.world_size = 0, 1
-        self._joined = distributed.join(self) if distributed.torchrun_world_size() > 1 else None
+        # dist_timeout: seconds a collective waits for the others (None: $CYCLR_DIST_TIMEOUT, else 10 minutes)
+        self.dist_timeout = None if dist_timeout is None else distributed.dist_timeout(dist_timeout)  # checked
+        self._joined = distributed.join(self, dist_timeout) if distributed.torchrun_world_size() > 1 else None
 
     def __repr__(self) -> str:
         n_params = sum(p.numel() for p in self.model.parameters())

@@ -73,3 +73,19 @@ def test_batch_norm_over_images_trains_on_a_last_batch_of_one():
     learn = Learner(model, dls, nn.CrossEntropyLoss(), progress=False)
     learn.fit(1)  # 9 = 4 + 4 + 1: nine values per channel in the last batch, which batch norm can use
     assert learn.train_iter == 3
+
+
+def test_dist_timeout_is_checked_and_reaches_the_process_group(monkeypatch):
+    from datetime import timedelta
+
+    from cyclr.learner import distributed
+
+    with pytest.raises(ValueError, match=r"must be a number of seconds > 0 \(or a timedelta\), got -5"):
+        Learner(bn_mlp(), tabular(n=24), nn.CrossEntropyLoss(), dist_timeout=-5)
+    assert Learner(bn_mlp(), tabular(n=24), nn.CrossEntropyLoss(), dist_timeout=45).dist_timeout == timedelta(
+        seconds=45)
+    joined = []
+    monkeypatch.setattr(distributed, "torchrun_world_size", lambda: 2)  # as launched by torchrun
+    monkeypatch.setattr(distributed, "join", lambda learn, timeout=None: joined.append(timeout))
+    Learner(bn_mlp(), tabular(n=24), nn.CrossEntropyLoss(), dist_timeout=90)
+    assert joined == [90]
