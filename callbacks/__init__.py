@@ -18,8 +18,10 @@ from .held_failure import LoggerError
 from .loggers import MLflowCallback, TensorBoardCallback
 from .mixed_precision import MixedPrecision
 from .monitors import EarlyStoppingCallback, ReduceLROnPlateau
+from .preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionCheckpoint
 from .progress import ProgressCallback
 from .recorder import Recorder
+from .schedule_tail import HeadTail
 from .scheduler import CyclicLRCallback, FlatCosCallback, OneCycleCallback, ParamScheduler, SGDRCallback
 from .torch_scheduler import TorchScheduler
 from .training import GradientAccumulation, GradientClip, TerminateOnNaNCallback
@@ -33,4 +35,5 @@ __all__ = [
     "SaveModelCallback", "EarlyStoppingCallback", "ReduceLROnPlateau", "TerminateOnNaNCallback", "GradientClip",
     "GradientAccumulation", "CSVLogger", "MixedPrecision", "TensorBoardCallback", "MLflowCallback", "LoggerError",
     "OptunaPruning", "tune_lr", "SWA", "EMA", "SnapshotEnsemble", "swa_scheds", "swa_cycles",
+    "HeadTail", "PreemptionCheckpoint", "Preempted", "PREEMPTED_EXIT_CODE",
 ]

@@ -41,6 +41,7 @@ __all__ = ["PREEMPTED_EXIT_CODE", "PREEMPTION_SIGNALS", "Preempted", "Preemption
 
 # sysexits.h's EX_TEMPFAIL, "a temporary failure; the user is invited to retry": a job script can requeue on it.
 PREEMPTED_EXIT_CODE = 75
+"""The exit status of a preempted fit (75, sysexits' EX_TEMPFAIL): the run is saved; requeue the same command."""
 # SIGTERM: what SLURM, Kubernetes and spot instances send before SIGKILL; SIGUSR1: SLURM's `--signal` warning.
 PREEMPTION_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s)
 

@@ -15,6 +15,7 @@ first used); CIFAR-10, which needs Pillow, is imported by name: `from cyclr.data
 from .callbacks import (
     EMA,
     EVENTS,
+    PREEMPTED_EXIT_CODE,
     SWA,
     Callback,
     CancelBatchException,
@@ -28,12 +29,15 @@ from .callbacks import (
     FlatCosCallback,
     GradientAccumulation,
     GradientClip,
+    HeadTail,
     LoggerError,
     MixedPrecision,
     MLflowCallback,
     OneCycleCallback,
     OptunaPruning,
     ParamScheduler,
+    Preempted,
+    PreemptionCheckpoint,
     ProgressCallback,
     Recorder,
     ReduceLROnPlateau,
@@ -111,8 +115,10 @@ __all__ = [
     "CyclicLRCallback", "SaveModelCallback", "EarlyStoppingCallback", "ReduceLROnPlateau", "TerminateOnNaNCallback",
     "GradientClip", "GradientAccumulation", "CSVLogger", "MixedPrecision", "TensorBoardCallback", "MLflowCallback",
     "TorchScheduler", "compare_runs", "stack_runs", "LoggerError",
+    # preemption: save at the signal, exit 75, resume='auto' on the requeue
+    "PreemptionCheckpoint", "Preempted", "PREEMPTED_EXIT_CODE",
     # weight averaging and ensembles
-    "SWA", "EMA", "swa_scheds", "swa_cycles", "SnapshotEnsemble",
+    "SWA", "EMA", "swa_scheds", "swa_cycles", "HeadTail", "SnapshotEnsemble",
     # tuning
     "tune_lr", "OptunaPruning",
     # the LR finder
