@@ -51,11 +51,16 @@ def epoch_batches(learn):
     """The batches of this phase's loader: with steps_per_epoch, the next that many of a stream; a one-shot
     stream's batch drawn by the pre-flight first."""
     dl = learn.dl
-    peeked = learn.peeked.pop(id(dl), None) if learn.peeked else None
-    batches = dl if peeked is None else itertools.chain([peeked], dl)
+    batches = with_peeked(learn, dl)
     if learn.training and learn.steps_per_epoch and loader_length(dl) is None:
         return itertools.islice(batches, learn.steps_per_epoch)
     return batches
+
+
+def with_peeked(learn, dl):
+    """`dl`, or for a one-shot stream whose first batch the pre-flight drew, that batch and then the stream."""
+    peeked = learn.peeked.pop(id(dl), None) if learn.peeked else None
+    return dl if peeked is None else itertools.chain([peeked], dl)
 
 
 def planned_batches(learn) -> int | None:

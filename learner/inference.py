@@ -14,6 +14,7 @@ import torch
 from ..callbacks.optimizer_modes import evaluating
 from ..data.core import Targets
 from .batches import TARGET_KEYS, Batches, describe, logits_of, target_args
+from .epoch_length import with_peeked
 from .preflight import first_batch
 
 
@@ -51,12 +52,14 @@ class Inference:
         if with_targets not in (None, True, False):
             raise TypeError(f"with_targets must be None, True or False, got {with_targets!r}")
         loss_func = _per_sample_loss(self.loss_func) if with_loss else None
+        if type(self).split_batch is Batches.split_batch and self.n_inp is None:
+            self.training_n_inp()  # now, not mid-loop: it may draw from a one-shot stream that is `dl` itself
         inputs, preds, targets, losses = [], [], [], []
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad(), evaluating(self):  # a schedule-free optimizer's evaluation weights
-                for batch in dl:
+                for batch in with_peeked(self, dl):  # a one-shot stream's batch drawn to learn its shapes first
                     xb, yb = self.split_for_inference(self.to_device(batch), with_targets)
                     if with_loss and yb is None:
                         raise ValueError(

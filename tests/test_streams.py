@@ -97,3 +97,12 @@ def test_progress_bars_on_a_stream(capsys):
     learn.dls.train.dataset.n = None
     learn.fit(1, lr=1e-2, steps_per_epoch=3)  # a bar of 3
     assert learn.train_iter == 3 and "valid_loss" in capsys.readouterr().out
+
+
+def test_get_preds_on_a_one_shot_stream_keeps_the_batch_drawn_to_learn_its_shapes():
+    g = torch.Generator().manual_seed(6)
+    batches = [(torch.randn(4, 5, generator=g), torch.randn(4, 2, generator=g)) for _ in range(3)]
+    stream = iter(batches)
+    learn = Learner(nn.Linear(5, 2), DataLoaders(stream, None), nn.MSELoss(), progress=False)
+    preds, targets = learn.get_preds(dl=stream)  # the shapes come from the training loader: this same stream
+    assert preds.shape == (12, 2) and torch.equal(targets, torch.cat([y for _, y in batches]))
