@@ -23,7 +23,7 @@ from cyclr.callbacks.lr_finder import LRFinderCallback
 from cyclr.callbacks.mixed_precision import MixedPrecision
 from cyclr.callbacks.monitors import EarlyStoppingCallback, ReduceLROnPlateau
 from cyclr.callbacks.scheduler import OneCycleCallback, ParamScheduler, SGDRCallback
-from cyclr.callbacks.schedules import Cos, Lin, one_cycle, sgdr, triangular
+from cyclr.callbacks.schedules import Cos, Lin, cosine, multi_factor, one_cycle, sgdr, triangular
 from cyclr.callbacks.training import GradientAccumulation, GradientClip
 from cyclr.data import DataLoaders, fashion_mnist
 from cyclr.learner import Learner, sgd
@@ -233,6 +233,20 @@ CASES = [
          "cycle_len must be an int >= 1"),
     Case("triangular(0.01, 0.1, step_size=0)", lambda e: triangular(0.01, 0.1, step_size=0), ValueError,
          "step_size must be an int >= 1"),
+    Case("triangular(0.1, 0.01, 10)", lambda e: triangular(0.1, 0.01, 10), ValueError,
+         r"base_lr must be <= max_lr .*got base_lr=0.1 > max_lr=0.01: swap them"),
+    Case("cosine(0.1, 0.2, 10)", lambda e: cosine(0.1, 0.2, 10), ValueError,
+         r"final must be <= base \(a cosine decay from base to final\).*use Cos\(0.1, 0.2\)"),
+    Case("multi_factor(0.1, [5], 2)", lambda e: multi_factor(0.1, [5], 2), ValueError,
+         r"factor must be in \(0, 1\] \(the decay at each of steps\), got 2"),
+    Case("one_cycle(1e300)", lambda e: one_cycle(1e300), ValueError, r"max_lr must be at most 3.4e\+38"),
+    Case("one_cycle(1e-3, div_factor=1e-300)", lambda e: one_cycle(1e-3, div_factor=1e-300), ValueError,
+         r"div_factor must be >= 1 \(the start rate max_lr/div_factor is at most the peak\)"),
+    Case("learn.fit_one_cycle(1, 1e300)", lambda e: e.learner().fit_one_cycle(1, 1e300), ValueError,
+         r"max_lr must be at most 3.4e\+38"),
+    Case("learn.fit_one_cycle(1, max_lr=slice(0.1, 0.01))",
+         lambda e: e.learner().fit_one_cycle(1, max_lr=slice(0.1, 0.01)), ValueError,
+         r"max_lr=slice\(0.1, 0.01\) is reversed"),
     # ----- callbacks' constructors
     Case("OneCycleCallback(max_lr=slice(None))", lambda e: OneCycleCallback(max_lr=slice(None)), ValueError,
          r"max_lr as a slice must be slice\(lo, hi\) or slice\(hi\)"),
