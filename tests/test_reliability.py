@@ -422,6 +422,30 @@ FAULTS = [
     ("Ctrl-C (SIGINT) mid-epoch with TensorBoard and MLflow attached",
      "both hold exactly the steps the Recorder kept; MLflow run KILLED",
      "test_a_real_ctrl_c_mid_epoch_leaves_every_step_the_recorder_kept_in_both_trackers"),
+    ("SIGTERM at a random step of a real job, then the same command requeued (fit(resume='auto'))",
+     "the batch finishes, a checkpoint is written where SaveModelCallback saves, exit status 75; the requeued run "
+     "ends bitwise equal to an uninterrupted one, CSV and TensorBoard with every epoch / step once",
+     "test_sigterm_at_a_random_step_then_requeue_gives_the_uninterrupted_run_bitwise"),
+    ("SIGTERM or SIGUSR1 in a training batch with a tracker attached",
+     "the batch finishes; checkpoint at its end; tracker run KILLED; the previous handlers restored",
+     "test_the_batch_in_progress_finishes_then_the_run_is_saved_and_the_tracker_run_killed"),
+    ("SIGTERM with MLflow attached, then the requeue",
+     "run KILLED, then the same run FINISHED with every step once",
+     "test_mlflow_run_is_killed_by_the_preemption_and_finished_by_the_requeue_every_step_once"),
+    ("SIGTERM during validation", "validation finishes; checkpoint at the epoch's end",
+     "test_a_signal_during_validation_waits_for_the_end_of_the_epoch"),
+    ("SIGTERM during an LR-finder sweep", "the sweep ends, weights put back; the next fit stops after its first step "
+     "with a checkpoint", "test_a_signal_during_an_lr_find_sweep_waits_for_the_next_fit"),
+    ("SIGTERM to one rank of a 2-process torchrun job", "both ranks stop after the same step; one checkpoint",
+     "test_under_torchrun_every_rank_stops_after_the_same_step_when_one_is_signalled"),
+    ("SIGTERM in a SLURM job", "checkpoint written, then the job requeued (scontrol requeue), exit status 75",
+     "test_in_a_slurm_job_the_job_is_requeued_once_the_checkpoint_is_written"),
+    ("a damaged newest checkpoint when a requeued job resumes (resume='auto')",
+     "passed over with a warning naming it; the run goes on from the newest valid one",
+     "test_resume_auto_passes_over_a_damaged_file_and_one_saved_between_fits"),
+    ("another process taking a run's writer lock between a resume's check and its first step",
+     "refused: the resume holds the lock from its check to the fit's end",
+     "test_a_resume_holds_the_runs_writer_lock_from_its_check_to_the_end_of_the_fit"),
 ]
 FAULTS_START, FAULTS_END = "<!-- faults-table: start -->", "<!-- faults-table: end -->"
 
