@@ -104,7 +104,9 @@ class PreemptionCheckpoint(Callback):
     # SaveModelCallback has decided on its best) when it saves and stops. Shares its slot with pruning, which also
     # decides on the epoch the trackers and checkpoints wrote.
     order = ORDER.pruning
-    writes_files = False  # it must stay attached during an LR-finder sweep, to hold a signal back until after it
+    # False deliberately, although it saves checkpoints: the LR finder detaches the callbacks that write files during
+    # its sweep, and this one must stay attached then, to hold a signal back until after the sweep.
+    writes_files = False
 
     def __init__(self, path: str | os.PathLike | None = None, signals=PREEMPTION_SIGNALS, requeue: bool = True):
         if path is not None:

@@ -32,15 +32,6 @@ class AttachedCallbacks:
                 self.cbs.remove(cb)
         self._rebuild_hooks()
 
-    @contextlib.contextmanager
-    def added_cbs(self, cbs: Iterable[Callback]):
-        cbs = list(cbs)
-        self.add_cbs(cbs)
-        try:
-            yield self
-        finally:
-            self.remove_cbs(cbs)
-
     def _rebuild_hooks(self) -> None:
         # Sorted once here, never per event: the loop's per-batch dispatch is a plain loop over bound methods.
         self.cbs.sort(key=lambda cb: cb.order)  # stable: ties keep insertion order
