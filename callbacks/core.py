@@ -117,6 +117,24 @@ class Callback:
         supplies its averaging rate this way. `{}` (the default): none."""
         return {}
 
+    def checkpoint_state(self, path) -> dict:
+        """The state a checkpoint written during a fit to `path` keeps: `state_dict()`, unless the callback keeps part
+        of it beside the file (the Recorder appends its batch history to the run's side file)."""
+        return self.state_dict()
+
+    def resume_paths(self) -> list[str]:
+        """Every checkpoint file this callback may have written in an earlier run, for `fit(..., resume='auto')`."""
+        return []
+
+    def run_files_lock(self, run_id: str):
+        """The writer lock on files of run `run_id` this callback writes, taken by a resume before anything changes
+        and held to the fit's end; None (the default): none."""
+        return None
+
+    def preemption_path(self, learn) -> str | None:
+        """Where a preempted fit saves for this callback (callbacks/preemption.py); None (the default): nowhere."""
+        return None
+
     @property
     def name(self) -> str:
         return type(self).__name__

@@ -176,7 +176,7 @@ class PreemptionCheckpoint(Callback):
         return bool(flag.item())
 
     def _save(self, learn) -> list[str]:
-        targets = [self] if self.path is not None else [cb for cb in learn.cbs if hasattr(cb, "preemption_path")]
+        targets = [self] if self.path is not None else learn.cbs
         paths = [p for p in (cb.preemption_path(learn) for cb in targets) if p is not None]
         paths = list(dict.fromkeys(paths))
         for path in paths:

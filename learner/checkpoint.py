@@ -72,8 +72,7 @@ def save_checkpoint(learn, path, at: str | None = None, inline_history: bool | N
 
     callbacks = {}
     for key, cb in callback_keys(learn.cbs).items():
-        side_file = not inline_history and hasattr(cb, "checkpoint_state")
-        state = cb.checkpoint_state(path) if side_file else cb.state_dict()
+        state = cb.state_dict() if inline_history else cb.checkpoint_state(path)
         _check_plain(state, f"{key}.state_dict()")
         callbacks[key] = state
     ckpt = {

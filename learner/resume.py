@@ -82,8 +82,7 @@ class Checkpoints:
     def auto_resume_path(self, cbs) -> str | None:
         """For `fit(..., resume='auto')`: the newest checkpoint written during a fit among the files the fit's
         callbacks (attached and `cbs`) name in `resume_paths()`; None when there is none (the fit starts fresh)."""
-        return newest_checkpoint(p for cb in [*self.cbs, *cbs] if hasattr(cb, "resume_paths")
-                                 for p in cb.resume_paths())
+        return newest_checkpoint(p for cb in [*self.cbs, *cbs] for p in cb.resume_paths())
 
     def release_run_locks(self) -> None:
         """Release the writer locks a resume took (called when the fit ends)."""
@@ -173,7 +172,7 @@ def _hold_run_locks(ckpt: dict, cbs) -> tuple:
     held = []
     try:
         for cb in cbs if run_id is not None else ():
-            lock = cb.run_files_lock(str(run_id)) if hasattr(cb, "run_files_lock") else None
+            lock = cb.run_files_lock(str(run_id))
             if lock is not None:
                 lock.acquire()
                 held.append(lock)
