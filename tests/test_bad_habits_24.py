@@ -89,3 +89,16 @@ def test_dist_timeout_is_checked_and_reaches_the_process_group(monkeypatch):
     monkeypatch.setattr(distributed, "join", lambda learn, timeout=None: joined.append(timeout))
     Learner(bn_mlp(), tabular(n=24), nn.CrossEntropyLoss(), dist_timeout=90)
     assert joined == [90]
+
+
+@pytest.mark.parametrize("value", ["fast", "0.5", None])
+def test_a_metric_returning_a_non_number_is_refused_before_any_step(value):
+    def label_metric(pred, y):
+        return value
+
+    learn = Learner(bn_mlp(), tabular(n=24), nn.CrossEntropyLoss(), metrics=[label_metric], progress=False)
+    before = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    with pytest.raises(ValueError, match="the metric label_metric failed on a validation batch"):
+        learn.fit(1)
+    assert learn.train_iter == 0
+    assert all(torch.equal(v, before[k]) for k, v in learn.model.state_dict().items())
