@@ -289,13 +289,13 @@ def _check_loss(learn, pred, yb, phase: str = "training"):
             warnings.simplefilter("always")
             loss = learn.get_loss(pred, yb)
     except Exception as e:
-        several = (f" The batches have {len(yb)} targets after their {learn.n_inp or 1} input(s), given to the loss "
+        several = (f". The batches have {len(yb)} targets after their {learn.n_inp or 1} input(s), given to the loss "
                    f"as separate arguments, loss_func(pred, {', '.join(f'y{i}' for i in range(len(yb)))}) (fastai's "
                    "convention): write the loss to take them, or set n_inp if some are inputs."
                    if type(yb) is Targets else "")
         raise ValueError(
             f"loss_func failed on the model output {_shaped(pred)} and targets {_shaped(yb)} of a {phase} batch: "
-            f"{e}.{several}"
+            f"{e}{several}"
         ) from e
     # MSELoss and friends broadcast a target of another shape with only a warning: the loss would be silently wrong.
     if any("target size" in str(w.message) for w in caught):
