@@ -130,7 +130,8 @@ def resnet_learner(size: dict, device: torch.device, dls, seed: int, **kwargs) -
     torch.manual_seed(seed)
     return Learner(cifar_resnet(size["resnet_depth"]), dls, torch.nn.CrossEntropyLoss(), opt_func=sgd,
                    metrics=[accuracy], device=device, cbs=[MixedPrecision(torch.bfloat16)], channels_last=True,
-                   compile=size["compile"] if size["workers_compile"] else False, progress=False, **kwargs)
+                   compile=size["compile"] if size["workers_compile"] else False, progress=False,
+                   wd_bn_bias=True, **kwargs)  # the blog's fastai 0.7 and the averaging papers decay every parameter
 
 
 def calibrate(learn: Learner, initial: dict, lr: float, folder: Path, name: str, names, wait_s: float,
