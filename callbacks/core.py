@@ -168,7 +168,7 @@ def check_hook_names(cb: Callback) -> None:
 
         refuse_torch_scheduler(cb, "a callback in cbs")
         raise TypeError(
-            f"callbacks must be instances of callbacks.Callback, got {type(cb).__name__}; "
+            f"callbacks must be instances of cyclr.Callback, got {type(cb).__name__}; "
             "subclass Callback and pass an instance (did you pass the class instead of `MyCallback()`?)"
         )
     for attr in dir(type(cb)):

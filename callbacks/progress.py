@@ -56,7 +56,7 @@ class ProgressCallback(Callback):
         return IN_NOTEBOOK or sys.stdout.isatty()
 
     def before_fit(self, learn):
-        # Imported here so `import learner` stays fast for users who never show a bar.
+        # Imported here so `import cyclr` stays fast for users who never show a bar.
         from fastprogress.fastprogress import IN_NOTEBOOK
 
         from .lr_finder import LRFinderCallback

@@ -7,7 +7,7 @@ fit's global training batch index, `learn.train_iter`; 'epoch' the epoch index, 
 epoch, as torch's and d2l's epoch schedulers step).
 
 A value may be one callable for every parameter group, or a list with one callable per group (discriminative
-learning rates). Any callable works; the schedule objects of `callbacks.schedules` also save and plot themselves.
+learning rates). Any callable works; the schedule objects of `cyclr.callbacks.schedules` also save and plot themselves.
 `OneCycleCallback`, `FlatCosCallback`, `SGDRCallback` and `CyclicLRCallback` are ParamSchedulers with their
 schedules built for you (their defaults are declared once, on the schedules). A callback may supply the end of a
 schedule (SWA's averaging rate: `Callback.schedule_tails`, callbacks/schedule_tail.py), run as part of it.
@@ -260,7 +260,7 @@ class RecipeScheduler(ParamScheduler):
 
 
 class OneCycleCallback(RecipeScheduler):
-    """Smith's one-cycle policy (fastai v1's fit_one_cycle, on fastai v2's clock): see `callbacks.schedules.OneCycle`.
+    """Smith's one-cycle policy (fastai v1's fit_one_cycle, on fastai v2's clock): see `cyclr.one_cycle`.
 
     `max_lr` may be a number, a list (one per parameter group) or `slice(lo, hi)`. `moms=None`, or an optimizer
     without momentum, schedules no momentum. `anneal_strategy` ('cos' or 'linear') and `three_phase` have torch
@@ -299,7 +299,7 @@ class OneCycleCallback(RecipeScheduler):
 
 class FlatCosCallback(RecipeScheduler):
     """fastai's `fit_flat_cos`: each group's rate flat for `pct_start` of training, then half a cosine down to
-    `lr / div_final` (see `callbacks.schedules.flat_cos`). `lr` may be a number, a list or `slice(lo, hi)`."""
+    `lr / div_final` (see `cyclr.flat_cos`). `lr` may be a number, a list or `slice(lo, hi)`."""
 
     config_names = ("lr", "pct_start", "div_final")
 
@@ -319,7 +319,7 @@ class FlatCosCallback(RecipeScheduler):
 
 
 class SGDRCallback(RecipeScheduler):
-    """SGDR (cosine annealing with warm restarts): see `callbacks.schedules.SGDR`. Fit for `total_epochs` epochs;
+    """SGDR (cosine annealing with warm restarts): see `cyclr.callbacks.schedules.SGDR`. Fit for `total_epochs` epochs;
     with another fit length the cycles stretch to fill it (a warning says so)."""
 
     config_names = ("max_lr", "n_cycles", "cycle_len", "cycle_mult", "eta_min")

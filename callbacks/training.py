@@ -2,7 +2,7 @@
 a CSV log of the epoch table; early stopping and LR reduction on a plateau (callbacks/monitors.py) are re-exported
 here.
 
-Their orders, and why, are in the one table of every callback's order, `callbacks.core.ORDER`.
+Their orders, and why, are in the one table of every callback's order, `cyclr.callbacks.core.ORDER`.
 
 Every callback here keeps its state in `state_dict()` (plain values), so a resumed fit continues exactly.
 """

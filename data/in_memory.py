@@ -5,7 +5,7 @@ loader's own generator."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -29,14 +29,16 @@ class InMemoryLoader:
     """Batches `(xb, yb)` sliced from tensors `x` and `y` whose first dimension indexes samples.
 
     Args:
-        x, y: tensors with the same first dimension (number of samples).
+        x: the inputs, a tensor whose first dimension indexes samples.
+        y: the targets, with the same first dimension as `x`.
         bs: batch size.
         shuffle: draw a new permutation at the start of every epoch (every call to `iter`).
         drop_last: drop the final incomplete batch, so every batch has exactly `bs` samples.
         seed: seed of this loader's own CPU generator; two loaders with the same seed shuffle identically.
         device: move `x` and `y` there once, now; `None` leaves them where they are (then `x` and `y` must share
             a device). Put them on the training device to make batches free to produce.
-        rank, world_size: for data-parallel training; see `shard`.
+        rank: this process's rank, for data-parallel training; see `shard`.
+        world_size: the number of processes, for data-parallel training; see `shard`.
         even_shards: see `shard`.
         batch_tfm: called as `batch_tfm(xb, generator)` on every input batch, with this loader's generator, so that
             random augmentations done on whole batches (on the device) replay exactly with the shuffling state.
@@ -57,7 +59,7 @@ class InMemoryLoader:
         rank: int = 0,
         world_size: int = 1,
         even_shards: bool = True,
-        batch_tfm=None,
+        batch_tfm: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     ):
         if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
             raise TypeError(

@@ -33,7 +33,7 @@ def disk_cache_path(name: str) -> Path:
 
 
 def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """What a cache stores beside its tensors to recognise damage (`data.state.digest`)."""
+    """What a cache stores beside its tensors to recognise damage (`cyclr.data.state.digest`)."""
     return digest(tensors)
 
 

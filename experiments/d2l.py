@@ -56,7 +56,7 @@ class OneEpochLate(Schedule):
 
     def __init__(self, sched: Schedule, initial_lr: float):
         if not isinstance(sched, Schedule):
-            raise TypeError(f"sched must be a schedule from callbacks.schedules, got {type(sched).__name__}")
+            raise TypeError(f"sched must be a schedule from cyclr.callbacks.schedules, got {type(sched).__name__}")
         if isinstance(initial_lr, bool) or not isinstance(initial_lr, (int, float)) or not initial_lr >= 0:
             raise ValueError(f"initial_lr must be a number >= 0, got {initial_lr!r}")
         self.sched, self.initial_lr = sched, float(initial_lr)

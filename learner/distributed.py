@@ -61,7 +61,7 @@ def _shard_train(loader, rank: int, world_size: int):
     if isinstance(loader, TorchLoader):
         return loader.shard(rank, world_size)  # torch's DistributedSampler: even shards, reshuffled by set_epoch
     raise TypeError(
-        f"distributed training needs dls.train to be a data.InMemoryLoader or data.TorchLoader, which can be sharded "
+        f"distributed training needs dls.train to be a cyclr.InMemoryLoader or cyclr.TorchLoader, which can be sharded "
         f"over processes; got {type(loader).__name__}. Build the loaders with DataLoaders.from_tensors(...) or "
         "DataLoaders.from_datasets(...)"
     )
@@ -80,7 +80,7 @@ def _shard_valid(loader, rank: int, world_size: int):
             seed=loader.seed, num_workers=loader.num_workers, **loader._kwargs,
         )
     raise TypeError(
-        f"distributed training needs dls.valid to be a data.InMemoryLoader or data.TorchLoader (or None), got "
+        f"distributed training needs dls.valid to be a cyclr.InMemoryLoader or cyclr.TorchLoader (or None), got "
         f"{type(loader).__name__}. Build the loaders with DataLoaders.from_tensors(...) or "
         "DataLoaders.from_datasets(...)"
     )
@@ -136,7 +136,7 @@ class DistributedCallback(Callback):
             raise ValueError(
                 f"learn.dls.train is not sharded over the {learn.world_size} processes (learn.dls was replaced after "
                 "the learner joined them): assign learn.dls = shard_dataloaders(dls, learn.rank, learn.world_size, "
-                "learn.device) (from learner.distributed) instead"
+                "learn.device) (from cyclr.learner.distributed) instead"
             )
         if isinstance(learn.model, DistributedDataParallel):
             return  # wrapped by the user: leave it to them

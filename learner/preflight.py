@@ -30,7 +30,7 @@ def check_learner_arguments(model, dls, loss_func, opt_func, lr, wd, metrics, n_
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not hasattr(dls, "train"):
         raise TypeError(
-            f"dls must be a data.DataLoaders (with .train and .valid), got {type(dls).__name__}; "
+            f"dls must be a cyclr.DataLoaders (with .train and .valid), got {type(dls).__name__}; "
             "build one with DataLoaders(train_dl, valid_dl) or DataLoaders.from_tensors(...)"
         )
     if loss_func is not None and not callable(loss_func):

@@ -26,14 +26,7 @@ DOCS_N_TRAIN, DOCS_N_VALID = 1024, 512
 # Warnings of the build that are known and named: each a docstring to fix in a file the docs' owner may not edit
 # (issue 22). Emptied as they are fixed (an entry that no longer occurs fails the test too); empty, the test is
 # exactly `mkdocs build --strict`.
-KNOWN_DOCSTRING_WARNINGS = [
-    "griffe: build/api/cyclr/data/in_memory.py:32: No type or annotation for parameter 'x, y'",
-    "griffe: build/api/cyclr/data/in_memory.py:32: Parameter 'x, y' does not appear in the function signature",
-    "griffe: build/api/cyclr/data/in_memory.py:39: No type or annotation for parameter 'rank, world_size'",
-    "griffe: build/api/cyclr/data/in_memory.py:39: Parameter 'rank, world_size' does not appear in the function "
-    "signature",
-    "griffe: build/api/cyclr/data/in_memory.py:41: No type or annotation for parameter 'batch_tfm'",
-]
+KNOWN_DOCSTRING_WARNINGS: list[str] = []
 
 
 def python_blocks(page: Path) -> list[str]:

@@ -320,7 +320,8 @@ FAULTS = [
      "test_a_link_planted_at_a_checkpoint_path_is_replaced_and_its_targets_mode_is_not_copied"),
     ("a symbolic link planted at the history side file's path", "refused naming the link; its target untouched",
      "test_a_link_planted_at_the_history_side_file_is_refused_and_its_target_untouched"),
-    ("a symbolic link (also dangling) or a FIFO where cyclr appends or writes a file (`data.state.open_for_write`)",
+    ("a symbolic link (also dangling) or a FIFO where cyclr appends or writes a file "
+     "(`cyclr.data.state.open_for_write`)",
      "refused at once naming the path; new files take the umask's mode, existing regular files keep theirs",
      "test_open_for_write_refuses_links_and_fifos_keeps_a_regular_files_mode_and_honours_the_umask"),
     ("two processes resuming one checkpoint with the same SaveModelCallback path", "the second refused before any "

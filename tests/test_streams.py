@@ -84,7 +84,7 @@ def test_the_pre_flight_does_not_swallow_the_first_batch_of_a_one_shot_stream():
 
 def test_steps_per_epoch_is_for_streams_only():
     learn = stream_learner()
-    learn.dls.train = DataLoader(list(zip(torch.randn(12, 5), torch.randn(12, 2))), batch_size=4)
+    learn.dls.train = DataLoader(list(zip(torch.randn(12, 5), torch.randn(12, 2), strict=True)), batch_size=4)
     with pytest.raises(ValueError, match=r"steps_per_epoch=2 is for a training loader without a len\(\).*len\(\) 3"):
         learn.fit(1, steps_per_epoch=2)
 

@@ -16,7 +16,7 @@ the kinds defined here.
 The modules: ``base`` (the common shape, the building blocks, ``combine``, ``schedule_from_state``), ``cycles``
 (one-cycle, flat-cos, SGDR, cyclical, and their defaults ``ONE_CYCLE``, ``FLAT_COS``, ``SGDR_DEFAULTS``,
 ``CYCLICAL``), ``decay`` (the d2l
-chapter's decays and ``warmup``). Import from here: ``from cyclr.callbacks.schedules import one_cycle``.
+chapter's decays and ``warmup``). Users import them from the front door: ``from cyclr import one_cycle``.
 """
 
 from .base import (

@@ -24,7 +24,7 @@ def check_schedule(name: str, value) -> Schedule:
     """`value` if it is a schedule object (which can be saved and rebuilt), else a TypeError naming `name`."""
     if not isinstance(value, Schedule):
         raise TypeError(
-            f"{name} must be a schedule from callbacks.schedules (Lin, Cos, ...), got {type(value).__name__} "
+            f"{name} must be a schedule from cyclr.callbacks.schedules (Lin, Cos, ...), got {type(value).__name__} "
             f"({value!r}); only schedule objects can be saved and rebuilt"
         )
     return value
