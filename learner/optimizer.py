@@ -8,6 +8,7 @@ from torch import nn
 
 from ..callbacks.hypers import group_hypers, set_hyper
 from ..callbacks.scheduler import lrs_per_group
+from .transfer import splitter_groups
 
 # The layers whose parameters fastai keeps out of weight decay by default (`wd_bn_bias=False`), biases aside.
 NORM_LAYERS = tuple(getattr(nn, name) for name in (
@@ -83,7 +84,7 @@ class OptimizerSetup:
     def create_opt(self) -> torch.optim.Optimizer:
         params = self.model.parameters()
         if self.splitter is not None:
-            params = [{"params": list(p)} for p in self.splitter(self.model)]
+            params = splitter_groups(self.model, self.splitter)  # a parameter left out of every group is refused
         opt = self.opt_func(params, lr=self.lr)
         if not isinstance(opt, torch.optim.Optimizer):
             raise TypeError(

@@ -16,7 +16,8 @@ from torch import nn
 from ..callbacks.core import Callback, check_hook_names
 from ..callbacks.recorder import metric_name
 from ..callbacks.scheduler import check_lr_spec
-from ..data.checks import int_at_least, non_negative, positive, user_stacklevel
+from ..callbacks.schedules import check_rate
+from ..data.checks import int_at_least, non_negative, user_stacklevel
 from ..data.core import Targets, loader_length
 from ..data.state import rng_state, set_rng_state
 from .batches import describe, target_args
@@ -40,7 +41,7 @@ def check_learner_arguments(model, dls, loss_func, opt_func, lr, wd, metrics, n_
         )
     if not callable(opt_func):
         raise TypeError(f"opt_func must be callable as opt_func(params, lr=...), got {opt_func!r}")
-    positive("lr", lr)
+    check_rate("lr", lr)
     if wd is not None:
         non_negative("wd", wd)
     if n_inp is not None:
