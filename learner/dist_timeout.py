@@ -2,7 +2,7 @@
 
 torch's default is 30 minutes: a rank stopped (SIGSTOP, a dead NFS mount, a loader that never returns) holds every
 other process, and torchrun, that long. cyclr's default, 10 minutes, still leaves room for a first collective that
-waits on data decoding or compilation; `$CYCLR_DIST_TIMEOUT` (seconds), or `join`'s `timeout` argument, changes it
+waits on data decoding or compilation; `Learner(dist_timeout=...)` or `$CYCLR_DIST_TIMEOUT` (seconds) changes it
 for the process group cyclr creates (a script that creates its own passes `timeout` to `init_process_group`).
 
 When a collective times out (gloo raises; NCCL's watchdog ends the process itself, so this does not apply there),
