@@ -11,12 +11,11 @@ included, came back exactly.
 
 import argparse
 import os
-import signal
 
 import torch
+from resume_worker import KillAfterStep  # tests/ is this script's folder, first on sys.path
 from torch import nn
 
-from cyclr.callbacks import Callback
 from cyclr.callbacks.averaging import EMA, SWA
 from cyclr.callbacks.checkpoint import SaveModelCallback
 from cyclr.callbacks.ensembles import SnapshotEnsemble
@@ -26,19 +25,6 @@ from cyclr.learner import Learner, accuracy
 # SGDR, 3 cycles of 1, 2 and 4 epochs (cycle_mult 2): 7 epochs of 6 steps; the cycles end after steps 6, 18, 42.
 N_CYCLES, CYCLE_LEN, STEPS_PER_EPOCH = 3, 1, 6
 SWA_START, SWA_EVERY = 0.5, 3  # averaging points after steps 24, 27, ..., 42
-
-
-class KillAfterStep(Callback):
-    """SIGKILL (no cleanup, no flush: as a crash or an OOM killer) right after optimizer step `step` (1-based)."""
-
-    order = 100  # after SaveModelCallback (90): a checkpoint due at this step is written first
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def after_batch(self, learn):
-        if learn.training and learn.stepped and learn.train_iter + 1 == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def main() -> None:

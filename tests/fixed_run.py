@@ -58,7 +58,8 @@ def fixed_run_adamw() -> dict:
     opt_func = functools.partial(torch.optim.AdamW, betas=(0.9, 0.99), eps=1e-5, weight_decay=0.01)
     # wd_bn_bias=True: the golden figures were recorded with every parameter decayed, before fastai's default
     learn = Learner(model, dls, nn.CrossEntropyLoss(), opt_func=opt_func, lr=3e-3, wd=0.01, device="cpu",
-                    progress=False, train_metrics=False, wd_bn_bias=True, splitter=lambda m: [m[0].parameters(), m[2].parameters()])
+                    progress=False, train_metrics=False, wd_bn_bias=True,
+                    splitter=lambda m: [m[0].parameters(), m[2].parameters()])
     finder = learn.lr_find(start_lr=1e-6, end_lr=1.0, num_it=10, step_mode="exp", stop_div=True, show_plot=False)
     learn.fit_one_cycle(2, max_lr=slice(1e-3, 1e-2), moms=(0.95, 0.85, 0.9), div_factor=20.0, pct_start=0.25,
                         final_div=1e3, wd=0.01)
