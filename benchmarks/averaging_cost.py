@@ -26,10 +26,7 @@ import torch
 from overhead import alternate_rounds, machine, print_table, same_batches
 from torch import nn
 
-from cyclr.callbacks.averaging import EMA, SWA
-from cyclr.callbacks.ensembles import SnapshotEnsemble
-from cyclr.data import fashion_mnist, synthetic_classification
-from cyclr.learner import Learner, accuracy, lenet, sgd
+from cyclr import EMA, SWA, Learner, SnapshotEnsemble, accuracy, fashion_mnist, lenet, sgd, synthetic_classification
 
 CONTENDERS = {
     "base": lambda: [],

@@ -31,9 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cyclr.callbacks import Callback, SaveModelCallback
-from cyclr.data import DataLoaders
-from cyclr.learner import Learner
+from cyclr import Callback, DataLoaders, Learner, SaveModelCallback
 
 
 def learner(n_steps: int) -> Learner:

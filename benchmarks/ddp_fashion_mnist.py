@@ -32,8 +32,7 @@ def train(epochs: int, bs: int, max_lr: float, seed: int) -> dict:
     """One run (in each process under torchrun): returns the final validation accuracy and the fit's time."""
     import torch
 
-    from cyclr.data import fashion_mnist
-    from cyclr.learner import Learner, accuracy, lenet, sgd
+    from cyclr import Learner, accuracy, fashion_mnist, lenet, sgd
 
     torch.manual_seed(seed)
     learn = Learner(lenet(), fashion_mnist(bs=bs, seed=seed), torch.nn.CrossEntropyLoss(), opt_func=sgd,

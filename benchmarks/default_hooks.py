@@ -20,9 +20,7 @@ import time
 import torch
 from overhead import machine
 
-from cyclr.callbacks.scheduler import OneCycleCallback
-from cyclr.data import synthetic_classification
-from cyclr.learner import Learner
+from cyclr import Learner, OneCycleCallback, synthetic_classification
 
 BATCH_EVENTS = ("before_batch", "after_pred", "after_loss", "before_backward", "before_step", "after_step",
                 "after_batch")

@@ -34,8 +34,7 @@ import gpu_concurrent as concurrent  # noqa: E402
 from gpu_budget import epochs_that_fit  # noqa: E402
 from gpu_sections import sync  # noqa: E402
 
-from cyclr.callbacks import EMA, SWA, ParamScheduler, SnapshotEnsemble, swa_cycles, swa_scheds  # noqa: E402
-from cyclr.callbacks.schedules import Const, one_cycle, sgdr  # noqa: E402
+from cyclr import EMA, SWA, Const, ParamScheduler, SnapshotEnsemble, one_cycle, sgdr, swa_cycles, swa_scheds  # noqa: E402  # noqa: E402
 from experiments.averaging import TRAININGS, averaging_claims, softmax, variant_scores  # noqa: E402
 
 SEED = 0

@@ -34,10 +34,9 @@ sys.path.insert(0, str(HERE))
 from gpu_budget import atomic_write  # noqa: E402
 from gpu_sections import same_batches, sync  # noqa: E402
 
-from cyclr.callbacks import Callback, MixedPrecision  # noqa: E402
+from cyclr import Callback, Learner, MixedPrecision, accuracy, sgd  # noqa: E402  # noqa: E402
 from cyclr.callbacks.core import ORDER  # noqa: E402
 from cyclr.data.cifar10 import cifar10  # noqa: E402
-from cyclr.learner import Learner, accuracy, sgd  # noqa: E402
 from cyclr.learner.models import cifar_resnet  # noqa: E402
 
 POLL_S = 0.05  # how often a worker looks for the files it waits on

@@ -28,10 +28,15 @@ sys.path.insert(0, str(HERE))
 from gpu_budget import rounds_that_fit  # noqa: E402
 from overhead import Timer, plain_epoch  # noqa: E402
 
-from cyclr.callbacks import MixedPrecision  # noqa: E402
-from cyclr.data import DataLoaders, InMemoryLoader  # noqa: E402
+from cyclr import (  # noqa: E402  # noqa: E402
+    DataLoaders,
+    InMemoryLoader,
+    Learner,
+    MixedPrecision,  # noqa: E402
+    accuracy,
+    sgd,
+)
 from cyclr.data.cifar10 import cifar10  # noqa: E402
-from cyclr.learner import Learner, accuracy, sgd  # noqa: E402
 from cyclr.learner.models import cifar_resnet  # noqa: E402
 
 PCT_START, DIV, FINAL_DIV = 0.3, 25.0, 25e4  # torch's final_div_factor is FINAL_DIV / DIV

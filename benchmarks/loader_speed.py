@@ -19,7 +19,7 @@ import time
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from cyclr.data import InMemoryLoader, fashion_mnist
+from cyclr import InMemoryLoader, fashion_mnist
 
 
 def epoch_seconds(loader, device) -> float:

@@ -39,10 +39,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from overhead import Timer, machine  # noqa: E402
 from resnet56_overhead import same_batches  # noqa: E402
 
-from cyclr.callbacks.lr_finder import LRFinderCallback  # noqa: E402
+from cyclr import (  # noqa: E402
+    Learner,
+    LRFinderCallback,  # noqa: E402
+    sgd,
+)
 from cyclr.callbacks.snapshot import TrainingSnapshot  # noqa: E402
 from cyclr.data.cifar10 import cifar10  # noqa: E402
-from cyclr.learner import Learner, sgd  # noqa: E402
 
 START_LR, END_LR = 1e-7, 1.0
 

@@ -17,9 +17,7 @@ import warnings
 import torch
 from torch import nn
 
-from cyclr.callbacks import Callback, CancelValidException
-from cyclr.data.fashion_mnist import fashion_mnist
-from cyclr.learner import Learner, accuracy, lenet, sgd
+from cyclr import Callback, CancelValidException, Learner, accuracy, fashion_mnist, lenet, sgd
 
 
 class SkipValidation(Callback):

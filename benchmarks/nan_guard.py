@@ -25,9 +25,7 @@ import time
 import torch
 from overhead import Timer, alternate_rounds, machine, plain_epoch, print_table, same_batches
 
-from cyclr.callbacks import TerminateOnNaNCallback
-from cyclr.data import fashion_mnist
-from cyclr.learner import Learner, accuracy, lenet, sgd
+from cyclr import Learner, TerminateOnNaNCallback, accuracy, fashion_mnist, lenet, sgd
 
 
 def main():

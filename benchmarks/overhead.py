@@ -31,9 +31,7 @@ import time
 
 import torch
 
-from cyclr.callbacks import ProgressCallback
-from cyclr.data import DataLoaders, InMemoryLoader, fashion_mnist
-from cyclr.learner import Learner, accuracy, lenet, sgd
+from cyclr import DataLoaders, InMemoryLoader, Learner, ProgressCallback, accuracy, fashion_mnist, lenet, sgd
 
 
 def same_batches(dls: DataLoaders, seed: int = 0) -> DataLoaders:

@@ -67,7 +67,7 @@ from peers_setup import (  # noqa: E402
     torch_loaders,
 )
 
-from cyclr.learner import Learner, accuracy  # noqa: E402
+from cyclr import Learner, accuracy  # noqa: E402
 
 CONTENDERS = ("plain", "plain-DataLoader", "cyclr", "fastai", "fastai-own-dl", "lightning", "lightning-DataLoader")
 

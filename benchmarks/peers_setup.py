@@ -14,8 +14,7 @@ import torch
 from overhead import same_batches
 from torch.utils.data import DataLoader, TensorDataset
 
-from cyclr.data import fashion_mnist, synthetic_classification
-from cyclr.learner import lenet
+from cyclr import fashion_mnist, lenet, synthetic_classification
 
 PCT_START, DIV, FINAL_DIV = 0.3, 25.0, 25e4  # torch's final_div_factor is FINAL_DIV / DIV
 

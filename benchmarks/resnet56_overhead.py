@@ -28,10 +28,15 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from overhead import alternate_rounds, machine, plain_epoch, print_table  # noqa: E402
 
-from cyclr.data import DataLoaders, InMemoryLoader  # noqa: E402
+from cyclr import (  # noqa: E402  # noqa: E402
+    DataLoaders,
+    InMemoryLoader,
+    Learner,
+    accuracy,
+    resnet56,  # noqa: E402
+    sgd,
+)
 from cyclr.data.cifar10 import cifar10  # noqa: E402
-from cyclr.learner import Learner, accuracy, sgd  # noqa: E402
-from cyclr.learner.models import resnet56  # noqa: E402
 
 PCT_START, DIV, FINAL_DIV = 0.3, 25.0, 25e4  # torch's final_div_factor is FINAL_DIV / DIV
 

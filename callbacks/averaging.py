@@ -33,7 +33,8 @@ from .core import ORDER, Callback
 from .ensembles import cycle_ends, lr_per_step
 from .schedule_tail import check_tail
 from .scheduler import ParamScheduler
-from .schedules import Const, Lin, OneCycle, Schedule, combine
+from .schedules.base import Const, Lin, Schedule, combine
+from .schedules.cycles import OneCycle
 from .weights import exchange_weights, recompute_batch_norm, validate_with, validation_columns
 
 __all__ = ["SWA", "EMA", "ema_decay", "swa_scheds", "swa_cycles", "SWA_START"]

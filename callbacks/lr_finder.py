@@ -28,24 +28,14 @@ from .hypers import set_group_hyper
 from .lr_result import LRFinderResult, LRFinderSweep
 from .lr_suggest import (
     SUGGESTION_NAMES,
-    Suggestion,
-    centred_smooth,
     check_suggestion_names,
     suggest,
-    suggest_minimum,
-    suggest_slide,
-    suggest_steep,
-    suggest_valley,
 )
 from .recorder import SmoothedValue
-from .schedules import Exp, Lin
+from .schedules.base import Exp, Lin
 from .snapshot import SNAPSHOT_MEMORY_LIMIT, TrainingSnapshot
 
-__all__ = [
-    "LRFinderCallback", "LRFinderResult", "LRFinderSweep", "Suggestion", "TrainingSnapshot",
-    "run_lr_find", "suggest", "centred_smooth", "suggest_valley", "suggest_steep", "suggest_minimum", "suggest_slide",
-    "SUGGESTION_NAMES", "STEP_MODES", "SNAPSHOT_MEMORY_LIMIT", "LR_FIND", "LRFindDefaults", "check_sweep",
-]
+__all__ = ["LRFinderCallback", "run_lr_find", "STEP_MODES", "LR_FIND", "LRFindDefaults", "check_sweep"]
 
 STEP_MODES = ("exp", "linear")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numbers
 
-from .schedules import Const, Schedule, check_schedule
+from .schedules.base import Const, Schedule, check_schedule
 
 
 class HeadTail(Schedule):

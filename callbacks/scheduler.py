@@ -27,21 +27,8 @@ from ..data.checks import in_unit_interval, int_at_least, non_negative, user_sta
 from .core import ORDER, Callback
 from .hypers import has_hyper, hyper_range, out_of_range, writer
 from .schedule_tail import with_tails
-from .schedules import (
-    CYCLICAL,
-    FLAT_COS,
-    ONE_CYCLE,
-    SGDR_DEFAULTS,
-    OneCycle,
-    Schedule,
-    check_rate,
-    check_rate_slice,
-    cyclical,
-    flat_cos,
-    scheds_from_state,
-    scheds_state,
-    sgdr,
-)
+from .schedules.base import Schedule, check_rate, check_rate_slice, scheds_from_state, scheds_state
+from .schedules.cycles import CYCLICAL, FLAT_COS, ONE_CYCLE, SGDR_DEFAULTS, OneCycle, cyclical, flat_cos, sgdr
 from .torch_scheduler import refuse_torch_scheduler
 
 UNITS = ("pct", "batch", "epoch")
@@ -319,7 +306,7 @@ class FlatCosCallback(RecipeScheduler):
 
 
 class SGDRCallback(RecipeScheduler):
-    """SGDR (cosine annealing with warm restarts): see `cyclr.callbacks.schedules.SGDR`. Fit for `total_epochs` epochs;
+    """SGDR (cosine annealing with warm restarts): see `cyclr.callbacks.schedules.cycles.SGDR`. Fit for `total_epochs` epochs;
     with another fit length the cycles stretch to fill it (a warning says so)."""
 
     config_names = ("max_lr", "n_cycles", "cycle_len", "cycle_mult", "eta_min")

@@ -25,8 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from .checks import int_at_least
-from .core import DataLoaders, InMemoryLoader
+from .core import DataLoaders
 from .images import decode_images
+from .in_memory import InMemoryLoader
 from .sources import guarded_download, locate_data, read_disk_cache, write_disk_cache
 
 # The module (the package re-exports its function `fashion_mnist` under the same name).

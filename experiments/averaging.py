@@ -29,13 +29,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cyclr.callbacks.averaging import EMA, SWA, swa_cycles, swa_scheds
-from cyclr.callbacks.ensembles import SnapshotEnsemble
-from cyclr.callbacks.scheduler import ParamScheduler
-from cyclr.callbacks.schedules import Const, one_cycle
+from cyclr import (
+    EMA,
+    SWA,
+    Const,
+    Learner,
+    ParamScheduler,
+    SnapshotEnsemble,
+    accuracy,
+    lenet_bn,
+    one_cycle,
+    sgd,
+    swa_cycles,
+    swa_scheds,
+)
 from cyclr.callbacks.weights import loaded_weights
-from cyclr.learner import Learner, accuracy, sgd
-from cyclr.learner.models import lenet_bn
 
 from .common import (
     append_row,
@@ -168,7 +176,7 @@ def run(out: str | Path = "results/averaging", seeds: Sequence[int] = (0, 1, 2),
     config = {"epochs": epochs, "n_train": n_train or 60000, "n_valid": n_valid or 10000}
     runs_csv = out / "averaging_runs.csv"
     done = {(r["training"], int(r["seed"])) for r in rows_of_config(runs_csv, config)}
-    from cyclr.data.fashion_mnist import fashion_mnist
+    from cyclr import fashion_mnist
 
     lrs = {}
     for seed in seeds:

@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cyclr.learner import Learner, accuracy, sgd
-from cyclr.learner.models import lenet, lenet_bn, resnet56
+from cyclr import Learner, accuracy, lenet, lenet_bn, resnet56, sgd
 
 from .common import (
     append_row,
@@ -198,7 +197,7 @@ def _blog_setup(setup: str, cpu_model: str, seed: int, n_train, n_valid, device)
         # The study: batch 512, padding-4 random crops and horizontal flips, per-channel normalisation.
         dls = cifar10(bs=512, augment=True, device=device or "cuda", seed=seed, n_train=n_train, n_valid=n_valid)
         return dls, resnet56
-    from cyclr.data.fashion_mnist import fashion_mnist
+    from cyclr import fashion_mnist
 
     dls = fashion_mnist(bs=BLOG_CPU_BATCH_SIZE, normalize=True, n_train=n_train, n_valid=n_valid, seed=seed,
                         device=device)
@@ -330,11 +329,11 @@ def blog_markdown(summary: list[dict], claims: list[dict], config: dict, quick: 
 
 
 def plot_blog_runs(batches: list[dict], epochs: list[dict], seed: int | None = None):
-    """The three runs side by side on shared axes (`cyclr.callbacks.compare_runs`): train and valid loss, accuracy,
+    """The three runs side by side on shared axes (`cyclr.compare_runs`): train and valid loss, accuracy,
     learning rate and momentum against the epoch, from the recorded histories of one seed (the first)."""
     import pandas as pd
 
-    from cyclr.callbacks import compare_runs
+    from cyclr import compare_runs
 
     names = [c.name for c in BLOG_CALLS if any(b["run"] == c.name for b in batches)]
     if seed is None and batches:

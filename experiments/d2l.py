@@ -19,10 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cyclr.callbacks.scheduler import ParamScheduler
-from cyclr.callbacks.schedules import Const, Schedule, cosine, multi_factor, square_root
-from cyclr.learner import Learner, accuracy
-from cyclr.learner.models import lenet
+from cyclr import Const, Learner, ParamScheduler, Schedule, accuracy, cosine, lenet, multi_factor, square_root
 
 from .common import (
     append_row,
@@ -179,7 +176,7 @@ def run_d2l(
     config = {"epochs": epochs, "n_train": n_train or 60000, "n_valid": n_valid or 10000}
     done = {(r["run"], int(r["seed"])) for r in rows_of_config(runs_csv, config)}
 
-    from cyclr.data.fashion_mnist import fashion_mnist
+    from cyclr import fashion_mnist
 
     for seed in seeds:  # every run once before the next seed: a cut-short run still covers all schedules
         # Pixels in [0, 1] (no normalisation), as the book's load_data_fashion_mnist gives them.

@@ -16,7 +16,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from cyclr.callbacks.lr_finder import SUGGESTION_NAMES
+from cyclr.callbacks.lr_suggest import SUGGESTION_NAMES
 
 from .common import heading, read_rows, save_figure, write_rows
 from .lr_finder_tasks import TASKS

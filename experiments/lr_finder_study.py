@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cyclr.callbacks.lr_finder import SUGGESTION_NAMES
+from cyclr.callbacks.lr_suggest import SUGGESTION_NAMES
 
 from .common import append_row, check_seeds, read_rows, round_sig, write_rows
 from .lr_finder_tasks import OPTIMIZERS, TASKS, Task, make_learner
@@ -188,7 +188,7 @@ class LRFinderStudy:
         best rate after each k trials trained at with every seed."""
         import optuna
 
-        from cyclr.callbacks.tuning import tune_lr
+        from cyclr import tune_lr
 
         search = "seeded" if seeded else "blind"
         storage, name = f"sqlite:///{(self.out / 'optuna.db').resolve()}", "-".join((*cfg.key(), search))

@@ -18,9 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cyclr.data.core import DataLoaders
-from cyclr.learner import Learner, accuracy, adam, sgd
-from cyclr.learner.models import lenet
+from cyclr import DataLoaders, Learner, accuracy, adam, lenet, sgd
 
 __all__ = ["Task", "TASKS", "OPTIMIZERS", "make_learner", "motif_sequences", "digits_split", "GRU_VOCAB"]
 
@@ -61,7 +59,7 @@ FMNIST_TRAIN, FMNIST_VALID = 10_000, 2_000
 
 
 def _fmnist(seed: int, bs: int, quick: bool) -> DataLoaders:
-    from cyclr.data.fashion_mnist import fashion_mnist
+    from cyclr import fashion_mnist
 
     n_train, n_valid = (512, 256) if quick else (FMNIST_TRAIN, FMNIST_VALID)
     return fashion_mnist(bs=bs, normalize=True, n_train=n_train, n_valid=n_valid, seed=seed, download=False)

@@ -29,10 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cyclr.callbacks.scheduler import ParamScheduler
-from cyclr.callbacks.schedules import cosine
-from cyclr.learner import Learner, accuracy, adam, sgd
-from cyclr.learner.models import lenet
+from cyclr import Learner, ParamScheduler, accuracy, adam, cosine, lenet, sgd
 
 from .common import (
     append_row,
@@ -154,7 +151,7 @@ def run_optimizers(out: str | Path, seeds: Sequence[int] = (0, 1, 2), epochs: in
     config = {"epochs": epochs, "n_train": n_train or 60000, "n_valid": n_valid or 10000}
     done = {(r["run"], int(r["seed"])) for r in _all_rows(out, "runs", config)}
 
-    from cyclr.data.fashion_mnist import fashion_mnist
+    from cyclr import fashion_mnist
 
     pairs = [(seed, name) for seed in seeds for name in names]  # every run once before the next seed
     for i, (seed, name) in enumerate(pairs):

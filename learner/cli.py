@@ -38,7 +38,10 @@ def demo(args) -> int:
     import torch
 
     from ..data.fashion_mnist import fashion_mnist
-    from . import Learner, accuracy, lenet, sgd
+    from .learner import Learner
+    from .metrics import accuracy
+    from .models import lenet
+    from .optimizer import sgd
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)  # on a busy 2-core machine, 1 thread trains LeNet several times faster

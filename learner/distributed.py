@@ -40,7 +40,9 @@ from torch.utils.data import Subset
 
 from ..callbacks.core import ORDER, Callback
 from ..callbacks.progress import ProgressCallback
-from ..data.core import DataLoaders, InMemoryLoader, TorchLoader
+from ..data.core import DataLoaders
+from ..data.in_memory import InMemoryLoader
+from ..data.torch_loader import TorchLoader
 from .dist_timeout import dist_timeout, is_timeout, note_ranks_not_answering
 
 __all__ = ["torchrun_world_size", "shard_dataloaders", "DistributedCallback", "join", "leave", "DataParallel"]

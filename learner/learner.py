@@ -39,7 +39,7 @@ _LEVELS = {level: (f"before_{level}", f"after_{level}", cancel) for level, cance
 
 class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inference, Checkpoints,
               distributed.DataParallel):
-    """Wraps a model, its data (`cyclr.data.DataLoaders`), a loss function and an optimizer factory, and trains them.
+    """Wraps a model, its data (`cyclr.DataLoaders`), a loss function and an optimizer factory, and trains them.
 
     `opt_func(params, lr=...)` is any function returning a `torch.optim.Optimizer` (torch's classes work as they
     are). The defaults train: AdamW with fastai's settings at lr 3e-3 (one epoch of LeNet on Fashion-MNIST reaches

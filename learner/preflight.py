@@ -16,7 +16,7 @@ from torch import nn
 from ..callbacks.core import Callback, check_hook_names
 from ..callbacks.recorder import metric_name
 from ..callbacks.scheduler import check_lr_spec
-from ..callbacks.schedules import check_rate
+from ..callbacks.schedules.base import check_rate
 from ..data.checks import int_at_least, non_negative, user_stacklevel
 from ..data.core import Targets, loader_length
 from ..data.state import rng_state, set_rng_state

@@ -9,9 +9,10 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from ..callbacks.core import Callback
-from ..callbacks.lr_finder import LR_FIND, LRFinderResult, LRFinderSweep, run_lr_find
+from ..callbacks.lr_finder import LR_FIND, run_lr_find
+from ..callbacks.lr_result import LRFinderResult, LRFinderSweep
 from ..callbacks.scheduler import FlatCosCallback, OneCycleCallback, SGDRCallback
-from ..callbacks.schedules import FLAT_COS, ONE_CYCLE, SGDR_DEFAULTS
+from ..callbacks.schedules.cycles import FLAT_COS, ONE_CYCLE, SGDR_DEFAULTS
 from ..data.checks import int_at_least, positive
 from . import preflight
 

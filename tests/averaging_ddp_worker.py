@@ -12,10 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cyclr.callbacks.averaging import EMA, SWA
-from cyclr.callbacks.ensembles import SnapshotEnsemble
-from cyclr.data.synthetic import synthetic_classification
-from cyclr.learner import Learner, accuracy
+from cyclr import EMA, SWA, Learner, SnapshotEnsemble, accuracy, synthetic_classification
 
 
 def main() -> None:

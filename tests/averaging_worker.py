@@ -16,11 +16,7 @@ import torch
 from resume_worker import KillAfterStep  # tests/ is this script's folder, first on sys.path
 from torch import nn
 
-from cyclr.callbacks.averaging import EMA, SWA
-from cyclr.callbacks.checkpoint import SaveModelCallback
-from cyclr.callbacks.ensembles import SnapshotEnsemble
-from cyclr.data.synthetic import synthetic_classification
-from cyclr.learner import Learner, accuracy
+from cyclr import EMA, SWA, Learner, SaveModelCallback, SnapshotEnsemble, accuracy, synthetic_classification
 
 # SGDR, 3 cycles of 1, 2 and 4 epochs (cycle_mult 2): 7 epochs of 6 steps; the cycles end after steps 6, 18, 42.
 N_CYCLES, CYCLE_LEN, STEPS_PER_EPOCH = 3, 1, 6

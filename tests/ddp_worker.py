@@ -20,11 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cyclr.callbacks import Callback
-from cyclr.callbacks.checkpoint import SaveModelCallback
-from cyclr.data import DataLoaders
-from cyclr.data.synthetic import synthetic_classification
-from cyclr.learner import Learner, accuracy
+from cyclr import Callback, DataLoaders, Learner, SaveModelCallback, accuracy, synthetic_classification
 
 # Shared with the test, which rebuilds the same data and models as single-process oracles.
 N_TRAIN, N_VALID, N_FEATURES, N_CLASSES = 256, 101, 6, 3

@@ -13,10 +13,7 @@ import functools
 import torch
 from torch import nn
 
-from cyclr.callbacks.scheduler import CyclicLRCallback, ParamScheduler
-from cyclr.callbacks.schedules import Lin, triangular
-from cyclr.data.synthetic import synthetic_classification
-from cyclr.learner import Learner
+from cyclr import CyclicLRCallback, Learner, Lin, ParamScheduler, synthetic_classification, triangular
 
 
 def _history(learn, finder) -> dict:

@@ -22,13 +22,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cyclr.callbacks import Callback
-from cyclr.callbacks.checkpoint import SaveModelCallback
-from cyclr.callbacks.csv_logger import CSVLogger
-from cyclr.callbacks.loggers import TensorBoardCallback
-from cyclr.callbacks.preemption import Preempted
-from cyclr.data.synthetic import synthetic_classification
-from cyclr.learner import Learner, accuracy
+from cyclr import (
+    Callback,
+    CSVLogger,
+    Learner,
+    Preempted,
+    SaveModelCallback,
+    TensorBoardCallback,
+    accuracy,
+    synthetic_classification,
+)
 
 N_EPOCH = 3  # of 6 training batches and 2 validation batches
 

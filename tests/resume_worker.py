@@ -20,13 +20,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from cyclr.callbacks import Callback  # noqa: E402
-from cyclr.callbacks.checkpoint import SaveModelCallback  # noqa: E402
-from cyclr.callbacks.csv_logger import CSVLogger  # noqa: E402
-from cyclr.callbacks.monitors import ReduceLROnPlateau  # noqa: E402
-from cyclr.callbacks.training import GradientClip  # noqa: E402
-from cyclr.data.synthetic import synthetic_classification  # noqa: E402
-from cyclr.learner import Learner, accuracy  # noqa: E402
+from cyclr import (  # noqa: E402
+    Callback,  # noqa: E402
+    CSVLogger,  # noqa: E402
+    GradientClip,  # noqa: E402
+    Learner,
+    ReduceLROnPlateau,  # noqa: E402
+    SaveModelCallback,  # noqa: E402
+    accuracy,
+    synthetic_classification,  # noqa: E402
+)
 
 N_EPOCH, STEPS_PER_EPOCH = 5, 6  # 96 training samples in batches of 16
 

@@ -13,16 +13,24 @@ import pytest
 import torch
 from torch import nn
 
-from cyclr.callbacks import Callback
-from cyclr.callbacks.averaging import EMA, SWA, ema_decay
-from cyclr.callbacks.ensembles import SnapshotEnsemble
-from cyclr.callbacks.scheduler import ParamScheduler
-from cyclr.callbacks.schedules import Const, Cos, Lin, combine
+from cyclr import (
+    EMA,
+    SWA,
+    Callback,
+    Const,
+    Cos,
+    DataLoaders,
+    Learner,
+    Lin,
+    ParamScheduler,
+    SnapshotEnsemble,
+    accuracy,
+    combine,
+    synthetic_classification,
+)
+from cyclr.callbacks.averaging import ema_decay
 from cyclr.callbacks.weights import recompute_batch_norm
-from cyclr.data.core import DataLoaders
 from cyclr.data.state import rng_state
-from cyclr.data.synthetic import synthetic_classification
-from cyclr.learner import Learner, accuracy
 
 STEPS_PER_EPOCH = 6  # 96 samples in batches of 16
 
@@ -335,8 +343,7 @@ def test_expected_calibration_error_by_hand():
 
 
 def test_swa_scheds_run_the_head_then_the_averaging_tail():
-    from cyclr.callbacks.averaging import swa_cycles, swa_scheds
-    from cyclr.callbacks.schedules import one_cycle
+    from cyclr import one_cycle, swa_cycles, swa_scheds
 
     head = one_cycle(0.1, final_div=10)
     scheds = swa_scheds(head, swa_cycles(0.02, 0.002, 2), start=0.5)

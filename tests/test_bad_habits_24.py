@@ -6,8 +6,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from cyclr.data import DataLoaders
-from cyclr.learner import Learner
+from cyclr import DataLoaders, Learner
 
 
 def tabular(n=25, bs=8, drop_last=False, seed=0):

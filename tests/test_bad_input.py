@@ -16,18 +16,32 @@ import pytest
 import torch
 from torch import nn
 
-from cyclr.callbacks import Callback
-from cyclr.callbacks.checkpoint import SaveModelCallback
-from cyclr.callbacks.csv_logger import CSVLogger
-from cyclr.callbacks.lr_finder import LRFinderCallback
-from cyclr.callbacks.mixed_precision import MixedPrecision
-from cyclr.callbacks.monitors import EarlyStoppingCallback, ReduceLROnPlateau
-from cyclr.callbacks.scheduler import OneCycleCallback, ParamScheduler, SGDRCallback
-from cyclr.callbacks.schedules import Cos, Lin, cosine, multi_factor, one_cycle, sgdr, triangular
-from cyclr.callbacks.training import GradientAccumulation, GradientClip
-from cyclr.data import DataLoaders, fashion_mnist
-from cyclr.learner import Learner, sgd
-from cyclr.learner.checkpoint import CheckpointError
+from cyclr import (
+    Callback,
+    CheckpointError,
+    Cos,
+    CSVLogger,
+    DataLoaders,
+    EarlyStoppingCallback,
+    GradientAccumulation,
+    GradientClip,
+    Learner,
+    Lin,
+    LRFinderCallback,
+    MixedPrecision,
+    OneCycleCallback,
+    ParamScheduler,
+    ReduceLROnPlateau,
+    SaveModelCallback,
+    SGDRCallback,
+    cosine,
+    fashion_mnist,
+    multi_factor,
+    one_cycle,
+    sgd,
+    sgdr,
+    triangular,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "bad_input.md"

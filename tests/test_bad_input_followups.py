@@ -5,8 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from cyclr import Learner
-from cyclr.data.synthetic import synthetic_classification
+from cyclr import Learner, synthetic_classification
 
 
 def dls():

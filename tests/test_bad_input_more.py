@@ -5,9 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from cyclr.callbacks.schedules import MAX_RATE, check_rate, check_rate_slice
-from cyclr.data.synthetic import synthetic_classification
-from cyclr.learner import Learner
+from cyclr import Learner, synthetic_classification
+from cyclr.callbacks.schedules.base import MAX_RATE, check_rate, check_rate_slice
 from cyclr.learner.transfer import splitter_groups
 
 

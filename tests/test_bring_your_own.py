@@ -11,10 +11,19 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from cyclr.callbacks.core import Callback
-from cyclr.data import DataLoaders
-from cyclr.data.synthetic import synthetic_classification
-from cyclr.learner import AccumMetric, Learner, accuracy, error_rate, mae, rmse, sgd, top_k_accuracy
+from cyclr import (
+    AccumMetric,
+    Callback,
+    DataLoaders,
+    Learner,
+    accuracy,
+    error_rate,
+    mae,
+    rmse,
+    sgd,
+    synthetic_classification,
+    top_k_accuracy,
+)
 
 
 def blobs(n=96, seed=0):
@@ -267,8 +276,8 @@ def test_a_subclass_overriding_forward_and_get_loss_passes_the_preflight():
 # ----- pre-flight and sanity validation -----------------------------------------------------------------------------
 def test_resnet56_trains_on_the_librarys_own_cifar10_loader():
     pytest.importorskip("PIL")
+    from cyclr import resnet56
     from cyclr.data.cifar10 import cifar10
-    from cyclr.learner.models import resnet56
 
     dls = cifar10(bs=128, n_train=512, n_valid=64, download=False)
     torch.manual_seed(0)
@@ -479,8 +488,7 @@ def test_repr_names_model_data_optimizer_loss_and_callbacks():
 
 @pytest.mark.slow
 def test_the_defaults_train_lenet_on_fashion_mnist():
-    from cyclr.data import fashion_mnist
-    from cyclr.learner import lenet
+    from cyclr import fashion_mnist, lenet
 
     torch.manual_seed(0)
     learn = Learner(lenet(), fashion_mnist(), nn.CrossEntropyLoss(), metrics=[accuracy], progress=False)

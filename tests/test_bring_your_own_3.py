@@ -9,9 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from cyclr.callbacks.core import Callback
-from cyclr.data import DataLoaders
-from cyclr.learner import Learner
+from cyclr import Callback, DataLoaders, Learner
 
 
 def regression_loaders(n=48, n_features=5, bs=12, seed=3):
@@ -220,7 +218,7 @@ def weighted_mae(pred, y, w, offset):
 
 
 def test_several_targets_reach_the_loss_and_metrics_as_separate_arguments():
-    from cyclr.learner import AccumMetric, Metric
+    from cyclr import AccumMetric, Metric
 
     dls, (x, y, w, offset) = weighted_loaders()
     torch.manual_seed(0)

@@ -14,16 +14,21 @@ import pytest
 import torch
 from torch import nn
 
-from cyclr.callbacks import Callback
-from cyclr.callbacks.checkpoint import SaveModelCallback
-from cyclr.callbacks.mixed_precision import MixedPrecision
-from cyclr.callbacks.monitors import EarlyStoppingCallback, ReduceLROnPlateau
-from cyclr.callbacks.scheduler import ParamScheduler
-from cyclr.callbacks.schedules import triangular
-from cyclr.callbacks.training import GradientAccumulation
-from cyclr.data.synthetic import synthetic_classification
-from cyclr.learner import Learner, accuracy
-from cyclr.learner.checkpoint import CheckpointError, read_checkpoint
+from cyclr import (
+    Callback,
+    CheckpointError,
+    EarlyStoppingCallback,
+    GradientAccumulation,
+    Learner,
+    MixedPrecision,
+    ParamScheduler,
+    ReduceLROnPlateau,
+    SaveModelCallback,
+    accuracy,
+    synthetic_classification,
+    triangular,
+)
+from cyclr.learner.checkpoint import read_checkpoint
 
 WORKER = Path(__file__).with_name("resume_worker.py")
 STEPS_PER_EPOCH = 6
@@ -214,7 +219,7 @@ def test_recorder_state_round_trips_exactly_mid_epoch():
     assert state["smoother"]["count"] == STEPS_PER_EPOCH  # epoch 0's rows went through the smoother
     assert state["pending_losses"].shape == (3,) and state["train_sums"]["count"] == 48
 
-    from cyclr.callbacks.recorder import Recorder
+    from cyclr import Recorder
 
     copy_ = Recorder()
     copy_.load_state_dict(copy.deepcopy(state))

@@ -74,16 +74,16 @@ def test_errors_while_running_exit_with_a_status_and_a_message(error, status, me
 
 
 def test_demo_trains_on_the_device_asked_for(tmp_path, monkeypatch, capsys):
-    import cyclr.learner
+    from cyclr.learner import learner as learner_module
 
     devices = []
-    original = cyclr.learner.Learner.__init__
+    original = learner_module.Learner.__init__
 
     def recording_init(self, *args, **kwargs):
         original(self, *args, **kwargs)
         devices.append(self.device)
 
-    monkeypatch.setattr(cyclr.learner.Learner, "__init__", recording_init)
+    monkeypatch.setattr(learner_module.Learner, "__init__", recording_init)
     # Symbolic links planted where the demo writes a plot and a CSV: replaced, their targets never written through.
     target = tmp_path / "elsewhere.txt"
     target.write_text("someone else's file")

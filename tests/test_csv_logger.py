@@ -15,10 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from cyclr.callbacks.csv_logger import CSVLogger
-from cyclr.data.synthetic import synthetic_classification
-from cyclr.data.writer_lock import WriterConflictError
-from cyclr.learner import Learner
+from cyclr import CSVLogger, Learner, WriterConflictError, synthetic_classification
 
 WORKER = Path(__file__).with_name("tracker_worker.py")
 

@@ -16,8 +16,16 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from cyclr.data import DataLoaders, InMemoryLoader, TorchLoader, fashion_mnist, load_fashion_mnist
-from cyclr.data.synthetic import synthetic_classification, synthetic_regression, tiny_images
+from cyclr import (
+    DataLoaders,
+    InMemoryLoader,
+    TorchLoader,
+    fashion_mnist,
+    load_fashion_mnist,
+    synthetic_classification,
+    synthetic_regression,
+    tiny_images,
+)
 
 # The module, not the function `data.fashion_mnist` that the package re-exports under the same name.
 fm = importlib.import_module("cyclr.data.fashion_mnist")

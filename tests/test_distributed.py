@@ -21,8 +21,7 @@ import pytest
 import torch
 from torch import nn
 
-from cyclr.data import DataLoaders, InMemoryLoader, TorchLoader
-from cyclr.learner import Learner
+from cyclr import DataLoaders, InMemoryLoader, Learner, TorchLoader
 from cyclr.learner.distributed import DistributedCallback, shard_dataloaders
 
 REPO = Path(__file__).resolve().parents[1]

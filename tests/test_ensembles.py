@@ -8,13 +8,20 @@ import pytest
 import torch
 from torch import nn
 
-from cyclr.callbacks import Callback
-from cyclr.callbacks.ensembles import SnapshotEnsemble, cycle_ends
-from cyclr.callbacks.scheduler import CyclicLRCallback, ParamScheduler
-from cyclr.callbacks.schedules import Const, combine, one_cycle
+from cyclr import (
+    Callback,
+    Const,
+    CyclicLRCallback,
+    Learner,
+    ParamScheduler,
+    SnapshotEnsemble,
+    accuracy,
+    combine,
+    one_cycle,
+    synthetic_classification,
+)
+from cyclr.callbacks.ensembles import cycle_ends
 from cyclr.callbacks.weights import exchange_weights
-from cyclr.data.synthetic import synthetic_classification
-from cyclr.learner import Learner, accuracy
 
 STEPS_PER_EPOCH = 6  # 96 samples in batches of 16
 
@@ -157,7 +164,7 @@ def test_bad_arguments_are_refused():
 
 
 def test_a_checkpoint_naming_lost_snapshot_files_is_refused_on_resume(tmp_path):
-    from cyclr.callbacks.checkpoint import SaveModelCallback
+    from cyclr import SaveModelCallback
 
     learn = learner()
     ckpt = tmp_path / "ckpt_{epoch}.pt"

@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from cyclr.data import fashion_mnist
-from cyclr.learner import Learner, accuracy, lenet, sgd
+from cyclr import Learner, accuracy, fashion_mnist, lenet, sgd
 
 
 @pytest.mark.slow

@@ -13,12 +13,10 @@ import pytest
 import torch
 from torch import nn
 
-from cyclr.callbacks import Callback, SaveModelCallback
+from cyclr import Callback, CheckpointError, DataLoaders, Learner, SaveModelCallback, synthetic_classification
 from cyclr.callbacks.history import BLOCK_MAGIC, BatchHistory
 from cyclr.callbacks.recorder import FLUSH_EVERY
-from cyclr.data import DataLoaders, synthetic_classification
-from cyclr.learner import Learner
-from cyclr.learner.checkpoint import CheckpointError, checksum, read_checkpoint
+from cyclr.learner.checkpoint import checksum, read_checkpoint
 
 
 def make_learner(n_train=64, bs=16, **kwargs):

@@ -7,8 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from cyclr.data import DataLoaders
-from cyclr.learner import Learner
+from cyclr import DataLoaders, Learner
 
 CE = nn.CrossEntropyLoss()
 

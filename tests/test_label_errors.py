@@ -8,8 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from cyclr.data import DataLoaders
-from cyclr.learner import Learner
+from cyclr import DataLoaders, Learner
 
 N_CLASSES, BS, N_BATCHES = 10, 16, 4
 

@@ -7,16 +7,18 @@ import pytest
 import torch
 from torch import nn
 
-from cyclr.callbacks import (
+from cyclr import (
     Callback,
     CancelBatchException,
     CancelEpochException,
     CancelFitException,
     CancelTrainException,
     CancelValidException,
+    DataLoaders,
+    Learner,
+    accuracy,
+    synthetic_classification,
 )
-from cyclr.data import DataLoaders, synthetic_classification
-from cyclr.learner import Learner, accuracy
 
 N_TRAIN, N_VALID, BS = 12, 6, 4  # 3 training batches, 1 validation batch (valid_bs defaults to 2*bs)
 

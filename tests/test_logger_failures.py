@@ -14,12 +14,16 @@ import pytest
 import torch
 from torch import nn
 
-from cyclr.callbacks import Callback, SaveModelCallback
-from cyclr.callbacks.csv_logger import CSVLogger
-from cyclr.callbacks.held_failure import LoggerError
-from cyclr.callbacks.loggers import MLflowCallback, TensorBoardCallback
-from cyclr.data.synthetic import synthetic_classification
-from cyclr.learner import Learner
+from cyclr import (
+    Callback,
+    CSVLogger,
+    Learner,
+    LoggerError,
+    MLflowCallback,
+    SaveModelCallback,
+    TensorBoardCallback,
+    synthetic_classification,
+)
 from cyclr.learner.checkpoint import read_checkpoint
 
 STEPS_PER_EPOCH = 40  # an epoch's events fill more than the page a file system may still have allocated

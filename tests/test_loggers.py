@@ -11,10 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from cyclr.callbacks import Callback
-from cyclr.callbacks.loggers import MLflowCallback, TensorBoardCallback
-from cyclr.data.synthetic import synthetic_classification
-from cyclr.learner import Learner, accuracy
+from cyclr import Callback, Learner, MLflowCallback, TensorBoardCallback, accuracy, synthetic_classification
 
 STEPS_PER_EPOCH = 6
 
@@ -281,7 +278,7 @@ def test_default_folder_is_one_per_callback_lr_find_and_fits_inside_it(tmp_path,
 def test_params_of_a_torch_scheduler_are_its_settings_and_rates(store):
     from torch.optim.lr_scheduler import OneCycleLR
 
-    from cyclr.callbacks import TorchScheduler
+    from cyclr import TorchScheduler
 
     uri, client = store
     cb = MLflowCallback(uri, experiment="params")

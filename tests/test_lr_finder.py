@@ -17,11 +17,17 @@ from torch import nn
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from cyclr.callbacks import Callback  # noqa: E402
-from cyclr.callbacks.lr_finder import (  # noqa: E402
+from cyclr import (  # noqa: E402
+    Callback,  # noqa: E402
+    DataLoaders,  # noqa: E402
+    Learner,
     LRFinderCallback,
     LRFinderResult,
     LRFinderSweep,
+    accuracy,
+    synthetic_classification,  # noqa: E402
+)
+from cyclr.callbacks.lr_suggest import (
     centred_smooth,
     suggest,
     suggest_minimum,
@@ -30,9 +36,6 @@ from cyclr.callbacks.lr_finder import (  # noqa: E402
     suggest_valley,
 )
 from cyclr.callbacks.recorder import SmoothedValue  # noqa: E402
-from cyclr.data import DataLoaders  # noqa: E402
-from cyclr.data.synthetic import synthetic_classification  # noqa: E402
-from cyclr.learner import Learner, accuracy  # noqa: E402
 
 DEFAULT_THREADS = torch.get_num_threads()
 
@@ -328,7 +331,7 @@ def test_losses_recorded_are_those_of_the_lrs_recorded():
 def test_gradient_accumulation_counts_optimizer_steps_not_micro_batches():
     """Under GradientAccumulation(2) each point of the curve is one optimizer step: its rate, and the mean loss of
     its two micro-batches (computed at that same rate, since the rate only moves between steps)."""
-    from cyclr.callbacks.training import GradientAccumulation
+    from cyclr import GradientAccumulation
 
     class MicroLosses(Callback):
         order = 100
@@ -621,8 +624,7 @@ def test_weight_decay_sweep_plot_has_one_curve_per_value():
 # ----- real data ------------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_lenet_fashion_mnist_valley_one_cycle_reaches_087():
-    from cyclr.data.fashion_mnist import fashion_mnist
-    from cyclr.learner import lenet
+    from cyclr import fashion_mnist, lenet
 
     torch.manual_seed(0)
     dls = fashion_mnist(bs=128, seed=0)

@@ -5,8 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from cyclr.data import DataLoaders
-from cyclr.learner import AccumMetric, Learner, Metric
+from cyclr import AccumMetric, DataLoaders, Learner, Metric
 
 
 class Segmenter(nn.Module):

@@ -6,11 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from cyclr.callbacks import Callback, ParamScheduler, SaveModelCallback
+from cyclr import Callback, Learner, ParamScheduler, SaveModelCallback, accuracy, cosine, synthetic_classification
 from cyclr.callbacks.optimizer_modes import OptimizerModes, effective_lrs, evaluating, has_modes
-from cyclr.callbacks.schedules import cosine
-from cyclr.data.synthetic import synthetic_classification
-from cyclr.learner import Learner, accuracy
 from cyclr.learner.checkpoint import read_checkpoint
 
 schedulefree = pytest.importorskip("schedulefree")

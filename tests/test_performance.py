@@ -9,10 +9,17 @@ import pytest
 import torch
 from torch import nn
 
-from cyclr.callbacks import Callback, ProgressCallback, training
-from cyclr.callbacks.training import TerminateOnNaNCallback
-from cyclr.data import DataLoaders, InMemoryLoader
-from cyclr.learner import Learner, accuracy, sgd
+from cyclr import (
+    Callback,
+    DataLoaders,
+    InMemoryLoader,
+    Learner,
+    ProgressCallback,
+    TerminateOnNaNCallback,
+    accuracy,
+    sgd,
+)
+from cyclr.callbacks import training
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 

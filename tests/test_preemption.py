@@ -17,12 +17,16 @@ import pytest
 import torch
 from torch import nn
 
-from cyclr.callbacks import Callback
-from cyclr.callbacks.checkpoint import SaveModelCallback
-from cyclr.callbacks.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionCheckpoint
+from cyclr import (
+    PREEMPTED_EXIT_CODE,
+    Callback,
+    Learner,
+    Preempted,
+    PreemptionCheckpoint,
+    SaveModelCallback,
+    synthetic_classification,
+)
 from cyclr.callbacks.tracker import TrackerCallback
-from cyclr.data.synthetic import synthetic_classification
-from cyclr.learner import Learner
 from cyclr.learner.checkpoint import read_checkpoint
 
 WORKER = Path(__file__).with_name("preemption_worker.py")
@@ -153,7 +157,7 @@ def test_the_batch_in_progress_finishes_then_the_run_is_saved_and_the_tracker_ru
 def test_mlflow_run_is_killed_by_the_preemption_and_finished_by_the_requeue_every_step_once(tmp_path):
     from mlflow import MlflowClient
 
-    from cyclr.callbacks.loggers import MLflowCallback
+    from cyclr import MLflowCallback
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client, ckpt = MlflowClient(tracking_uri=uri), tmp_path / "ck_{train_iter}.pt"
@@ -323,7 +327,8 @@ def test_signals_are_configurable_and_an_empty_tuple_turns_preemption_off():
 
 # ----- a resume holds its run's lock from its check on (issue 24.2's race, pending from D1) --------------------------
 TRY_LOCK = """import sys
-from cyclr.data.writer_lock import WriterConflictError, WriterLock
+from cyclr import WriterConflictError
+from cyclr.data.writer_lock import WriterLock
 try:
     WriterLock(sys.argv[1], 'test').acquire()
 except WriterConflictError:

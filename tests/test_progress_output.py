@@ -9,14 +9,13 @@ import pytest
 from test_notebooks import kernel_name  # noqa: F401  (the fixture installs the kernel spec when missing)
 from torch import nn
 
-from cyclr.data.synthetic import synthetic_classification
-from cyclr.learner import Learner, accuracy
+from cyclr import Learner, accuracy, synthetic_classification
 
 SETUP = """\
 import torch
 from torch import nn
-from cyclr.data.synthetic import synthetic_classification
-from cyclr.learner import Learner, accuracy
+from cyclr import synthetic_classification
+from cyclr import Learner, accuracy
 torch.manual_seed(0)
 learn = Learner(nn.Linear(8, 3), synthetic_classification(n_train=96, n_valid=32, bs=16, seed=0),
                 nn.CrossEntropyLoss(), lr=0.05, metrics=[accuracy], device="cpu")"""
@@ -81,7 +80,7 @@ def test_lr_find_and_validate_leave_nothing_visible(executed):
 def test_terminal_bars_have_no_stray_block_character(monkeypatch, capsys):
     import fastprogress.fastprogress as fp
 
-    from cyclr.callbacks.progress import ProgressCallback
+    from cyclr import ProgressCallback
 
     monkeypatch.setattr(fp, "printing", lambda: True)  # draw as in a terminal, though pytest captures stdout
     learn = Learner(nn.Linear(8, 3), synthetic_classification(n_train=96, n_valid=32, bs=16, seed=0),

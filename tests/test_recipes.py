@@ -11,14 +11,22 @@ import pytest
 import torch
 from torch import nn
 
-from cyclr.callbacks import Callback, compare_runs, stack_runs
-from cyclr.callbacks.lr_result import LRFinderResult, focus_y
+from cyclr import (
+    Callback,
+    CyclicLRCallback,
+    DataLoaders,
+    Exp,
+    Learner,
+    LRFinderResult,
+    OneCycleCallback,
+    compare_runs,
+    one_cycle,
+    stack_runs,
+    synthetic_classification,
+    tiny_images,
+)
+from cyclr.callbacks.lr_result import focus_y
 from cyclr.callbacks.lr_suggest import centred_smooth, suggest
-from cyclr.callbacks.scheduler import CyclicLRCallback, OneCycleCallback
-from cyclr.callbacks.schedules import Exp, one_cycle
-from cyclr.data import DataLoaders
-from cyclr.data.synthetic import synthetic_classification, tiny_images
-from cyclr.learner import Learner
 from cyclr.learner.transfer import body_head_split
 
 matplotlib.use("Agg")
@@ -479,7 +487,7 @@ def test_new_options_are_refused_with_what_to_change():
 
 
 def test_fit_one_cycle_builds_its_one_cycle_once(monkeypatch):
-    from cyclr.callbacks.schedules import OneCycle
+    from cyclr.callbacks.schedules.cycles import OneCycle
 
     built = []
     original = OneCycle.__init__

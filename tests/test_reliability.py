@@ -16,18 +16,19 @@ import torch
 from tmpfs import fill, full_tmpfs  # noqa: F401 -- a fixture
 from torch import nn
 
-from cyclr.callbacks import (
+from cyclr import (
     Callback,
     CancelFitException,
+    CheckpointError,
     CSVLogger,
     EarlyStoppingCallback,
+    Learner,
     SaveModelCallback,
     TerminateOnNaNCallback,
+    synthetic_classification,
 )
 from cyclr.data.state import TEMP_SUFFIX, atomic_torch_save
-from cyclr.data.synthetic import synthetic_classification
-from cyclr.learner import Learner
-from cyclr.learner.checkpoint import CheckpointError, read_checkpoint
+from cyclr.learner.checkpoint import read_checkpoint
 
 
 def make_learner(**kwargs):

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import experiments as rep
+from cyclr import lenet_bn, resnet56
 from cyclr.learner.cli import main
-from cyclr.learner.models import cifar_resnet, lenet_bn, resnet56
+from cyclr.learner.models import cifar_resnet
 
 BOOK_EPOCHS = 30
 

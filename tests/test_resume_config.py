@@ -8,13 +8,20 @@ import torch
 from test_checkpoint import Interrupt  # KeyboardInterrupt right after a given step, as the resume tests use
 from torch import nn
 
-from cyclr.callbacks.checkpoint import SaveModelCallback
-from cyclr.callbacks.scheduler import CyclicLRCallback, ParamScheduler
-from cyclr.callbacks.schedules import Lin, flat_cos, one_cycle, sgdr
-from cyclr.callbacks.training import GradientAccumulation
-from cyclr.data.synthetic import synthetic_classification
-from cyclr.learner import Learner
-from cyclr.learner.checkpoint import CheckpointError, checksum, read_checkpoint
+from cyclr import (
+    CheckpointError,
+    CyclicLRCallback,
+    GradientAccumulation,
+    Learner,
+    Lin,
+    ParamScheduler,
+    SaveModelCallback,
+    flat_cos,
+    one_cycle,
+    sgdr,
+    synthetic_classification,
+)
+from cyclr.learner.checkpoint import checksum, read_checkpoint
 
 STEPS_PER_EPOCH, N_EPOCH = 6, 3  # 96 samples in batches of 16
 N_STEPS = STEPS_PER_EPOCH * N_EPOCH

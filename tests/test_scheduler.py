@@ -10,11 +10,24 @@ import pytest
 import torch
 from torch import nn
 
-from cyclr.callbacks import Callback
-from cyclr.callbacks.scheduler import CyclicLRCallback, OneCycleCallback, ParamScheduler, SGDRCallback, lrs_per_group
-from cyclr.callbacks.schedules import Const, Lin, multi_factor, one_cycle, sgdr, square_root, triangular
-from cyclr.data.synthetic import synthetic_classification
-from cyclr.learner import Learner, sgd
+from cyclr import (
+    Callback,
+    Const,
+    CyclicLRCallback,
+    Learner,
+    Lin,
+    OneCycleCallback,
+    ParamScheduler,
+    SGDRCallback,
+    multi_factor,
+    one_cycle,
+    sgd,
+    sgdr,
+    square_root,
+    synthetic_classification,
+    triangular,
+)
+from cyclr.callbacks.scheduler import lrs_per_group
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -409,7 +422,7 @@ def test_schedule_triangular_preview_equals_used_values_with_batch_unit():
 
 
 def test_a_resumed_fit_checks_its_schedule_from_the_checkpoint_on(tmp_path):
-    from cyclr.callbacks import SaveModelCallback
+    from cyclr import SaveModelCallback
 
     path = tmp_path / "ckpt_{epoch}.pt"
     learn = make_learner()  # 4 steps an epoch

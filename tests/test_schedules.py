@@ -8,16 +8,11 @@ import matplotlib
 import pytest
 import torch
 
-from cyclr.callbacks.schedules import (
-    SGDR,
-    Combine,
+from cyclr import (
     Const,
     Cos,
-    CosineDecay,
-    Cyclical,
     Exp,
     Lin,
-    OneCycle,
     Poly,
     Schedule,
     combine,
@@ -34,6 +29,9 @@ from cyclr.callbacks.schedules import (
     triangular2,
     warmup,
 )
+from cyclr.callbacks.schedules.base import Combine
+from cyclr.callbacks.schedules.cycles import SGDR, Cyclical, OneCycle
+from cyclr.callbacks.schedules.decay import CosineDecay
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

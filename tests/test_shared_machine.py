@@ -20,13 +20,11 @@ import torch
 from tmpfs import fill, full_tmpfs  # noqa: F401 -- a fixture
 from torch import nn
 
-from cyclr.callbacks import SaveModelCallback
+from cyclr import Learner, SaveModelCallback, WriterConflictError, synthetic_classification
 from cyclr.callbacks.history import history_file_name
 from cyclr.callbacks.snapshot import TrainingSnapshot
 from cyclr.data.state import TEMP_SUFFIX, atomic_torch_save, open_for_write
-from cyclr.data.synthetic import synthetic_classification
-from cyclr.data.writer_lock import WriterConflictError, WriterLock
-from cyclr.learner import Learner
+from cyclr.data.writer_lock import WriterLock
 from cyclr.learner.checkpoint import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,9 +112,9 @@ import sys, time
 from pathlib import Path
 import torch
 from torch import nn
-from cyclr.callbacks import Callback, SaveModelCallback
-from cyclr.data.synthetic import synthetic_classification
-from cyclr.learner import Learner
+from cyclr import Callback, SaveModelCallback
+from cyclr import synthetic_classification
+from cyclr import Learner
 
 folder, resume_from, signal_file, go_file = map(Path, sys.argv[1:5])
 
@@ -265,8 +263,8 @@ import torch
 from torch import nn
 from cyclr.callbacks.snapshot import TrainingSnapshot
 from cyclr.data.state import atomic_write
-from cyclr.data.synthetic import synthetic_classification
-from cyclr.learner import Learner
+from cyclr import synthetic_classification
+from cyclr import Learner
 
 checkpoint = sys.argv[1]
 torch.manual_seed(0)

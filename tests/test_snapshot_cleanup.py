@@ -12,19 +12,17 @@ import pytest
 import torch
 from torch import nn
 
-from cyclr.callbacks import Callback
+from cyclr import Callback, Learner, synthetic_classification
 from cyclr.callbacks.snapshot import TrainingSnapshot
-from cyclr.data import synthetic_classification
 from cyclr.data.state import create_owned_file
-from cyclr.learner import Learner
 
 SNAPSHOT_THEN_SLEEP = """
 import time
 from torch import nn
 from cyclr.callbacks.snapshot import TrainingSnapshot
 from cyclr.data.state import create_owned_file
-from cyclr.data import synthetic_classification
-from cyclr.learner import Learner
+from cyclr import synthetic_classification
+from cyclr import Learner
 
 dls = synthetic_classification(n_train=32, n_valid=16, n_features=4, n_classes=3, bs=16, seed=0)
 learn = Learner(nn.Linear(4, 3), dls, nn.CrossEntropyLoss(), device="cpu", progress=False)

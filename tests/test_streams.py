@@ -5,8 +5,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
-from cyclr.data import DataLoaders
-from cyclr.learner import Learner
+from cyclr import DataLoaders, Learner
 
 
 class Stream(IterableDataset):
@@ -55,7 +54,7 @@ def test_a_scheduled_fit_on_a_stream_needs_steps_per_epoch():
 
 
 def test_steps_per_epoch_draws_that_many_batches_of_an_endless_stream_and_completes_the_schedule():
-    from cyclr.callbacks.scheduler import OneCycleCallback
+    from cyclr import OneCycleCallback
 
     learn = stream_learner()
     learn.fit(3, cbs=[OneCycleCallback(2e-2)], steps_per_epoch=4)
@@ -90,7 +89,7 @@ def test_steps_per_epoch_is_for_streams_only():
 
 
 def test_progress_bars_on_a_stream(capsys):
-    from cyclr.callbacks.progress import ProgressCallback
+    from cyclr import ProgressCallback
 
     learn = stream_learner(train_n=12, cbs=[ProgressCallback(show_bars=True)])  # as in a terminal or a notebook
     learn.fit(1, lr=1e-2)  # no length: the table only

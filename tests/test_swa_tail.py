@@ -8,11 +8,7 @@ import torch
 from test_averaging import WeightsAfterEachStep, learner, mean_of, weights
 from test_checkpoint import Interrupt  # KeyboardInterrupt right after a given step
 
-from cyclr.callbacks.averaging import SWA, swa_cycles
-from cyclr.callbacks.checkpoint import SaveModelCallback
-from cyclr.callbacks.schedule_tail import HeadTail
-from cyclr.callbacks.scheduler import ParamScheduler
-from cyclr.callbacks.schedules import Lin, sgdr
+from cyclr import SWA, HeadTail, Lin, ParamScheduler, SaveModelCallback, sgdr, swa_cycles
 
 N_STEPS = 48  # 8 epochs of 6 steps
 
@@ -111,7 +107,7 @@ def test_a_tail_without_a_scheduler_of_the_rate_and_bad_rates_are_refused():
     with pytest.raises(ValueError, match="lr"):
         SWA(lr=-0.01)
     with pytest.raises(ValueError, match="counts steps"):
-        from cyclr.callbacks.schedules import triangular
+        from cyclr import triangular
 
         SWA(lr=triangular(0.01, 0.1, 4))
     with pytest.raises(TypeError, match="lr must be a schedule"):

@@ -19,13 +19,9 @@ from torch.optim.lr_scheduler import (
     StepLR,
 )
 
-from cyclr.callbacks import ParamScheduler, TorchScheduler
-from cyclr.callbacks import ReduceLROnPlateau as CyclrPlateau
-from cyclr.callbacks.checkpoint import SaveModelCallback
-from cyclr.callbacks.mixed_precision import MixedPrecision
+from cyclr import Learner, MixedPrecision, ParamScheduler, SaveModelCallback, TorchScheduler, synthetic_classification
+from cyclr import ReduceLROnPlateau as CyclrPlateau
 from cyclr.callbacks.torch_scheduler import refuse_torch_scheduler
-from cyclr.data.synthetic import synthetic_classification
-from cyclr.learner import Learner
 from cyclr.learner.checkpoint import read_checkpoint
 
 STEPS_PER_EPOCH = 5  # 60 samples in batches of 12

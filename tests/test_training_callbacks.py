@@ -11,18 +11,27 @@ import pytest
 import torch
 from torch import nn
 
-from cyclr.callbacks import Callback, ProgressCallback
-from cyclr.callbacks.checkpoint import SaveModelCallback
-from cyclr.callbacks.csv_logger import CSVLogger
-from cyclr.callbacks.lr_finder import LRFinderCallback
-from cyclr.callbacks.mixed_precision import MixedPrecision
-from cyclr.callbacks.monitors import EarlyStoppingCallback, ReduceLROnPlateau
-from cyclr.callbacks.scheduler import OneCycleCallback, ParamScheduler
-from cyclr.callbacks.schedules import Const
-from cyclr.callbacks.training import GradientAccumulation, GradientClip, TerminateOnNaNCallback
-from cyclr.data import DataLoaders
-from cyclr.data.synthetic import synthetic_classification
-from cyclr.learner import Learner, accuracy, sgd
+from cyclr import (
+    Callback,
+    Const,
+    CSVLogger,
+    DataLoaders,
+    EarlyStoppingCallback,
+    GradientAccumulation,
+    GradientClip,
+    Learner,
+    LRFinderCallback,
+    MixedPrecision,
+    OneCycleCallback,
+    ParamScheduler,
+    ProgressCallback,
+    ReduceLROnPlateau,
+    SaveModelCallback,
+    TerminateOnNaNCallback,
+    accuracy,
+    sgd,
+    synthetic_classification,
+)
 from cyclr.learner.checkpoint import read_checkpoint
 
 BATCHES = 6  # training batches per epoch of make_learner's data
@@ -507,8 +516,7 @@ def test_keyboard_interrupt_during_lr_find_leaves_a_usable_learner():
 # ----- bf16 on real data ----------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_bfloat16_lenet_on_fashion_mnist_within_one_point_of_float32():
-    from cyclr.data.fashion_mnist import fashion_mnist
-    from cyclr.learner import lenet
+    from cyclr import fashion_mnist, lenet
 
     accuracies = {}
     for name, cbs in (("float32", []), ("bfloat16", [MixedPrecision(torch.bfloat16)])):

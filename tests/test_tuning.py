@@ -13,11 +13,17 @@ import pytest
 import torch
 from torch import nn
 
-from cyclr.callbacks import SaveModelCallback, TensorBoardCallback
-from cyclr.callbacks.loggers import MLflowCallback
-from cyclr.callbacks.tuning import OptunaPruning, tune_lr
-from cyclr.data.synthetic import synthetic_classification
-from cyclr.learner import Learner, accuracy, sgd
+from cyclr import (
+    Learner,
+    MLflowCallback,
+    OptunaPruning,
+    SaveModelCallback,
+    TensorBoardCallback,
+    accuracy,
+    sgd,
+    synthetic_classification,
+    tune_lr,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 BATCHES = 6  # 96 samples in batches of 16

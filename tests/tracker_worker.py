@@ -21,9 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cyclr.callbacks import Callback
-from cyclr.data.synthetic import synthetic_classification
-from cyclr.learner import Learner
+from cyclr import Callback, Learner, synthetic_classification
 
 
 class Pace(Callback):
@@ -40,14 +38,14 @@ class Pace(Callback):
 
 def make_logger(kind: str, path: str | None):
     if kind == "tensorboard":
-        from cyclr.callbacks.loggers import TensorBoardCallback
+        from cyclr import TensorBoardCallback
 
         return TensorBoardCallback(path)
     if kind == "mlflow":
-        from cyclr.callbacks.loggers import MLflowCallback
+        from cyclr import MLflowCallback
 
         return MLflowCallback(path)
-    from cyclr.callbacks.csv_logger import CSVLogger
+    from cyclr import CSVLogger
 
     return CSVLogger(path or "history.csv", append=True)
 

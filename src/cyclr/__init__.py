@@ -11,90 +11,63 @@ The library's folders install as the subpackages `cyclr.learner` (the Learner, m
 first used); CIFAR-10, which needs Pillow, is imported by name: `from cyclr.data.cifar10 import cifar10`.
 """
 
-# Each subpackage's __init__ names what it offers; the names that it does not (yet) export come from their module.
-from .callbacks import (
-    EMA,
+# Each name is imported from the module that defines it. The subpackages' __init__ files import nothing, so every
+# public name has one import path: this one.
+from .callbacks.averaging import EMA, SWA, swa_cycles, swa_scheds
+from .callbacks.checkpoint import SaveModelCallback
+from .callbacks.compare import compare_runs, stack_runs
+from .callbacks.core import (
     EVENTS,
-    PREEMPTED_EXIT_CODE,
-    SWA,
     Callback,
     CancelBatchException,
     CancelEpochException,
     CancelFitException,
     CancelTrainException,
     CancelValidException,
-    CSVLogger,
-    CyclicLRCallback,
-    EarlyStoppingCallback,
-    FlatCosCallback,
-    GradientAccumulation,
-    GradientClip,
-    HeadTail,
-    LoggerError,
-    MixedPrecision,
-    MLflowCallback,
-    OneCycleCallback,
-    OptunaPruning,
-    ParamScheduler,
-    Preempted,
-    PreemptionCheckpoint,
-    ProgressCallback,
-    Recorder,
-    ReduceLROnPlateau,
-    SaveModelCallback,
-    SGDRCallback,
-    SnapshotEnsemble,
-    TensorBoardCallback,
-    TerminateOnNaNCallback,
-    TorchScheduler,
-    compare_runs,
-    stack_runs,
-    swa_cycles,
-    swa_scheds,
-    tune_lr,
 )
-from .callbacks.lr_finder import LR_FIND, LRFinderCallback, LRFinderResult, LRFinderSweep, Suggestion
-from .callbacks.schedules import (
+from .callbacks.csv_logger import CSVLogger
+from .callbacks.ensembles import SnapshotEnsemble
+from .callbacks.held_failure import LoggerError
+from .callbacks.loggers import MLflowCallback, TensorBoardCallback
+from .callbacks.lr_finder import LR_FIND, LRFinderCallback
+from .callbacks.lr_result import LRFinderResult, LRFinderSweep
+from .callbacks.lr_suggest import Suggestion
+from .callbacks.mixed_precision import MixedPrecision
+from .callbacks.monitors import EarlyStoppingCallback, ReduceLROnPlateau
+from .callbacks.preemption import PREEMPTED_EXIT_CODE, Preempted, PreemptionCheckpoint
+from .callbacks.progress import ProgressCallback
+from .callbacks.recorder import Recorder
+from .callbacks.schedule_tail import HeadTail
+from .callbacks.scheduler import CyclicLRCallback, FlatCosCallback, OneCycleCallback, ParamScheduler, SGDRCallback
+from .callbacks.schedules.base import Const, Cos, Exp, Lin, Poly, Schedule, combine, schedule_from_state
+from .callbacks.schedules.cycles import (
     CYCLICAL,
     FLAT_COS,
     ONE_CYCLE,
     SGDR_DEFAULTS,
-    Const,
-    Cos,
-    Exp,
-    Lin,
-    Poly,
-    Schedule,
-    combine,
-    cosine,
     cyclical,
     exp_range,
-    factor,
     flat_cos,
-    multi_factor,
     one_cycle,
-    schedule_from_state,
     sgdr,
-    square_root,
     triangular,
     triangular2,
-    warmup,
 )
-from .data import (
-    FASHION_MNIST_CLASSES,
-    DataLoaders,
-    InMemoryLoader,
-    TorchLoader,
-    fashion_mnist,
-    load_fashion_mnist,
-    synthetic_classification,
-    synthetic_regression,
-    tiny_images,
-)
+from .callbacks.schedules.decay import cosine, factor, multi_factor, square_root, warmup
+from .callbacks.torch_scheduler import TorchScheduler
+from .callbacks.training import GradientAccumulation, GradientClip, TerminateOnNaNCallback
+from .callbacks.tuning import OptunaPruning, tune_lr
+from .data.core import DataLoaders
+from .data.fashion_mnist import FASHION_MNIST_CLASSES, fashion_mnist, load_fashion_mnist
+from .data.in_memory import InMemoryLoader
+from .data.synthetic import synthetic_classification, synthetic_regression, tiny_images
+from .data.torch_loader import TorchLoader
 from .data.writer_lock import WriterConflictError
-from .learner import AccumMetric, Learner, Metric, accuracy, adam, error_rate, lenet, mae, rmse, sgd, top_k_accuracy
 from .learner.checkpoint_format import CheckpointError
-from .learner.models import lenet_bn, resnet56
+from .learner.learner import Learner
+from .learner.metrics import AccumMetric, Metric, accuracy, error_rate, mae, rmse, top_k_accuracy
+from .learner.models import lenet, lenet_bn, resnet56
+from .learner.optimizer import adam, sgd
 
 # The one place the version is written: pyproject.toml reads it from here.
 __version__ = "0.1.0"
