@@ -306,8 +306,8 @@ class FlatCosCallback(RecipeScheduler):
 
 
 class SGDRCallback(RecipeScheduler):
-    """SGDR (cosine annealing with warm restarts): see `cyclr.callbacks.schedules.cycles.SGDR`. Fit for `total_epochs` epochs;
-    with another fit length the cycles stretch to fill it (a warning says so)."""
+    """SGDR (cosine annealing with warm restarts): see `cyclr.callbacks.schedules.cycles.SGDR`. Fit for
+    `total_epochs` epochs; with another fit length the cycles stretch to fill it (a warning says so)."""
 
     config_names = ("max_lr", "n_cycles", "cycle_len", "cycle_mult", "eta_min")
 

@@ -124,7 +124,8 @@ def stale_mentions() -> set[tuple[str, str]]:
 
 
 def test_the_collector_recognises_each_kind_of_stale_path():
-    assert problems_in("see `from cyclr.learner.learner import Learner` and `from cyclr.learner.models import lenet`") == [
+    written = "see `from cyclr.learner.learner import Learner` and `from cyclr.learner.models import lenet`"
+    assert problems_in(written) == [
         "from cyclr.learner.learner import Learner: write from cyclr import Learner",
         "from cyclr.learner.models import lenet: write from cyclr import lenet"]
     assert problems_in("from cyclr.learner import Learner") == ["from cyclr.learner import Learner: does not resolve"]
