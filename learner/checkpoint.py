@@ -8,8 +8,10 @@ A checkpoint is a dict of tensors and plain values, so `torch.load(..., weights_
     model             model.state_dict()
     optimizer         {'type': 'SGD', 'state': opt.state_dict()}, or None before the optimizer exists
     progress          where it was taken ('at'), the position to go on from (epoch, iter, train_iter), the
-                      fit's planned length (n_epoch, batches_per_epoch, n_train_iters) and, during a fit, `config`:
-                      what the fit was started with (learner/fit_config.py), compared when it is resumed
+                      fit's planned length (n_epoch, batches_per_epoch, n_train_iters), `train_n_inp` (how many
+                      leading parts of a tuple batch the training batches gave as inputs: inference splits with it)
+                      and, during a fit, `config`: what the fit was started with (learner/fit_config.py), compared
+                      when it is resumed
     callbacks         {'<ClassName>_<i>': cb.state_dict()} for every attached callback (i counts that class); during
                       a fit the Recorder's batch history is in a side file this part names (callbacks/history.py)
     data              dls.state_dict(): the loaders' shuffling generators
@@ -41,6 +43,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..callbacks.core import Callback
 from ..callbacks.history import BatchHistory, HistoryFileError, read_history_file
 from ..data.checks import user_stacklevel
+from ..data.core import loader_length
 from ..data.state import atomic_torch_save, check_file_path, digest, rng_state, set_rng_state
 from .checkpoint_checks import (
     check_callbacks,
@@ -123,8 +126,15 @@ def _unwrapped(model):
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
+def planned_epoch_length(learn) -> int:
+    """The training batches an epoch of the fit plans: the loader's len(), or for a stream the fit's
+    steps_per_epoch (0: a stream fitted without one, whose epochs run to its end)."""
+    length = loader_length(learn.dls.train)
+    return learn.steps_per_epoch if length is None else length
+
+
 def _progress(learn, at: str) -> dict:
-    planned = {"n_epoch": learn.n_epoch, "batches_per_epoch": len(learn.dls.train),
+    planned = {"n_epoch": learn.n_epoch, "batches_per_epoch": planned_epoch_length(learn),
                "n_train_iters": learn.n_train_iters}
     if at == "batch_end":
         # Called from after_batch: the loop counts this batch's step (learn.stepped) only after that event.
@@ -133,7 +143,7 @@ def _progress(learn, at: str) -> dict:
         position = {"epoch": learn.epoch + 1, "iter": 0, "train_iter": learn.train_iter}
     else:
         position = {"epoch": learn.epoch, "iter": 0, "train_iter": learn.train_iter}
-    progress = {"at": at, **position, **planned}
+    progress = {"at": at, **position, **planned, "train_n_inp": learn.train_n_inp}
     config = getattr(learn, "fit_config", None)
     if at != "outside_fit" and config is not None:
         progress["config"] = config  # what the running fit started with, which a resume compares with its own
@@ -324,3 +334,5 @@ def restore(learn, ckpt: dict, *, with_opt: bool = True, model_only: bool = Fals
     progress = ckpt["progress"]
     learn.epoch, learn.train_iter = progress["epoch"], progress["train_iter"]
     learn.n_epoch, learn.n_train_iters = progress["n_epoch"], progress["n_train_iters"]
+    if progress.get("train_n_inp") is not None:  # absent from older checkpoints; None: not learned (dict batches)
+        learn.train_n_inp = progress["train_n_inp"]

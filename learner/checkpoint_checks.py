@@ -127,14 +127,18 @@ def check_rng(saved) -> None:
 
 
 def check_progress(progress) -> None:
-    """The position and planned length, and `config` (what the fit started with, learner/fit_config.py) where
-    there is one: a checkpoint from an older cyclr has none."""
+    """The position and planned length, and where there are some (a checkpoint from an older cyclr has none)
+    `train_n_inp` and `config` (what the fit started with, learner/fit_config.py)."""
     keys = ("at", "epoch", "iter", "train_iter", "n_epoch", "batches_per_epoch", "n_train_iters")
     if not isinstance(progress, dict) or not set(keys) <= progress.keys() or progress["at"] not in POSITIONS:
         raise CheckpointError(f"progress: the checkpoint's progress part must have {keys}, 'at' in {POSITIONS}")
     counters = {k: progress[k] for k in keys[1:]}
     if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in counters.values()):
         raise CheckpointError(f"progress: counters must be ints >= 0, got {counters}")
+    n_inp = progress.get("train_n_inp")  # absent from checkpoints written before it was kept
+    if n_inp is not None and (isinstance(n_inp, bool) or not isinstance(n_inp, int) or n_inp < 1):
+        raise CheckpointError(f"progress: train_n_inp (the training batches' number of inputs) must be None or an "
+                              f"int >= 1, got {n_inp!r}")
     if "config" in progress:
         check_fit_config(progress["config"])
 

@@ -3,7 +3,9 @@
 `fit(..., resume=path)` reads the checkpoint, checks that it marks a place inside a fit of the same planned length
 started with the same settings (hyperparameters, schedulers, batch sizes, data size: learner/fit_config.py),
 restores everything (learner/checkpoint.py) and sets the loop's counters; the loop then starts at that epoch and
-passes over the batches already done. Nothing else in the loop knows about resuming.
+passes over the batches already done. Nothing else in the loop knows about resuming. A stream (a training loader
+without a len(), or over an IterableDataset) cannot draw again the batches it drew: it resumes from an epoch-end
+checkpoint only (the next epoch draws from the stream anew); a mid-epoch one is refused before anything changes.
 
 `fit(..., resume='auto')` resumes from the newest checkpoint that the fit's checkpoint callbacks could have written
 (SaveModelCallback, PreemptionCheckpoint: their `resume_paths()`), or starts fresh when there is none: a job
@@ -20,17 +22,21 @@ import os
 import warnings
 from pathlib import Path
 
+from torch.utils.data import IterableDataset
+
 from ..callbacks.optimizer_modes import evaluating
 from ..data.checks import user_stacklevel
+from ..data.core import loader_length
 from .checkpoint import (
-    CheckpointError,
-    check_progress,
     load_model_state,
+    planned_epoch_length,
     read_checkpoint,
     restore,
     save_checkpoint,
     save_model_state,
 )
+from .checkpoint_checks import check_progress
+from .checkpoint_format import CheckpointError
 from .fit_config import allowed_changes, config_changes, describe_fit
 
 
@@ -127,7 +133,15 @@ def resume(learn, path, n_epoch: int, cbs, allow_length_change: bool = False, al
             "learn.load(path), or resume from a checkpoint written during the fit "
             "(SaveModelCallback(every_epoch=True), or every_n_batches=... for mid-epoch)"
         )
-    batches = len(learn.dls.train)
+    if p["at"] == "batch_end" and is_stream(learn.dls.train):
+        raise CheckpointError(
+            f"{where} was taken mid-epoch (epoch {p['epoch']}, after batch {p['iter']}), but the training loader is a "
+            f"stream ({describe_loader(learn.dls.train)}): a stream cannot be replayed to the checkpoint's batch, so "
+            "the resumed epoch would train on other batches than the interrupted one. Resume from an epoch-end "
+            "checkpoint (SaveModelCallback(every_epoch=True), without every_n_batches), or give a loader with a "
+            "len() and a restorable order (InMemoryLoader, TorchLoader over a map-style dataset)"
+        )
+    batches = planned_epoch_length(learn)
     if (p["n_epoch"], p["batches_per_epoch"]) != (n_epoch, batches) and not allow_length_change:
         raise ValueError(
             f"{where} was saved by a fit planned for {p['n_epoch']} epochs of {p['batches_per_epoch']} batches "
@@ -146,7 +160,7 @@ def resume(learn, path, n_epoch: int, cbs, allow_length_change: bool = False, al
 
 
 def _go_on_from(learn, ckpt: dict, where: str, n_epoch: int, cbs, changes: list, lr, wd) -> None:
-    p, batches = ckpt["progress"], len(learn.dls.train)
+    p, batches = ckpt["progress"], planned_epoch_length(learn)
     finished = p["epoch"] >= n_epoch if p["at"] == "epoch_end" else p["epoch"] >= n_epoch or p["iter"] > batches
     if finished:
         raise ValueError(
@@ -161,6 +175,17 @@ def _go_on_from(learn, ckpt: dict, where: str, n_epoch: int, cbs, changes: list,
     _apply_new_rates(learn, changes, lr, wd)
     learn.n_epoch, learn.n_train_iters = n_epoch, n_epoch * batches
     learn.train_iter, learn.start_epoch, learn.skip_batches = p["train_iter"], p["epoch"], p["iter"]
+
+
+def is_stream(dl) -> bool:
+    """Whether `dl` cannot draw again the batches it drew: no len(), or an IterableDataset underneath (which yields
+    what it yields, whatever a loader's state)."""
+    return loader_length(dl) is None or isinstance(getattr(dl, "dataset", None), IterableDataset)
+
+
+def describe_loader(dl) -> str:
+    dataset = getattr(dl, "dataset", None)
+    return type(dl).__name__ + ("" if dataset is None else f" over a {type(dataset).__name__}")
 
 
 def _hold_run_locks(ckpt: dict, cbs) -> tuple:

@@ -1,0 +1,186 @@
+"""Streams, part two (issue 23.5 and 23.2): checkpoints and resume on a loader without a len(), the number of
+inputs training learned kept in checkpoints, lr_find and the len()-reading callbacks on streams."""
+
+import pytest
+import torch
+from test_checkpoint import Interrupt  # KeyboardInterrupt right after a given step, as the resume tests use
+from torch import nn
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+from cyclr import CheckpointError, DataLoaders, Learner, OneCycleCallback, SaveModelCallback
+from cyclr.learner.checkpoint import checksum, read_checkpoint
+
+
+class Waves(IterableDataset):
+    """`n` samples x (6 features) -> y (3 outputs), the same ones on each pass (a seeded generator restarted by
+    every iteration), so two runs over it see the same batches."""
+
+    def __init__(self, n: int, seed: int = 0, length: bool = False):
+        self.n, self.seed, self.length = n, seed, length
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed)
+        w = torch.randn(6, 3, generator=g)
+        for _ in range(self.n):
+            x = torch.randn(6, generator=g)
+            yield x, torch.sin(x) @ w
+
+
+class WavesWithLen(Waves):
+    """The same stream with a `__len__`: torch's DataLoader then has a len(), but still cannot replay it."""
+
+    def __len__(self):
+        return self.n
+
+
+def waves_learner(dataset=None, **kwargs):
+    torch.manual_seed(3)
+    dataset = Waves(40) if dataset is None else dataset
+    dls = DataLoaders(DataLoader(dataset, batch_size=8), DataLoader(Waves(16, seed=9), batch_size=8))
+    model = nn.Sequential(nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, 3))
+    return Learner(model, dls, nn.MSELoss(), lr=2e-2, progress=False, **kwargs)
+
+
+def weights(learn):
+    return {k: v.clone() for k, v in learn.model.state_dict().items()}
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----- checkpoints and resume on a stream ----------------------------------------------------------------------------
+def test_a_checkpoint_on_a_stream_records_steps_per_epoch_as_the_epoch_length(tmp_path):
+    learn = waves_learner()
+    save = SaveModelCallback(tmp_path / "w.pt", every_epoch=True)
+    learn.fit(2, steps_per_epoch=4, cbs=[OneCycleCallback(5e-2), save])
+    progress = read_checkpoint(tmp_path / "w.pt")["progress"]
+    assert (progress["at"], progress["epoch"], progress["train_iter"]) == ("epoch_end", 2, 8)
+    assert (progress["batches_per_epoch"], progress["n_train_iters"]) == (4, 8)
+
+
+def test_a_constant_rate_fit_on_a_stream_without_steps_per_epoch_checkpoints_an_unplanned_length(tmp_path):
+    learn = waves_learner(Waves(24))  # 3 batches an epoch, run to the stream's end
+    learn.fit(2, cbs=[SaveModelCallback(tmp_path / "w.pt", every_epoch=True)])
+    progress = read_checkpoint(tmp_path / "w.pt")["progress"]
+    assert (progress["train_iter"], progress["batches_per_epoch"], progress["n_train_iters"]) == (6, 0, 0)
+
+
+def test_resuming_a_stream_from_an_epoch_end_checkpoint_equals_the_uninterrupted_run(tmp_path):
+    def run(cbs, resume=None):
+        learn = waves_learner()
+        learn.fit(3, steps_per_epoch=5, cbs=[OneCycleCallback(5e-2), *cbs], resume=resume)
+        return learn
+
+    full = run([])
+    ckpt = tmp_path / "e.pt"
+    with pytest.raises(KeyboardInterrupt):
+        run([SaveModelCallback(ckpt, every_epoch=True), Interrupt(8)])  # epoch 1, batch 3; saved after epoch 0
+    assert read_checkpoint(ckpt)["progress"]["train_iter"] == 5
+    resumed = run([SaveModelCallback(ckpt, every_epoch=True)], resume=ckpt)
+    assert resumed.train_iter == 15 and same(weights(resumed), weights(full))
+    assert resumed.recorder.batch_rows == full.recorder.batch_rows  # loss, lr, mom of every step
+
+
+@pytest.mark.parametrize("dataset", [Waves(40), WavesWithLen(40)], ids=["no_len", "iterable_dataset_with_len"])
+def test_resuming_a_stream_mid_epoch_is_refused_before_any_step(tmp_path, dataset):
+    ckpt = tmp_path / "b.pt"
+    fit_args = {} if isinstance(dataset, WavesWithLen) else {"steps_per_epoch": 5}  # 5 batches an epoch
+    with pytest.raises(KeyboardInterrupt):
+        waves_learner(dataset).fit(2, cbs=[SaveModelCallback(ckpt, every_epoch=True, every_n_batches=2),
+                                           Interrupt(7)], **fit_args)
+    progress = read_checkpoint(ckpt)["progress"]
+    assert (progress["at"], progress["epoch"], progress["iter"]) == ("batch_end", 1, 1)
+
+    learn = waves_learner(dataset)
+    before = weights(learn)
+    with pytest.raises(CheckpointError, match=r"stream \(DataLoader over a Waves(WithLen)?\): a stream cannot be "
+                                              r"replayed to the checkpoint's batch.*epoch-end checkpoint "
+                                              r"\(SaveModelCallback\(every_epoch=True\).*len\(\) and a restorable "
+                                              r"order"):
+        learn.fit(2, resume=ckpt, cbs=[SaveModelCallback(ckpt, every_epoch=True, every_n_batches=2)], **fit_args)
+    assert learn.train_iter == 0 and same(weights(learn), before)
+    assert learn.opt is None or all(not s for s in learn.opt.state.values())  # no optimizer step either
+
+
+# ----- the number of inputs training learned travels in the checkpoint ----------------------------------------------
+class Masked(nn.Linear):
+    """forward(x, mask): a linear map of the unmasked features."""
+
+    def __init__(self):
+        super().__init__(7, 2)
+
+    def forward(self, x, mask):
+        return super().forward(x * mask)
+
+
+def masked_data(n=30, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x, mask = torch.randn(n, 7, generator=g), (torch.rand(n, 7, generator=g) > 0.3).float()
+    return x, mask, (x * mask)[:, :2] * 2
+
+
+def trained_masked(tmp_path):
+    x, mask, y = masked_data()
+    torch.manual_seed(0)
+    learn = Learner(Masked(), DataLoaders(DataLoader(TensorDataset(x, mask, y), batch_size=10)), nn.MSELoss(),
+                    progress=False)
+    learn.fit(1)
+    assert learn.train_n_inp == 2
+    learn.save(tmp_path / "m.pt")
+    return learn
+
+
+def inference_learner(x, mask, **kwargs):
+    """A fresh Learner for inference, its only loader unlabelled (x, mask) pairs: nothing to learn the split from."""
+    dl = DataLoader(TensorDataset(x, mask), batch_size=8)
+    return Learner(Masked(), DataLoaders(dl), nn.MSELoss(), progress=False, **kwargs), dl
+
+
+def test_a_fresh_learner_loading_a_checkpoint_splits_unlabelled_batches_as_training_did(tmp_path):
+    trained = trained_masked(tmp_path)
+    assert read_checkpoint(tmp_path / "m.pt")["progress"]["train_n_inp"] == 2
+    x, mask, _ = masked_data(12, seed=5)
+    learn, dl = inference_learner(x, mask)
+    learn.load(tmp_path / "m.pt")
+    assert learn.train_n_inp == 2
+    preds, targets = learn.get_preds(dl=dl)
+    assert targets is None  # the mask is an input, not a target
+    with torch.no_grad():
+        assert torch.allclose(preds, trained.model(x, mask))
+
+
+def test_a_checkpoint_written_before_train_n_inp_was_kept_still_loads(tmp_path):
+    trained = trained_masked(tmp_path)
+    old = torch.load(tmp_path / "m.pt", weights_only=True)
+    del old["progress"]["train_n_inp"]
+    old["checksum"] = checksum(old)
+    torch.save(old, tmp_path / "old.pt")
+    x, mask, _ = masked_data(12, seed=5)
+    learn, dl = inference_learner(x, mask)
+    learn.load(tmp_path / "old.pt")
+    assert learn.train_n_inp is None and same(weights(learn), weights(trained))
+    # Without the count, this learner's only loader says 1 input: refused, not split wrongly...
+    with pytest.raises(ValueError, match="got a batch of 2 parts, but the model takes 1 inputs"):
+        learn.get_preds(dl=dl, with_targets=False)
+    # ... and declared, the old checkpoint predicts as the trained learner did.
+    learn, dl = inference_learner(x, mask, n_inp=2)
+    learn.load(tmp_path / "old.pt")
+    preds, targets = learn.get_preds(dl=dl)
+    with torch.no_grad():
+        assert targets is None and torch.allclose(preds, trained.model(x, mask))
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_a_checkpoint_with_a_malformed_train_n_inp_is_refused_and_changes_nothing(tmp_path, bad):
+    trained_masked(tmp_path)
+    ckpt = torch.load(tmp_path / "m.pt", weights_only=True)
+    ckpt["progress"]["train_n_inp"] = bad
+    ckpt["checksum"] = checksum(ckpt)
+    torch.save(ckpt, tmp_path / "bad.pt")
+    x, mask, _ = masked_data(12, seed=5)
+    learn, _ = inference_learner(x, mask)
+    before = weights(learn)
+    with pytest.raises(CheckpointError, match=r"train_n_inp .* must be None or an int >= 1, got"):
+        learn.load(tmp_path / "bad.pt")
+    assert learn.train_n_inp is None and same(weights(learn), before)
