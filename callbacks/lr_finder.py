@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..data.checks import in_unit_interval, int_at_least, one_of, positive
+from ..data.core import loader_length
 from .core import ORDER, Callback, CancelFitException, CancelValidException
 from .hypers import set_group_hyper
 from .lr_result import LRFinderResult, LRFinderSweep
@@ -244,9 +245,12 @@ def run_lr_find(learn, start_lr: float = LR_FIND.start_lr, end_lr: float = LR_FI
     check_sweep(start_lr, end_lr, num_it, step_mode, stop_div)
     names = check_suggestion_names(suggest_funcs)
     swept, settings = _sweep_settings(_check_wds(wds), _check_moms(moms))
-    n_batches = len(learn.dls.train)
-    if n_batches == 0:
+    length = loader_length(learn.dls.train)
+    if length == 0:
         raise ValueError("the training loader is empty: the LR finder needs training batches")
+    # A stream (no len()): the sweep's epochs draw num_it batches each from it, as fit(steps_per_epoch=) does.
+    n_batches = num_it if length is None else length
+    stream_steps = n_batches if length is None else None
     # Optimizer steps per epoch: fewer than batches under GradientAccumulation, which says how many.
     steps = min((cb.steps_per_epoch(n_batches) for cb in learn.cbs), default=n_batches)
     n_epoch = math.ceil(num_it / steps)  # the callback cancels the fit once num_it steps are done
@@ -262,6 +266,7 @@ def run_lr_find(learn, start_lr: float = LR_FIND.start_lr, end_lr: float = LR_FI
         raise
     progress = learn.progress
     show_table = progress.show_table if progress is not None else None
+    steps_per_epoch = learn.steps_per_epoch  # the last fit's, which the sweep's fit replaces
     curves = {}
     try:
         if progress is not None:
@@ -273,11 +278,12 @@ def run_lr_find(learn, start_lr: float = LR_FIND.start_lr, end_lr: float = LR_FI
                 # An optimizer without momentum raises here, before the first step (the snapshot puts all back).
                 learn.set_hyper("mom", mom)
             finder = LRFinderCallback(start_lr, end_lr, num_it, step_mode, stop_div)
-            learn.fit(n_epoch, wd=wd, cbs=[finder])
+            learn.fit(n_epoch, wd=wd, cbs=[finder], steps_per_epoch=stream_steps)
             curves[key] = finder.result(names, wd=wd, mom=mom)
     finally:
         try:
             snapshot.restore(learn)
+            learn.steps_per_epoch = steps_per_epoch
             if progress is not None:
                 progress.show_table = show_table
         finally:

@@ -16,6 +16,7 @@ import warnings
 import torch
 
 from ..data.checks import user_stacklevel
+from ..data.core import loader_length
 from .core import ORDER, Callback
 from .held_failure import HeldFailure, after_checkpoint
 from .hypers import get_hyper
@@ -247,8 +248,9 @@ def fit_hyperparameters(learn, tracker=None) -> dict:
     config = getattr(learn, "fit_config", None) or {}
     described = config.get("callbacks", {})
     groups = learn.opt.param_groups
+    length = loader_length(learn.dls.train)  # None: a stream, whose epochs the fit's steps_per_epoch measures
     params = {"n_epoch": learn.n_epoch, "n_steps": learn.n_train_iters,
-              "batches_per_epoch": len(learn.dls.train) if hasattr(learn.dls.train, "__len__") else None,
+              "batches_per_epoch": (learn.steps_per_epoch or None) if length is None else length,
               "bs": config.get("train_batch_size", getattr(learn.dls.train, "bs", None)),
               "optimizer": config.get("optimizer") or type(learn.opt).__name__,
               "wd": _wd(groups), "loss_func": _name(learn.loss_func), "model": type(learn.model).__name__,

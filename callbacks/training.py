@@ -15,6 +15,7 @@ import warnings
 import torch
 
 from ..data.checks import int_at_least, positive, user_stacklevel
+from ..data.core import loader_length
 from .core import ORDER, Callback, CancelBatchException, CancelFitException
 from .mixed_precision import MixedPrecision
 
@@ -148,8 +149,9 @@ class GradientAccumulation(Callback):
     - the step of a non-final micro-batch is cancelled (CancelBatchException in before_step: no step, no zero_grad,
       so the gradients add up); the fit loop counts `learn.train_iter` only for batches that stepped, so every
       micro-batch of a step sees the same `pct_train` and thus the same scheduled values;
-    - `learn.n_train_iters` becomes the number of steps, `n_epoch * ceil(len(dls.train) / n_batches)`: a group
-      never spans two epochs (the last one of an epoch may be shorter), so `pct_train` still ends at (N-1)/N;
+    - `learn.n_train_iters` becomes the number of steps, `n_epoch * ceil(len(dls.train) / n_batches)` (a stream:
+      its fit's `steps_per_epoch` for the len(), which it needs): a group never spans two epochs (the last one of
+      an epoch may be shorter), so `pct_train` still ends at (N-1)/N;
     - each micro-batch's loss gradient is divided by the size of its group, so the gradients are the mean of the
       micro-batches' gradients;
     - the Recorder records one row per step, whose loss is the mean of its micro-batches' losses (the epoch's
@@ -160,6 +162,7 @@ class GradientAccumulation(Callback):
 
     def __init__(self, n_batches: int):
         self.n_batches = int_at_least("n_batches", n_batches, 1)
+        self._epoch_batches = 0  # set by before_fit
         self._losses: list[torch.Tensor] = []
         self._micro_loss: torch.Tensor | None = None
 
@@ -172,14 +175,22 @@ class GradientAccumulation(Callback):
         return math.ceil(n_batches / self.n_batches)
 
     def before_fit(self, learn):
-        learn.n_train_iters = learn.n_epoch * self.steps_per_epoch(len(learn.dls.train))
+        # The training batches an epoch draws: the loader's len(), or a stream's steps_per_epoch.
+        self._epoch_batches = loader_length(learn.dls.train) or learn.steps_per_epoch
+        if not self._epoch_batches:
+            raise ValueError(
+                f"GradientAccumulation({self.n_batches}) on a training loader without a len() (a stream) needs the "
+                "epoch's length, to know where its last group of batches ends (and take that group's step): pass "
+                "fit(n_epoch, steps_per_epoch=N)"
+            )
+        learn.n_train_iters = learn.n_epoch * self.steps_per_epoch(self._epoch_batches)
 
     def _group_size(self, learn) -> int:
         first = learn.iter // self.n_batches * self.n_batches
-        return min(self.n_batches, len(learn.dl) - first)
+        return min(self.n_batches, self._epoch_batches - first)
 
     def _is_last_of_group(self, learn) -> bool:
-        return (learn.iter + 1) % self.n_batches == 0 or learn.iter + 1 == len(learn.dl)
+        return (learn.iter + 1) % self.n_batches == 0 or learn.iter + 1 == self._epoch_batches
 
     def after_loss(self, learn):
         if not learn.training:

@@ -184,3 +184,85 @@ def test_a_checkpoint_with_a_malformed_train_n_inp_is_refused_and_changes_nothin
     with pytest.raises(CheckpointError, match=r"train_n_inp .* must be None or an int >= 1, got"):
         learn.load(tmp_path / "bad.pt")
     assert learn.train_n_inp is None and same(weights(learn), before)
+
+
+# ----- lr_find, GradientAccumulation and the trackers' params on a stream ---------------------------------------------
+def full_state(learn):
+    """Weights, the optimizer's state and hyperparameters, the loop counters: what a sweep must leave as it was."""
+    opt = learn.opt.state_dict()
+    return (weights(learn), {i: {k: v.clone() for k, v in s.items()} for i, s in opt["state"].items()},
+            opt["param_groups"], (learn.epoch, learn.train_iter, learn.n_train_iters, learn.steps_per_epoch))
+
+
+def same_state(a, b) -> bool:
+    return (same(a[0], b[0]) and a[1].keys() == b[1].keys() and all(same(a[1][i], b[1][i]) for i in a[1])
+            and a[2] == b[2] and a[3] == b[3])
+
+
+def test_lr_find_on_an_iterable_dataset_sweeps_num_it_batches_and_restores_everything():
+    learn = waves_learner(Waves(10_000))  # far longer than the sweep: it must stop at num_it, not at the end
+    learn.fit(1, lr=1e-2, steps_per_epoch=3)  # an optimizer with state to restore
+    before = full_state(learn)
+    result = learn.lr_find(start_lr=1e-4, end_lr=1.0, num_it=15, stop_div=False)
+    assert len(result.lrs) == 15 and result.stop_reason == "completed 15 iterations"
+    assert result.lrs[0] == pytest.approx(1e-4) and result.lrs[-1] == pytest.approx(1.0)
+    assert same_state(full_state(learn), before)  # bitwise, steps_per_epoch of the last fit included
+
+
+def test_lr_find_on_a_one_shot_generator_draws_exactly_num_it_batches():
+    g = torch.Generator().manual_seed(11)
+    batches = [(torch.randn(5, 6, generator=g), torch.randn(5, 3, generator=g)) for _ in range(30)]
+    drawn = []
+    one_shot = (drawn.append(b) or b for b in batches)  # a generator that counts the batches drawn from it
+    torch.manual_seed(1)
+    learn = Learner(nn.Linear(6, 3), DataLoaders(one_shot, None), nn.MSELoss(), progress=False)
+    learn.create_opt()
+    before = full_state(learn)
+    result = learn.lr_find(num_it=9, stop_div=False)
+    assert len(result.lrs) == 9 and len(drawn) == 9  # the pre-flight's batch is the sweep's first, not lost
+    assert same_state(full_state(learn), before)
+
+
+def accumulation_learner(train_dl):
+    torch.manual_seed(5)
+    return Learner(nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3)), DataLoaders(train_dl), nn.MSELoss(),
+                   lr=3e-2, progress=False)
+
+
+def test_gradient_accumulation_on_a_stream_steps_as_on_the_same_batches_with_a_len():
+    from cyclr import GradientAccumulation
+
+    stream = DataLoader(Waves(56, seed=4), batch_size=8)  # 7 batches a pass, no len()
+    xs, ys = map(torch.stack, zip(*Waves(56, seed=4), strict=True))
+    sized = DataLoader(TensorDataset(xs, ys), batch_size=8)  # the same 7 batches, with a len()
+    on_stream, on_sized = accumulation_learner(stream), accumulation_learner(sized)
+    on_stream.fit(2, cbs=[GradientAccumulation(3)], steps_per_epoch=7)
+    on_sized.fit(2, cbs=[GradientAccumulation(3)])
+    # groups of 3, 3 and 1 batches an epoch: 3 steps, the last group's own
+    assert (on_stream.train_iter, on_stream.n_train_iters) == (on_sized.train_iter, on_sized.n_train_iters) == (6, 6)
+    assert same(weights(on_stream), weights(on_sized))
+    assert on_stream.recorder.batch_rows == on_sized.recorder.batch_rows
+
+
+def test_gradient_accumulation_on_a_stream_without_steps_per_epoch_is_refused_before_any_step():
+    from cyclr import GradientAccumulation
+
+    learn = accumulation_learner(DataLoader(Waves(40), batch_size=8))
+    before = weights(learn)
+    with pytest.raises(ValueError, match=r"GradientAccumulation\(2\) on a training loader without a len\(\).*"
+                                         r"steps_per_epoch=N"):
+        learn.fit(1, cbs=[GradientAccumulation(2)])
+    assert learn.train_iter == 0 and same(weights(learn), before)
+
+
+@pytest.mark.parametrize(("dataset", "fit_args", "expected"), [
+    (Waves(10_000), {"steps_per_epoch": 4}, 4),
+    (Waves(24), {}, "None"),  # run to the stream's end: no planned length
+    (WavesWithLen(24), {}, 3),  # an IterableDataset with __len__: the loader's len()
+], ids=["steps_per_epoch", "unplanned", "len"])
+def test_the_trackers_log_a_streams_batches_per_epoch(dataset, fit_args, expected):
+    from cyclr.callbacks.tracker import fit_hyperparameters
+
+    learn = waves_learner(dataset)
+    learn.fit(1, **fit_args)
+    assert fit_hyperparameters(learn)["batches_per_epoch"] == expected
