@@ -66,10 +66,14 @@ def test_a_constant_rate_fit_on_a_stream_without_steps_per_epoch_checkpoints_an_
     assert (progress["train_iter"], progress["batches_per_epoch"], progress["n_train_iters"]) == (6, 0, 0)
 
 
-def test_resuming_a_stream_from_an_epoch_end_checkpoint_equals_the_uninterrupted_run(tmp_path):
-    def run(cbs, resume=None):
-        learn = waves_learner()
-        learn.fit(3, steps_per_epoch=5, cbs=[OneCycleCallback(5e-2), *cbs], resume=resume)
+@pytest.mark.parametrize(("fit_args", "cbs"), [
+    ({"steps_per_epoch": 5}, lambda: [OneCycleCallback(5e-2)]),  # a schedule over 5 batches an epoch
+    ({}, list),  # a constant rate, each epoch run to the stream's end (5 batches of 8): no planned length
+], ids=["one_cycle_steps_per_epoch", "constant_rate_unplanned"])
+def test_resuming_a_stream_from_an_epoch_end_checkpoint_equals_the_uninterrupted_run(tmp_path, fit_args, cbs):
+    def run(more, resume=None):
+        learn = waves_learner(Waves(40))
+        learn.fit(3, cbs=[*cbs(), *more], resume=resume, **fit_args)
         return learn
 
     full = run([])
