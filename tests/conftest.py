@@ -6,6 +6,7 @@ busy machine from oversubscribing its cores (two threads on a loaded 2-core box 
 """
 
 import os
+import sys
 
 import matplotlib
 
@@ -19,10 +20,10 @@ torch.set_num_threads(int(os.environ.get("CYCLR_TEST_THREADS", "1")))
 import pytest  # noqa: E402
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def close_figures():
-    """Closes every matplotlib figure the test opened, so a long run does not keep hundreds of them alive."""
-    import matplotlib.pyplot as plt
-
+    """Closes every matplotlib figure each test opened, so a long run does not keep hundreds of them alive."""
     yield
-    plt.close("all")
+    pyplot = sys.modules.get("matplotlib.pyplot")  # a test that drew nothing need not import pyplot
+    if pyplot is not None:
+        pyplot.close("all")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+from helpers import quiet
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -47,15 +48,6 @@ class ListDataset(Dataset):
 
 def loaders(train_items, valid_items, bs=16, **kwargs):
     return DataLoaders.from_datasets(ListDataset(train_items), ListDataset(valid_items), bs=bs, **kwargs)
-
-
-CE = nn.CrossEntropyLoss()
-
-
-def quiet(model, dls, loss_func=CE, **kwargs):
-    kwargs.setdefault("progress", False)
-    kwargs.setdefault("device", "cpu")
-    return Learner(model, dls, loss_func, **kwargs)
 
 
 # ----- batches and model calls ------------------------------------------------------------------------------------

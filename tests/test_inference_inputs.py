@@ -4,18 +4,11 @@
 import numpy as np
 import pytest
 import torch
+from helpers import quiet
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from cyclr import DataLoaders, Learner
-
-CE = nn.CrossEntropyLoss()
-
-
-def quiet(model, dls, loss_func=CE, **kwargs):
-    kwargs.setdefault("progress", False)
-    kwargs.setdefault("device", "cpu")
-    return Learner(model, dls, loss_func, **kwargs)
 
 
 def gated_data(n=40, seed=1):

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 from cyclr import (  # noqa: E402
     Callback,  # noqa: E402
@@ -36,23 +35,6 @@ from cyclr.callbacks.lr_suggest import (
     suggest_valley,
 )
 from cyclr.callbacks.recorder import SmoothedValue  # noqa: E402
-
-DEFAULT_THREADS = torch.get_num_threads()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # On a shared 2-core machine extra threads only fight over the cores: 10x slower for the tiny models here, 3x
-    # for LeNet on the real data.
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(DEFAULT_THREADS)
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
 
 
 # ----- helpers ------------------------------------------------------------------------------------------------------

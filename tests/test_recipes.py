@@ -9,6 +9,7 @@ import math
 import matplotlib
 import pytest
 import torch
+from helpers import UsedHypers, approx
 from torch import nn
 
 from cyclr import (
@@ -34,32 +35,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 N_FEATURES, N_CLASSES = 4, 3
 SGD = functools.partial(torch.optim.SGD, momentum=0.9)
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
-
-
-def approx(x, rel=1e-9):
-    return pytest.approx(x, rel=rel, abs=1e-15)
-
-
-class UsedHypers(Callback):
-    """Every group's lr and momentum read just before each step (after every scheduler and the LR finder)."""
-
-    order = 100
-
-    def __init__(self):
-        self.lr, self.mom = [], []
-
-    def before_step(self, learn):
-        self.lr.append([g["lr"] for g in learn.opt.param_groups])
-        self.mom.append([g.get("momentum") for g in learn.opt.param_groups])
-
-    def column(self, name, group=-1):
-        return [row[group] for row in getattr(self, name)]
 
 
 def mlp(bn=True):
@@ -343,7 +318,7 @@ def test_lr_find_over_momentums_and_pairs_gives_one_table_and_one_plot():
     assert used.column("mom") == [0.9] * 7 + [0.5] * 7  # one sweep per momentum (its last step skipped)
     assert learn.opt is None  # the finder leaves no trace
 
-    used.mom.clear()
+    used.rows.clear()
     both = learn.lr_find(wds=[1e-2, 0.0], moms=[0.9, 0.5], num_it=8, stop_div=False)
     assert list(both.curves) == [(1e-2, 0.9), (1e-2, 0.5), (0.0, 0.9), (0.0, 0.5)]
     assert used.column("mom") == [0.9] * 7 + [0.5] * 7 + [0.9] * 7 + [0.5] * 7

@@ -5,13 +5,12 @@ import io
 import logging
 import warnings
 
-import matplotlib
 import pytest
 import torch
+from helpers import UsedHypers, approx
 from torch import nn
 
 from cyclr import (
-    Callback,
     Const,
     CyclicLRCallback,
     Learner,
@@ -29,41 +28,7 @@ from cyclr import (
 )
 from cyclr.callbacks.scheduler import lrs_per_group
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 N_FEATURES, N_CLASSES = 4, 3
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
-
-
-def approx(x, rel=1e-12):
-    return pytest.approx(x, rel=rel, abs=1e-15)
-
-
-class UsedHypers(Callback):
-    """What the optimizer is about to use, per group, read just before each step (after every scheduler)."""
-
-    order = 100
-
-    def __init__(self):
-        self.rows = []
-
-    def before_step(self, learn):
-        groups = learn.opt.param_groups
-        self.rows.append({
-            "epoch": learn.epoch, "train_iter": learn.train_iter, "pct": learn.pct_train,
-            "lr": [g["lr"] for g in groups],
-            "mom": [g["momentum"] if "momentum" in g else g["betas"][0] if "betas" in g else None for g in groups],
-            "wd": [g["weight_decay"] for g in groups],
-        })
-
-    def column(self, name, group=-1):
-        return [r[name][group] for r in self.rows]
 
 
 def make_learner(n_train=64, bs=16, n_valid=16, model=None, **kwargs):

@@ -7,6 +7,7 @@ import pickle
 import matplotlib
 import pytest
 import torch
+from helpers import approx
 
 from cyclr import (
     Const,
@@ -35,16 +36,6 @@ from cyclr.callbacks.schedules.decay import CosineDecay
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
-
-def approx(x, rel=1e-12):
-    return pytest.approx(x, rel=rel, abs=1e-15)
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
 
 
 def _dummy_opt(lr=0.1, momentum=0.9):

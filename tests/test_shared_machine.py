@@ -16,11 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
+from helpers import linear_learner
 from tmpfs import fill, full_tmpfs  # noqa: F401 -- a fixture
-from torch import nn
 
-from cyclr import Learner, SaveModelCallback, WriterConflictError, synthetic_classification
+from cyclr import SaveModelCallback, WriterConflictError
 from cyclr.callbacks.history import history_file_name
 from cyclr.callbacks.snapshot import TrainingSnapshot
 from cyclr.data.state import TEMP_SUFFIX, atomic_torch_save, open_for_write
@@ -28,13 +27,6 @@ from cyclr.data.writer_lock import WriterLock
 from cyclr.learner.checkpoint import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def make_learner(**kwargs):
-    torch.manual_seed(0)
-    dls = synthetic_classification(n_train=64, n_valid=32, n_features=4, n_classes=3, bs=16, seed=0)
-    return Learner(nn.Linear(4, 3), dls, nn.CrossEntropyLoss(), opt_func=torch.optim.SGD, lr=0.1, device="cpu",
-                   progress=False, **kwargs)
 
 
 class umask:  # noqa: N801 -- used like a function: `with umask(0o077):`
@@ -65,7 +57,7 @@ def test_a_link_planted_at_a_checkpoint_path_is_replaced_and_its_targets_mode_is
     path = shared / "model.pt"
     path.symlink_to(victim)
     with umask(0o077):
-        make_learner().save(path)
+        linear_learner().save(path)
     assert victim.read_text() == "the victim's own 32 bytes of data" and stat.S_IMODE(victim.stat().st_mode) == 0o644
     assert not path.is_symlink() and stat.S_IMODE(path.lstat().st_mode) == 0o600  # the umask's, not the target's
     read_checkpoint(path)
@@ -73,7 +65,7 @@ def test_a_link_planted_at_a_checkpoint_path_is_replaced_and_its_targets_mode_is
 
 def test_a_link_planted_at_the_history_side_file_is_refused_and_its_target_untouched(tmp_path):
     victim = victim_file(tmp_path)
-    learn = make_learner()
+    learn = linear_learner()
     (tmp_path / history_file_name(learn.recorder.run_id)).symlink_to(victim)
     with pytest.raises(OSError, match=r"cyclr-history-.*\.bin is a symbolic link: cyclr does not write through one"):
         learn.fit(1, cbs=[SaveModelCallback(tmp_path / "ck.pt", every_epoch=True)])
@@ -140,8 +132,8 @@ print("finished", flush=True)
 
 
 def run_with_checkpoints(folder: Path) -> None:
-    make_learner().fit(4, cbs=[SaveModelCallback(folder / "ck_{train_iter:05d}.pt", every_epoch=True,
-                                                 every_n_batches=2)])
+    linear_learner().fit(4, cbs=[SaveModelCallback(folder / "ck_{train_iter:05d}.pt", every_epoch=True,
+                                                   every_n_batches=2)])
 
 
 def test_two_processes_resuming_one_checkpoint_the_second_is_refused_before_any_step_naming_the_first(tmp_path):
@@ -344,7 +336,7 @@ def test_a_process_in_another_pid_namespace_keeps_its_snapshot_and_temp_file_unt
             os.kill(pid, 0)  # by its pid, the owner looks dead from here
 
         monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-        TrainingSnapshot(make_learner(), memory_limit=0).discard()  # cleans the folder of abandoned snapshots
+        TrainingSnapshot(linear_learner(), memory_limit=0).discard()  # cleans the folder of abandoned snapshots
         atomic_torch_save({"ours": 1}, checkpoint)  # cleans the abandoned temp files of model.pt
         assert Path(snapshot_path).exists() and temp_file.exists()  # both in use: kept
 
@@ -367,7 +359,7 @@ def test_files_of_a_killed_owner_in_another_pid_namespace_are_removed(tmp_path, 
     wait_until_unlocked(snapshot_path)  # the namespace's processes exit a moment after its launcher
     wait_until_unlocked(temp_file)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    TrainingSnapshot(make_learner(), memory_limit=0).discard()
+    TrainingSnapshot(linear_learner(), memory_limit=0).discard()
     atomic_torch_save({"ours": 1}, checkpoint)
     assert not Path(snapshot_path).exists() and not temp_file.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]

@@ -9,10 +9,9 @@ import sys
 import tempfile
 
 import pytest
-import torch
-from torch import nn
+from helpers import linear_learner
 
-from cyclr import Callback, Learner, synthetic_classification
+from cyclr import Callback
 from cyclr.callbacks.snapshot import TrainingSnapshot
 from cyclr.data.state import create_owned_file
 
@@ -30,13 +29,6 @@ snapshot = TrainingSnapshot(learn, memory_limit=0)
 print(snapshot.path, flush=True)
 time.sleep(600)  # killed long before
 """
-
-
-def make_learner(**kwargs):
-    torch.manual_seed(0)
-    dls = synthetic_classification(n_train=64, n_valid=32, n_features=4, n_classes=3, bs=16, seed=0)
-    return Learner(nn.Linear(4, 3), dls, nn.CrossEntropyLoss(), opt_func=torch.optim.SGD, lr=0.1, device="cpu",
-                   progress=False, **kwargs)
 
 
 def start_snapshot_owner(tmp_path) -> tuple[subprocess.Popen, str]:
@@ -79,7 +71,7 @@ def test_the_next_snapshot_removes_the_file_of_a_killed_process_and_keeps_live_o
             path.write_bytes(b"someone's")
 
         monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-        snapshot = TrainingSnapshot(make_learner(), memory_limit=0)
+        snapshot = TrainingSnapshot(linear_learner(), memory_limit=0)
         assert not os.path.exists(stale)
         assert os.path.basename(snapshot.path).startswith(f"cyclr-lr-find-{os.getpid()}.")
         kept = sorted(p.name for p in tmp_path.iterdir())
@@ -89,14 +81,14 @@ def test_the_next_snapshot_removes_the_file_of_a_killed_process_and_keeps_live_o
         stop(live_child)
     snapshot.discard()
     assert not os.path.exists(snapshot.path or "") and snapshot.path is None
-    TrainingSnapshot(make_learner(), memory_limit=0).discard()  # nobody holds them any more
+    TrainingSnapshot(linear_learner(), memory_limit=0).discard()  # nobody holds them any more
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in unrelated)
 
 
 def test_an_in_memory_snapshot_touches_no_file(tmp_path, monkeypatch):
     stale = snapshot_of_a_killed_process(tmp_path)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    snapshot = TrainingSnapshot(make_learner())  # far below the default limit: kept in memory
+    snapshot = TrainingSnapshot(linear_learner())  # far below the default limit: kept in memory
     assert snapshot.path is None
     assert os.listdir(tmp_path) == [os.path.basename(stale)]  # cleaned up by the next snapshot that uses a file
 
@@ -115,7 +107,7 @@ def test_lr_find_with_a_tiny_memory_limit_leaves_no_file(tmp_path, monkeypatch):
         def after_batch(self, learn):
             during.append(snapshot_files(tmp_path))
 
-    learn = make_learner()
+    learn = linear_learner()
     looker = LookInTmp()
     learn.add_cbs([looker])
     learn.lr_find(num_it=6, snapshot_memory_limit=1)

@@ -1,0 +1,56 @@
+"""Helpers several test files share, imported as `from helpers import ...` (pytest puts tests/ first on sys.path, as
+for fixed_run.py and tmpfs.py). Fixtures live in conftest.py."""
+
+import pytest
+import torch
+from torch import nn
+
+from cyclr import Callback, Learner, synthetic_classification
+
+CE = nn.CrossEntropyLoss()
+
+
+def approx(x, rel=1e-12):
+    """pytest.approx for schedule values: relative `rel` (1e-12 for closed forms evaluated the same way), with an
+    absolute floor of 1e-15 so values that should be 0 compare."""
+    return pytest.approx(x, rel=rel, abs=1e-15)
+
+
+class UsedHypers(Callback):
+    """What the optimizer is about to use, per group, read just before each step (after every scheduler and the LR
+    finder): one row per step with the counters and each group's lr, momentum (SGD's momentum or Adam's beta1; None
+    for neither) and weight decay."""
+
+    order = 100
+
+    def __init__(self):
+        self.rows = []
+
+    def before_step(self, learn):
+        groups = learn.opt.param_groups
+        self.rows.append({
+            "epoch": learn.epoch, "train_iter": learn.train_iter, "pct": learn.pct_train,
+            "lr": [g["lr"] for g in groups],
+            "mom": [g["momentum"] if "momentum" in g else g["betas"][0] if "betas" in g else None for g in groups],
+            "wd": [g["weight_decay"] for g in groups],
+        })
+
+    def column(self, name, group=-1):
+        return [r[name][group] for r in self.rows]
+
+
+def quiet(model, dls, loss_func=CE, **kwargs):
+    """A Learner on the CPU without a progress bar; cross-entropy unless `loss_func` says otherwise (None: the
+    model's output carries its loss)."""
+    kwargs.setdefault("progress", False)
+    kwargs.setdefault("device", "cpu")
+    return Learner(model, dls, loss_func, **kwargs)
+
+
+def linear_learner(**kwargs):
+    """A linear model on 64 training and 32 validation Gaussian blobs (4 features, 3 classes, batches of 16), plain
+    SGD at lr 0.1, CPU, no progress bar: the smallest Learner that trains."""
+    torch.manual_seed(0)
+    dls = synthetic_classification(n_train=64, n_valid=32, n_features=4, n_classes=3, bs=16, seed=0)
+    return Learner(nn.Linear(4, 3), dls, nn.CrossEntropyLoss(), opt_func=torch.optim.SGD, lr=0.1, device="cpu",
+                   progress=False, **kwargs)
