@@ -20,8 +20,10 @@ SNAPSHOT_MEMORY_LIMIT = 1 << 30
 # it, so the next snapshot written to a file removes the files nobody holds. A live process's snapshot is left alone,
 # whatever its pid looks like from here (another container, another host sharing the folder).
 _FILE_PREFIX, _FILE_SUFFIX = "cyclr-lr-find-", ".pt"
-# The learner's loop attributes a sweep changes.
-_LOOP_STATE = ("training", "epoch", "n_epoch", "iter", "train_iter", "n_train_iters", "dl", "xb", "yb", "pred", "loss")
+# The learner's loop attributes a sweep changes: its counters (put back through `learn.set_counters`, the one place
+# they change), then what the loop is doing.
+_COUNTERS = ("epoch", "n_epoch", "iter", "train_iter", "n_train_iters")
+_LOOP_STATE = (*_COUNTERS, "training", "dl", "xb", "yb", "pred", "loss")
 
 
 def _tensor_bytes(obj) -> int:
@@ -116,8 +118,12 @@ class TrainingSnapshot:
         set_rng_state(self.rng)
         if self.dls_state is not None:
             learn.dls.load_state_dict(copy.deepcopy(self.dls_state))
+        set_counters = getattr(learn, "set_counters", None)  # a learner of one's own may not have it
         for name, value in self.loop_state.items():
-            setattr(learn, name, value)
+            if name in _COUNTERS and set_counters is not None:
+                set_counters(**{name: value})
+            else:
+                setattr(learn, name, value)
         if learn.cbs != self.cbs:  # a callback added or removed callbacks during the sweep
             learn.remove_cbs(list(learn.cbs))
             learn.add_cbs(self.cbs)

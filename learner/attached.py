@@ -16,7 +16,8 @@ _DEPTH = {"before_fit": 0, "before_epoch": 1, "before_train": 2, "before_batch":
 
 
 class AttachedCallbacks:
-    cbs: list[Callback]
+    """Writes the Learner's cbs (sorted by order) and _hooks (each event's bound hooks, which the dispatch runs),
+    both declared in `Learner.__init__`."""
 
     def add_cbs(self, cbs: Iterable[Callback]) -> None:
         for cb in cbs:

@@ -15,6 +15,7 @@ is the output's `loss`; metrics see the output's `logits` when it has some, othe
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from ..data.core import Targets, loader_length
 
@@ -125,8 +126,9 @@ def _is_argument_list(xb) -> bool:
 
 
 class Batches:
-    n_inp: int | None
-    loss_func: object
+    """A batch's steps a subclass may change: splitting it, moving it to the device, the forward pass, the loss.
+    Reads the Learner's n_inp, loss_func, device, channels_last, model, compile_options and keeps `_compiled`
+    (all declared in `Learner.__init__`)."""
 
     def split_batch(self, batch):
         """(inputs, targets) of a batch as the loader yields it; targets None when it has none."""
@@ -146,6 +148,16 @@ class Batches:
             yb = None if not targets else targets[0] if len(targets) == 1 else Targets(targets)
             return xb, yb
         return batch, None  # a bare tensor (an unlabelled loader): all input
+
+    def _model_to_run(self) -> nn.Module:
+        """`self.model`, or with `compile=` its `torch.compile` wrapper, which shares its parameters (`self.model`
+        itself stays the plain module, so state dicts and checkpoints keep their keys). Compiled again when
+        `self.model` is replaced (e.g. wrapped for data-parallel training)."""
+        if self.compile_options is None:
+            return self.model
+        if self._compiled is None or self._compiled._orig_mod is not self.model:
+            self._compiled = torch.compile(self.model, **self.compile_options)
+        return self._compiled
 
     def forward(self, xb):
         model = self._model_to_run()

@@ -144,7 +144,7 @@ def _progress(learn, at: str) -> dict:
     else:
         position = {"epoch": learn.epoch, "iter": 0, "train_iter": learn.train_iter}
     progress = {"at": at, **position, **planned, "train_n_inp": learn.train_n_inp}
-    config = getattr(learn, "fit_config", None)
+    config = learn.fit_config
     if at != "outside_fit" and config is not None:
         progress["config"] = config  # what the running fit started with, which a resume compares with its own
     return progress
@@ -332,7 +332,7 @@ def restore(learn, ckpt: dict, *, with_opt: bool = True, model_only: bool = Fals
         learn.dls.load_state_dict(ckpt["data"])
     set_rng_state(ckpt["rng"])
     progress = ckpt["progress"]
-    learn.epoch, learn.train_iter = progress["epoch"], progress["train_iter"]
-    learn.n_epoch, learn.n_train_iters = progress["n_epoch"], progress["n_train_iters"]
+    learn.set_counters(epoch=progress["epoch"], train_iter=progress["train_iter"], n_epoch=progress["n_epoch"],
+                       n_train_iters=progress["n_train_iters"])
     if progress.get("train_n_inp") is not None:  # absent from older checkpoints; None: not learned (dict batches)
         learn.train_n_inp = progress["train_n_inp"]

@@ -1,9 +1,12 @@
 """Data-parallel training with torch.distributed: the same Learner on several processes and machines.
 
 Launched by `torchrun` (RANK, WORLD_SIZE and LOCAL_RANK in the environment, more than one process), a `Learner`
-joins the process group when it is created, for its whole life. Inside `with learn.distributed():` it joins a
-process group for the block only: one the script initialised itself (e.g. under `mp.spawn`), or one it initialises
-from torchrun's environment. In a single process `learn.distributed()` does nothing, so one script runs either way.
+joins the process group at the first call that needs the others (`fit`, `lr_find`, `validate`, `get_preds`, `save`),
+before its pre-flight checks and epoch lengths, which see this process's shard; it stays joined for its whole life.
+Until then it is a plain single-process learner (rank 0 of 1), whose repr and attributes can be read. Inside
+`with learn.distributed():` it joins a process group for the block only: one the script initialised itself (e.g.
+under `mp.spawn`), or one it initialises from torchrun's environment. In a single process `learn.distributed()`
+does nothing, so one script runs either way.
 
 While distributed:
 - every process trains on its own shard of the training data (`InMemoryLoader.shard`, torch's `DistributedSampler`
@@ -281,10 +284,9 @@ def all_reduce_sum(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 # ----- the Learner's data-parallel methods ---------------------------------------------------------------------------
 class DataParallel:
     """The Learner's side of data-parallel training (mixed into `Learner`): where this process stands among the
-    others, the `distributed()` block, and the collectives callbacks use."""
-
-    rank: int = 0
-    world_size: int = 1
+    others, the `distributed()` block, and the collectives callbacks use. Joining writes the Learner's dls (this
+    process's shard), rank, world_size, device (this process's GPU), cbs and _joined; all declared in
+    `Learner.__init__`."""
 
     @property
     def is_distributed(self) -> bool:
@@ -301,7 +303,8 @@ class DataParallel:
         """Train data-parallel inside this block: join the default process group (initialised from torchrun's
         environment when the script did not do it), shard the loaders, wrap the model in DistributedDataParallel
         (`ddp_kwargs` go to it) during training; undone on exit. Does nothing in a single process, and nothing more
-        when the learner already joined at creation because torchrun launched it."""
+        under torchrun, where the learner joins the others for its whole life."""
+        self._join_launched_group()
         if self.is_distributed:
             yield self
             return
@@ -317,6 +320,13 @@ class DataParallel:
             leave(self, joined, destroy_group=False)  # the others may still be in a collective: just go
             raise
         leave(self, joined)
+
+    def _join_launched_group(self) -> None:
+        """Launched by torchrun, join the other processes, once: called first by every call that needs them (fit,
+        lr_find, validate, get_preds, save), never by the constructor, so that a Learner is built without waiting
+        for the others and they meet at the first collective."""
+        if self._joined is None and not self.is_distributed and torchrun_world_size() > 1:
+            self._joined = join(self, self.dist_timeout)
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """The sum of `tensor` over all processes (every process must call this at the same point); `tensor` itself

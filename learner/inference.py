@@ -12,16 +12,29 @@ import numpy as np
 import torch
 
 from ..callbacks.optimizer_modes import evaluating
-from ..data.core import Targets
+from ..data.core import Targets, loader_length
 from .batches import TARGET_KEYS, Batches, describe, logits_of, target_args
 from .epoch_length import with_peeked
 from .preflight import first_batch
 
 
 class Inference:
-    # The training loader whose first batch told inference how training batches look, and the per-sample shapes of
-    # that batch (read once per loader: a loader's first batch may cost a disk read and a collate).
-    _training_shapes: tuple | None = None
+    """Reads the Learner's model, dls, loss_func, n_inp and train_n_inp; keeps `_training_shapes` (the training
+    loader whose first batch told inference how training batches look, and its per-sample shapes: read once per
+    loader, as a first batch may cost a disk read and a collate). All declared in `Learner.__init__`."""
+
+    def validate(self, dl=None) -> dict[str, float]:
+        """Validation loss and metrics on `dl` (default: the validation loader), with the usual events, named as in
+        the epoch table (`valid_loss`, then each metric's name)."""
+        self._join_launched_group()  # under torchrun: validate this process's shard
+        dl = dl if dl is not None else self.dls.valid
+        if dl is None:
+            raise ValueError("no validation loader: pass validate(dl=...) or build DataLoaders with a valid set")
+        if loader_length(dl) == 0:
+            raise ValueError("the validation loader is empty")
+        self._start_phase(training=False, dl=dl)
+        self._with_events(self._do_validate, "validate")
+        return self.recorder.validation_results()
 
     def get_preds(self, dl=None, with_input: bool = False, with_loss: bool = False, act=None,
                   with_targets: bool | None = None, ensemble=None):
@@ -41,6 +54,7 @@ class Inference:
         `ensemble` (a `SnapshotEnsemble` that took snapshots) gives `(probabilities, targets)`: the mean over its
         snapshots of `act(outputs)` (softmax by default); the learner's own weights are back afterwards."""
         act = _activation(act)
+        self._join_launched_group()  # under torchrun: predict on this process's shard
         if ensemble is not None:
             if with_input or with_loss:
                 raise ValueError("get_preds(ensemble=...) gives (probabilities, targets) only: drop with_input and "

@@ -31,6 +31,9 @@ from .recipes import Recipes
 from .resume import Checkpoints
 from .transfer import Transfer
 
+# The loop's integer counters (declared in Learner.__init__), changed through Learner.set_counters only.
+COUNTERS = ("epoch", "iter", "train_iter", "n_epoch", "n_train_iters", "start_epoch", "skip_batches")
+
 # Each level of the loop: its two events and the exception that cancels it, named once rather than per batch.
 _LEVELS = {level: (f"before_{level}", f"after_{level}", cancel) for level, cancel in (
     ("fit", core.CancelFitException), ("epoch", core.CancelEpochException), ("train", core.CancelTrainException),
@@ -58,46 +61,79 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
                  compile: bool | dict = False, n_inp: int | None = None, sanity_check: bool = True,
                  wd_bn_bias: bool = False, dist_timeout: float | None = None):
         metrics = preflight.check_learner_arguments(model, dls, loss_func, opt_func, lr, wd, metrics, n_inp)
-        self.compile_options = preflight.compile_options(channels_last, compile)
-        self.device = preflight.parse_device(device)
-        preflight.warn_compile_on_cpu(self.device, self.compile_options)
-        self.model = model.to(self.device)
-        # Speed options for CUDA (they work, to no benefit, on the CPU): NHWC weights and batches; torch.compile.
-        self.channels_last, self._compiled = channels_last, None
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.dls, self.loss_func, self.opt_func = dls, loss_func, opt_func
-        self.lr, self.wd, self.metrics, self.splitter = float(lr), None if wd is None else float(wd), metrics, splitter
-        self.n_inp, self.sanity_check = n_inp, sanity_check
-        self.train_n_inp: int | None = None  # inputs of the tuple batches the first pre-flight split (inference's)
+        compile_options = preflight.compile_options(channels_last, compile)
+        device = preflight.parse_device(device)
+        preflight.warn_compile_on_cpu(device, compile_options)
+        # Every attribute the loop and the mixins share is created here, grouped by who writes it; who reads it
+        # follows each one's comment. The mixins create none of their own.
+
+        # ----- the constructor's arguments: read by the loop and every mixin ------------------------------------
+        self.device = device  # Batches.to_device's target; the torchrun join sets this process's GPU (LOCAL_RANK's)
+        self.model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
+        self.channels_last = channels_last  # Batches.to_device: 4-d batches in NHWC, as the weights (CUDA speed)
+        self.compile_options = compile_options  # Batches._model_to_run: torch.compile's arguments (None: eager)
+        self._compiled = None  # Batches._model_to_run: the torch.compile wrapper of `model`, made on first use
+        self.dls = dls  # the loop, pre-flight, inference, checkpoints; the torchrun join swaps in this rank's shard
+        self.loss_func = loss_func  # Batches.get_loss (None: the output's `loss`); get_preds(with_loss=True)
+        self.opt_func = opt_func  # OptimizerSetup.create_opt
+        self.lr = float(lr)  # create_opt, reset_lrs (through _base_lrs), describe_fit, the recipes' default rate
+        self.wd = None if wd is None else float(wd)  # create_opt, describe_fit (None: the optimizer's own)
+        self.metrics = metrics  # the Recorder (its columns), the pre-flight (each tried on a batch)
+        self.n_inp = n_inp  # Batches.split_batch: leading parts of a tuple batch that are inputs (None: all but one)
+        self.sanity_check = sanity_check  # the pre-flight: also run one validation batch before training
         self.wd_bn_bias = preflight.flag("wd_bn_bias", wd_bn_bias)  # create_opt: decay norm layers and biases?
-        self.opt: torch.optim.Optimizer | None = None
+        self.dist_timeout = None if dist_timeout is None else distributed.dist_timeout(dist_timeout)  # the join
 
+        # ----- the optimizer and its parameter groups (optimizer.py, transfer.py) -------------------------------
+        self.opt: torch.optim.Optimizer | None = None  # create_opt (on first need); load, resume, the LR finder
+        self._base_lrs: list[float] = []  # create_opt, set_hyper outside a fit: the rates reset_lrs goes back to
+        self.splitter = splitter  # create_opt's groups; Transfer.freeze_to may set body_head_split first
+        self.frozen_idx = 0  # Transfer.freeze_to: leading groups frozen; the LR finder leaves their rates alone
+        self.train_bn = True  # Transfer.freeze_to: batch norm of frozen groups stays trainable
+
+        # ----- callbacks (attached.py): add_cbs / remove_cbs write cbs and _hooks; the dispatch reads _hooks ------
         self.cbs: list[Callback] = []
-        self._hooks: dict[str, list] = {e: [] for e in EVENTS}
-        self.recorder = Recorder(train_metrics=train_metrics)
+        self._hooks: dict[str, list] = {e: [] for e in EVENTS}  # each event's hooks, in order
+        self.recorder = Recorder(train_metrics=train_metrics)  # Recipes.lr_find writes recorder.lr_find_result
         default_cbs = [self.recorder, TerminateOnNaNCallback(), OptimizerModes(), PreemptionCheckpoint()]
-        default_cbs += [ProgressCallback()] if progress else []
-        self.add_cbs(default_cbs + preflight.callback_list(cbs))
+        self.add_cbs(default_cbs + ([ProgressCallback()] if progress else []) + preflight.callback_list(cbs))
 
-        # Loop state: integer counters only (pct_train is derived from them); `event` is the one being dispatched.
-        self.training = False
-        self.epoch = self.n_epoch = self.iter = 0
-        self.train_iter = self.n_train_iters = 0
-        self.dl = self.xb = self.yb = self.pred = self.loss = self.event = None
-        # in_fit: inside fit(); fit_started: its before_fit passed. stepped: this batch stepped (train_iter counts
-        # those only). resuming: from a checkpoint, at epoch start_epoch, after its first skip_batches batches.
-        self.in_fit = self.fit_started = self.stepped = self.resuming = False
-        self.start_epoch = self.skip_batches = 0
-        # steps_per_epoch: a stream's batches an epoch (0: the loader's len()). peeked: one-shot streams' first
-        # batches, drawn by the pre-flight, which their next epoch yields first.
-        self.steps_per_epoch, self.peeked = 0, {}
+        # ----- the loop's counters, integers only (pct_train derives from them): set_counters alone changes them,
+        # for the loop, `load` and a resumed fit (resume.py); callbacks read them ---------------------------------
+        self.epoch = 0  # the epoch under way
+        self.iter = 0  # the batch under way in the phase
+        self.train_iter = 0  # optimizer steps taken in this fit (not cancelled batches, not accumulation steps)
+        self.n_epoch = 0  # the epochs this fit plans
+        self.n_train_iters = 0  # the optimizer steps this fit plans (0: a stream fitted without steps_per_epoch)
+        self.start_epoch = 0  # the first epoch to run (a resumed fit's checkpoint epoch)
+        self.skip_batches = 0  # training batches of start_epoch the checkpoint had done, passed over
 
-        # Launched by torchrun, this process joins the others now (learner/distributed.py).
-        self.rank, self.world_size = 0, 1
-        # dist_timeout: seconds a collective waits for the others (None: $CYCLR_DIST_TIMEOUT, else 10 minutes)
-        self.dist_timeout = None if dist_timeout is None else distributed.dist_timeout(dist_timeout)  # checked
-        self._joined = distributed.join(self, dist_timeout) if distributed.torchrun_world_size() > 1 else None
+        # ----- what the loop is doing: written by the loop (and the LR finder's restore), read by callbacks -------
+        self.training = False  # in a training phase
+        self.dl = None  # the phase's loader
+        self.xb = self.yb = None  # the batch's inputs and targets (Batches.split_batch)
+        self.pred = self.loss = None  # its output and loss
+        self.event: str | None = None  # the event being dispatched (save reads where in the loop it is)
+        self.stepped = False  # this batch took an optimizer step (the loop counts train_iter by it)
+
+        # ----- the fit's own state, written by fit -------------------------------------------------------------
+        self.in_fit = False  # inside fit(): save, set_hyper and the callbacks read it
+        self.fit_started = False  # its before_fit passed (a refusal before puts the hyperparameters back)
+        self.resuming = False  # it goes on from a checkpoint (the Recorder keeps the restored history)
+        self.steps_per_epoch = 0  # a stream's batches an epoch (0: the loader's len()); the LR finder sets it too
+        self.fit_config: dict | None = None  # what the fit started with (fit_config.py): its checkpoints record it
+        self.run_locks: tuple = ()  # a resumed run's writer locks, held until the fit ends (resume.py)
+
+        # ----- what the pre-flight learned of the data (preflight.py), read by the loop and inference ------------
+        self.train_n_inp: int | None = None  # inputs of the training tuple batches (load restores it)
+        self.peeked: dict = {}  # one-shot streams' first batches the pre-flight drew, yielded first next epoch
+        self._training_shapes: tuple | None = None  # Inference: (training loader, its per-sample input shapes)
+
+        # ----- data-parallel (distributed.py): under torchrun, the first fit, lr_find, validate, get_preds or save
+        # joins the other processes (_join_launched_group), which rewrites dls, rank, world_size and device --------
+        self.rank = 0  # this process among those training together (0: the main one, which writes files)
+        self.world_size = 1  # how many train together
+        self._joined: distributed.Joined | None = None  # what the join changed (None: not joined)
 
     def __repr__(self) -> str:
         n_params = sum(p.numel() for p in self.model.parameters())
@@ -130,6 +166,14 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
     def pct_train(self) -> float:
         return self.train_iter / self.n_train_iters if self.n_train_iters else 0.0
 
+    def set_counters(self, **counters: int) -> None:
+        """Set some of the loop's counters (COUNTERS): the one place they change, for the loop, `load` and a resumed
+        fit, so that where a fit stands is always these integers and nothing else."""
+        for name, value in counters.items():
+            if name not in COUNTERS:
+                raise AttributeError(f"{name!r} is not one of the loop's counters {COUNTERS}")
+            setattr(self, name, value)
+
     def fit(self, n_epoch: int, lr=None, wd: float | None = None, cbs: Iterable[Callback] = (),
             resume=None, allow_length_change: bool = False, allow_config_change: bool | Collection[str] = False,
             steps_per_epoch: int | None = None):
@@ -145,16 +189,16 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
         settings then apply from the checkpoint's position on, for every scheduler. `resume='auto'`: the newest
         checkpoint of the fit's checkpoint callbacks, or a fresh start when none (a job requeued after SIGTERM)."""
         cbs = preflight.check_fit_arguments(n_epoch, lr, wd, cbs)
+        self._join_launched_group()  # under torchrun: before the loaders' lengths and the pre-flight, per shard
         per_epoch = epoch_length.batches_per_epoch(self, cbs, steps_per_epoch)  # 0: a stream, no plan
         self.steps_per_epoch = steps_per_epoch or 0
-        preflight.check_data(self)
+        preflight.check_first_batches(self)
         resume = self.auto_resume_path(cbs) if isinstance(resume, str) and resume == "auto" else resume
-        if resume is not None:
-            # checks all, then sets the counters
-            self.resume_from(resume, n_epoch, cbs, allow_length_change, allow_config_change, lr, wd)
+        if resume is not None:  # checks all, then restores everything and sets the counters
+            self._resume_from(resume, n_epoch, cbs, allow_length_change, allow_config_change, lr, wd)
         else:
-            self.n_epoch, self.n_train_iters = n_epoch, n_epoch * per_epoch
-            self.train_iter = self.start_epoch = self.skip_batches = 0
+            self.set_counters(n_epoch=n_epoch, n_train_iters=n_epoch * per_epoch, train_iter=0, start_epoch=0,
+                              skip_batches=0)
         if self.opt is None:
             self.create_opt()
         hypers_before = saved_hypers(self.opt)  # put back if before_fit refuses the fit (a schedule out of range)
@@ -175,25 +219,13 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
             raise
         finally:
             self.in_fit = self.resuming = self.fit_started = False
-            self.skip_batches = 0
+            self.set_counters(skip_batches=0)
             try:
                 self("cleanup_fit")
             finally:
                 self.remove_cbs(cbs)
                 self.training = False
                 self.release_run_locks()
-
-    def validate(self, dl=None) -> dict[str, float]:
-        """Validation loss and metrics on `dl` (default: the validation loader), with the usual events, named as in
-        the epoch table (`valid_loss`, then each metric's name)."""
-        dl = dl if dl is not None else self.dls.valid
-        if dl is None:
-            raise ValueError("no validation loader: pass validate(dl=...) or build DataLoaders with a valid set")
-        if loader_length(dl) == 0:
-            raise ValueError("the validation loader is empty")
-        self._start_phase(training=False, dl=dl)
-        self._with_events(self._do_validate, "validate")
-        return self.recorder.validation_results()
 
     def _with_events(self, body: Callable[[], None], level: str) -> None:
         before, after, cancel = _LEVELS[level]
@@ -211,9 +243,9 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
         self.fit_started = True
         self.zero_grad()  # gradients an interrupted fit left behind must not reach this one's first step
         for epoch in range(self.start_epoch, self.n_epoch):
-            self.epoch = epoch
+            self.set_counters(epoch=epoch)
             self._with_events(self._do_epoch, "epoch")
-            self.skip_batches = 0  # only the first epoch of a resumed fit starts mid-way
+            self.set_counters(skip_batches=0)  # only the first epoch of a resumed fit starts mid-way
 
     def _do_epoch(self) -> None:
         self._start_phase(training=True, dl=self.dls.train)
@@ -241,12 +273,12 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
         for i, batch in batches:
             if i == planned:
                 raise epoch_length.too_many_batches(self, planned)
-            self.iter = i
+            self.set_counters(iter=i)
             self.xb, self.yb = self.split_batch(self.to_device(batch))
             self.stepped = False
             self._with_events(self._do_one_batch, "batch")
             if self.stepped:  # train_iter counts optimizer steps: not cancelled ones, not accumulation micro-batches
-                self.train_iter += 1
+                self.set_counters(train_iter=self.train_iter + 1)
         if self.training:
             epoch_length.warn_if_short(self, i + 1, planned)
 
@@ -264,13 +296,3 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
         self.stepped = True
         self("after_step")
         self.zero_grad()
-
-    def _model_to_run(self) -> nn.Module:
-        """`self.model`, or with `compile=` its `torch.compile` wrapper, which shares its parameters (`self.model`
-        itself stays the plain module, so state dicts and checkpoints keep their keys). Compiled again when
-        `self.model` is replaced (e.g. wrapped for data-parallel training)."""
-        if self.compile_options is None:
-            return self.model
-        if self._compiled is None or self._compiled._orig_mod is not self.model:
-            self._compiled = torch.compile(self.model, **self.compile_options)
-        return self._compiled

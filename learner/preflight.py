@@ -135,7 +135,7 @@ def parse_device(device) -> torch.device:
     return parsed
 
 
-def check_data(learn) -> None:
+def check_first_batches(learn) -> None:
     """Non-empty loaders; a first training batch, exactly as the loader yields it, through the same split_batch /
     forward / get_loss the loop calls, with labels that fit; then (`sanity_check`) one validation batch through the
     loss and the metrics, so that a broken metric fails before the first step rather than after an epoch."""

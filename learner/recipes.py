@@ -110,6 +110,7 @@ class Recipes:
         `.plot()`, `.best_pair`). On a frozen model only the trainable groups are swept. Afterwards the
         learner is exactly as before (weights, optimizer, RNGs, loaders, callbacks, history), even after an
         exception; the result is kept for `learn.recorder.plot_lr_find()` and `learn.sched`."""
+        self._join_launched_group()  # under torchrun: before the snapshot, which saves this process's shard
         result = run_lr_find(self, start_lr, end_lr, num_it, step_mode, stop_div, wds, suggest_funcs,
                              snapshot_memory_limit, show_plot, moms=moms)
         self.recorder.lr_find_result = result

@@ -41,10 +41,10 @@ from .fit_config import allowed_changes, config_changes, describe_fit
 
 
 class Checkpoints:
-    # What the running (or last) fit started with, set by `fit` before before_fit: its checkpoints record it.
-    fit_config: dict | None = None
-    # The resumed run's writer locks, taken by the resume's checks and released when the fit ends.
-    run_locks: tuple = ()
+    """`save`, `load` and a fit's resume. Restoring writes the Learner's model, opt, the loop's counters (through
+    `set_counters`), train_n_inp, the callbacks' and loaders' states and the RNGs; a resume holds the run's writer
+    locks in run_locks until the fit ends; checkpoints record fit_config, what the fit started with (all declared
+    in `Learner.__init__`)."""
 
     def save(self, path, at: str | None = None, model_only: bool = False, inline_history: bool | None = None) -> Path:
         """Write a checkpoint of everything to `path`, atomically (learner/checkpoint.py): model, optimizer, loop
@@ -60,6 +60,7 @@ class Checkpoints:
         appended to the run's side file beside it, `cyclr-history-<run>.bin`, which the checkpoint names and checks,
         so a checkpoint's size and save time do not grow with the run. Copy that file along with the checkpoint, or
         pass `inline_history=True`."""
+        self._join_launched_group()  # under torchrun, only the main process writes: it must know it is the main one
         with evaluating(self):  # a schedule-free optimizer's evaluation weights, as its authors ask
             if model_only:
                 return save_model_state(self, path)
@@ -78,7 +79,7 @@ class Checkpoints:
             restore(self, read_checkpoint(path, with_history=with_history), with_opt=with_opt)
         return self
 
-    def resume_from(self, path, n_epoch: int, cbs, allow_length_change: bool, allow_config_change=False,
+    def _resume_from(self, path, n_epoch: int, cbs, allow_length_change: bool, allow_config_change=False,
                     lr: float | None = None, wd: float | None = None) -> None:
         """Called by `fit(..., resume=path)` before its callbacks are attached: their checkpoint keys come from the
         order `add_cbs` will give them."""
@@ -173,8 +174,8 @@ def _go_on_from(learn, ckpt: dict, where: str, n_epoch: int, cbs, changes: list,
     ckpt = {**ckpt, "callbacks": {k: v for k, v in ckpt["callbacks"].items() if k not in changed_cbs}}
     restore(learn, ckpt, cbs=cbs, warn_missing_callbacks=True)
     _apply_new_rates(learn, changes, lr, wd)
-    learn.n_epoch, learn.n_train_iters = n_epoch, n_epoch * batches
-    learn.train_iter, learn.start_epoch, learn.skip_batches = p["train_iter"], p["epoch"], p["iter"]
+    learn.set_counters(n_epoch=n_epoch, n_train_iters=n_epoch * batches, train_iter=p["train_iter"],
+                       start_epoch=p["epoch"], skip_batches=p["iter"])
 
 
 def is_stream(dl) -> bool:

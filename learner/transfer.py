@@ -60,9 +60,9 @@ def bn_parameters(model: nn.Module) -> set[int]:
 
 
 class Transfer:
-    # The number of leading parameter groups frozen (0: all trainable); train_bn: keep batch norm trainable in them.
-    frozen_idx: int = 0
-    train_bn: bool = True
+    """Freezing parameter groups for transfer learning. Writes the Learner's frozen_idx (the leading groups frozen,
+    0: all trainable), train_bn (batch norm trainable in them) and, before the optimizer exists, splitter (the
+    default body/head split); reads model and opt (all declared in `Learner.__init__`)."""
 
     def freeze_to(self, n: int, train_bn: bool | None = None) -> None:
         """Freeze the first `n` parameter groups (a negative `n` counts from the end: `freeze_to(-1)` freezes all but

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from cyclr import Callback, DataLoaders, Learner, SaveModelCallback, accuracy, synthetic_classification
@@ -98,9 +99,14 @@ def train(out: Path) -> None:
     rank = int(os.environ["RANK"])
     # A different initialisation on each rank: only DistributedDataParallel's broadcast makes them start alike.
     learn = Learner(mlp(seed=rank), data(), nn.CrossEntropyLoss(), lr=MAX_LR, metrics=[accuracy], device="cpu")
+    # Built, not yet joined: no process group, the whole data, a repr (the first fit joins, below).
+    before_join = {"world_size": learn.world_size, "rank": learn.rank, "group": dist.is_initialized(),
+                   "n_train_batches": len(learn.dls.train), "repr": repr(learn),
+                   "callbacks": [type(cb).__name__ for cb in learn.cbs]}
     seen, model_types = SeenInputs(), ModelTypes()
     learn.fit_one_cycle(EPOCHS, max_lr=MAX_LR, cbs=[seen, model_types])
     result = {
+        "before_join": before_join,
         "rank": learn.rank, "world_size": learn.world_size, "is_main_process": learn.is_main_process,
         "callbacks": [type(cb).__name__ for cb in learn.cbs],
         "n_train_batches": len(learn.dls.train),
@@ -112,6 +118,15 @@ def train(out: Path) -> None:
         "weights": {k: v.clone() for k, v in learn.model.state_dict().items()},
         "validate": learn.validate(),
     }
+    # validate and get_preds join too, on a learner that never fitted: each then sees its own validation shard.
+    joins = {}
+    for call in ("validate", "get_preds"):
+        fresh = Learner(mlp(seed=0), data(), nn.CrossEntropyLoss(), device="cpu", progress=False)
+        world_before = fresh.world_size
+        got = fresh.validate() if call == "validate" else fresh.get_preds()
+        joins[call] = {"world_size_before": world_before, "world_size": fresh.world_size,
+                       "n_valid": sum(len(yb) for _, yb in fresh.dls.valid), "result": got}
+    result["joins"] = joins
 
     # torch's DataLoader path (DistributedSampler for training, a Subset per rank for validation) and batch norm,
     # whose running statistics each rank updates on its own shard until rank 0's are broadcast.
@@ -151,8 +166,7 @@ def train(out: Path) -> None:
 
     # `with learn.distributed():` joins a process group the script made itself (the environment no longer says
     # torchrun, so the learner does not join at creation) and leaves it at the end of the block.
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        os.environ.pop(name)
+    launched = {name: os.environ.pop(name) for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     learn_ctx = Learner(mlp(seed=20 + rank), data(), nn.CrossEntropyLoss(), lr=0.05, device="cpu")
     original_dls = learn_ctx.dls
     with learn_ctx.distributed():
@@ -166,13 +180,15 @@ def train(out: Path) -> None:
         "weights": {k: v.clone() for k, v in learn_ctx.model.state_dict().items()},
     }
     torch.save(result, out / f"rank{rank}.pt")
+    os.environ.update(launched)  # torchrun's again: the LR finder's learner joins the group at lr_find
     lr_find(out, rank)  # last, so that the results above are saved even if it fails
 
 
 def lr_find(out: Path, rank: int) -> None:
     learn = Learner(mlp(seed=0), data(), nn.CrossEntropyLoss(), device="cpu", progress=False)
+    world_before = learn.world_size
     found = learn.lr_find(start_lr=1e-4, end_lr=100.0, num_it=40)
-    result = {"lrs": list(found.lrs), "losses": list(found.losses),
+    result = {"world_sizes": [world_before, learn.world_size], "lrs": list(found.lrs), "losses": list(found.losses),
               "suggestions": {name: float(s) for name, s in found.suggestions.items()}}
     torch.save(result, out / f"lr_find{rank}.pt")
 

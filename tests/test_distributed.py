@@ -105,6 +105,32 @@ def test_each_process_joins_and_only_rank_0_shows_progress(ranks):
     assert [name for name in ranks[0]["callbacks"] if name != "ProgressCallback"] == ranks[1]["callbacks"]
 
 
+def test_a_learner_built_under_torchrun_joins_at_its_first_fit_not_before(ranks):
+    for r in ranks:
+        before = r["before_join"]
+        # No process group yet (nothing waited for the other process), the whole training data (16 batches of 16),
+        # no DistributedCallback: a plain learner until fit, whose repr reads the unsharded loaders.
+        assert (before["world_size"], before["rank"], before["group"]) == (1, 0, False)
+        assert before["n_train_batches"] == 16 and "DistributedCallback" not in before["callbacks"]
+        assert before["repr"].startswith("Learner(model=Sequential (") and "train=16 batches, valid=11 batches" in (
+            before["repr"])
+        assert (r["world_size"], r["n_train_batches"]) == (2, 8)  # joined by fit, before its epoch length
+
+
+def test_validate_and_get_preds_join_before_reading_the_loaders(ranks):
+    valid = worker.data().valid
+    for rank, r in enumerate(ranks):
+        n_shard = len(valid.y[rank::2])  # 51 on rank 0, 50 on rank 1
+        validated, predicted = r["joins"]["validate"], r["joins"]["get_preds"]
+        for joined in (validated, predicted):
+            assert (joined["world_size_before"], joined["world_size"], joined["n_valid"]) == (1, 2, n_shard)
+        preds, targets = predicted["result"]
+        assert preds.shape == (n_shard, worker.N_CLASSES) and torch.equal(targets, valid.y[rank::2])
+        # validate's result is the mean over all samples (both shards summed), the same on both ranks
+        model = worker.mlp(seed=0)
+        assert validated["result"]["valid_loss"] == pytest.approx(evaluate(model, valid.x, valid.y)[0], rel=1e-6)
+
+
 def test_model_is_the_ddp_wrapper_only_for_the_training_forward_pass(ranks):
     for r in ranks:
         assert r["model_types"] == {
@@ -209,6 +235,7 @@ def test_lr_find_gives_the_same_curve_and_suggestions_on_every_rank(train_job):
     assert returncode == 0, f"torchrun train failed in lr_find:\n{output[-4000:]}"
     rank0, rank1 = load_ranks(out, "lr_find")
     assert len(rank0["lrs"]) > 5
+    assert rank0["world_sizes"] == [1, 2]  # joined by lr_find itself, before its snapshot
     assert rank0 == rank1  # same lrs, same (all-reduced) losses, hence the same stop and suggestions
     assert all(math.isfinite(v) and v > 0 for v in rank0["suggestions"].values())
 

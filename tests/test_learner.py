@@ -468,3 +468,65 @@ def test_every_callback_of_cyclr_takes_its_order_from_the_one_table():
     assert len(ours) >= 10
     missing = {c.__qualname__: c.order for c in ours if c.order not in table.values()}
     assert not missing, f"give these callbacks' orders a row in callbacks.core.ORDER: {missing}"
+
+
+# ----- the state contract (learner.py's __init__) -------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:the LR-finder curve shows no clear descent")
+def test_every_shared_attribute_is_created_by_the_constructor(tmp_path):
+    """Fitting, the LR finder, freezing, inference, saving, loading and resuming create no attribute the
+    constructor did not: the Learner's state is the list in `Learner.__init__`."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))  # a body and a head, for freeze_to
+    learn = Learner(model, make_dls(), nn.CrossEntropyLoss(), lr=0.1, metrics=[accuracy], device="cpu",
+                    progress=False)
+    declared = set(vars(learn))
+    learn.lr_find(num_it=5, show_plot=False)
+    learn.freeze_to(0)
+    learn.set_hyper("lr", 0.05)
+    learn.fit(2, cbs=[SaveEveryEpoch(tmp_path / "e{epoch}.pt")])
+    learn.validate()
+    learn.get_preds(with_input=True, with_loss=True)
+    learn.predict(torch.zeros(3))
+    learn.save(tmp_path / "between.pt")
+    learn.load(tmp_path / "between.pt")
+    learn.fit(2, resume=tmp_path / "e0.pt")
+    assert set(vars(learn)) == declared
+
+
+class SaveEveryEpoch(Callback):
+    def __init__(self, pattern):
+        self.pattern = str(pattern)
+
+    def after_epoch(self, learn):
+        learn.save(self.pattern.format(epoch=learn.epoch))
+
+
+def test_the_counters_change_through_set_counters_only(tmp_path, monkeypatch):
+    """The loop, `load` and a resumed fit all set the counters through `set_counters`, which refuses a name that
+    is not a counter."""
+    learn = make_learner()
+    learn.fit(2, cbs=[SaveEveryEpoch(tmp_path / "e{epoch}.pt")])
+    set_names, original = [], Learner.set_counters
+
+    def recording(self, **counters):
+        set_names.append(sorted(counters))
+        original(self, **counters)
+
+    monkeypatch.setattr(Learner, "set_counters", recording)
+    fresh = make_learner()
+    fresh.load(tmp_path / "e1.pt")  # load: where the checkpoint's fit stood
+    assert set_names == [["epoch", "n_epoch", "n_train_iters", "train_iter"]]
+    assert (fresh.epoch, fresh.train_iter, fresh.n_epoch, fresh.n_train_iters) == (2, 6, 2, 6)
+    set_names.clear()
+    resumed = make_learner()
+    resumed.fit(2, resume=tmp_path / "e0.pt")  # the resume's counters, then the loop's
+    assert set_names[:2] == [["epoch", "n_epoch", "n_train_iters", "train_iter"],  # restoring the checkpoint
+                             ["n_epoch", "n_train_iters", "skip_batches", "start_epoch", "train_iter"]]
+    assert ["epoch"] in set_names and ["iter"] in set_names and ["train_iter"] in set_names
+    assert (resumed.epoch, resumed.train_iter) == (1, 6)
+    with pytest.raises(AttributeError, match=r"'pct_train' is not one of the loop's counters"):
+        learn.set_counters(pct_train=0.5)
+
+
+def test_resuming_is_private_to_fit():
+    assert not hasattr(Learner, "resume_from") and callable(Learner._resume_from)
