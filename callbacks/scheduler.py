@@ -32,6 +32,9 @@ from .schedules.cycles import CYCLICAL, FLAT_COS, ONE_CYCLE, SGDR_DEFAULTS, OneC
 from .torch_scheduler import refuse_torch_scheduler
 
 UNITS = ("pct", "batch", "epoch")
+# The longest fit (in positions) whose scheduled values are kept from the check for the batches to read: 10^6
+# floats, about 32 MB a hyperparameter; a longer fit evaluates its schedules per batch.
+CACHED_POSITIONS = 1_000_000
 
 
 def describe(sched) -> str:
@@ -60,7 +63,10 @@ class ParamScheduler(Callback):
         self.unit = unit
         self.scheds = {name: self._checked(name, value) for name, value in scheds.items()}
         self.fit_scheds = self.scheds  # what the last fit ran: the schedules with the tails callbacks supplied
-        self._writes: list[tuple] = []  # (write, schedule) for each value set before a batch: built in before_fit
+        # Built in before_fit: (write, evaluator, the values the check computed) for each value set before a batch,
+        # and the loop counter (train_iter, or epoch) at the fit's first position, which those values start at.
+        self._writes: list[tuple] = []
+        self._first = 0
 
     def _checked(self, name, value):
         if not isinstance(name, str):
@@ -117,17 +123,19 @@ class ParamScheduler(Callback):
                 raise ValueError(f"{len(value)} schedules for {name!r} but the optimizer has {len(groups)} parameter "
                                  "groups; give one schedule per group, or a single schedule for all")
             plan += [(name, i, s, evaluator(s), writer([groups[i]], name, opt_name)) for i, s in enumerate(value)]
-        for name, group, sched, value_at, _ in plan:
-            self._check_values(learn, name, group, sched, value_at)
+        self._first = learn.start_epoch if self.unit == "epoch" else learn.train_iter
+        self._writes = [(write, value_at, self._check_values(learn, name, group, sched, value_at))
+                        for name, group, sched, value_at, write in plan]
         self.scheds = scheds  # what this fit runs (but for the tails) and its checkpoints save
-        self._writes = [(write, value_at) for *_, value_at, write in plan]
 
     def before_batch(self, learn) -> None:
         if not learn.training:
             return
-        pos = self.position(learn)
-        for write, value_at in self._writes:
-            write(float(value_at(pos)))
+        k = (learn.epoch if self.unit == "epoch" else learn.train_iter) - self._first
+        for write, value_at, values in self._writes:
+            # A schedule object's value at this position was computed by the check, by the same call; a user's
+            # callable is called now, as the batch runs.
+            write(values[k] if k < len(values) else float(value_at(self.position(learn))))
 
     def cleanup_fit(self, learn) -> None:
         self._writes = []  # they hold the optimizer's groups
@@ -149,11 +157,18 @@ class ParamScheduler(Callback):
         n = learn.n_train_iters
         return [i / n for i in steps]
 
-    def _check_values(self, learn, name: str, group: int | None, sched, value_at: Callable) -> None:
+    def _check_values(self, learn, name: str, group: int | None, sched, value_at: Callable) -> list[float]:
+        """Checks `sched`'s value at every position the fit will feed it. Returns those values, which the batches
+        then read, when `sched` is a schedule object (pure by construction, so its value at a position never
+        changes) of a fit no longer than `CACHED_POSITIONS`; else [] (the batches call it)."""
         low, high, _ = hyper_range(name)
-        for k, pos in enumerate(self.positions(learn)):
-            value = value_at(pos)  # exactly what before_batch will compute at this position
+        positions = self.positions(learn)
+        values = [] if isinstance(sched, Schedule) and len(positions) <= CACHED_POSITIONS else None
+        for k, pos in enumerate(positions):
+            value = value_at(pos)  # exactly what before_batch would compute at this position
             if type(value) is float and low <= value < high or (problem := out_of_range(name, value)) is None:
+                if values is not None:
+                    values.append(float(value))
                 continue  # the fast test first; then an int or a NumPy number in range
             where = (f"position {pos} (epoch {pos} of {learn.n_epoch})" if self.unit == "epoch" else
                      f"position {pos!r} (step {learn.train_iter + k} of {learn.n_train_iters} in this fit)")
@@ -162,6 +177,7 @@ class ParamScheduler(Callback):
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise TypeError(f"{what} must return a float, got {type(value).__name__} ({value!r}) at {where}; {fix}")
             raise ValueError(f"{what} returned {value!r} at {where}; {problem}; {fix}")
+        return values or []
 
     # ----- checkpoints ---------------------------------------------------------------------------------------------
     def fit_config(self) -> dict:
