@@ -10,6 +10,9 @@ and max_lr defaults to 0.01. The tables add each contender's CPU microseconds a 
 
 - plain:            a hand-written loop over cyclr's in-memory batches, torch's OneCycleLR stepped per batch;
 - plain-DataLoader: the same loop over torch's `DataLoader(TensorDataset)` (num_workers=0);
+- plain-no-decay:   the plain loop with biases and norm layers in a second parameter group with weight decay 0, the
+                    way a torch user writes what cyclr's default (`wd_bn_bias=False`, fastai's) does; with wd 0
+                    (LeNet's SGD) it is the plain loop;
 - cyclr:            `Learner(...).fit_one_cycle(1, max_lr)` with the default callbacks (Recorder, progress);
 - fastai:           fastai 2.8 `fit_one_cycle(1, ...)`, default callbacks, torch's SGD through `OptimWrapper`, fed the
                     same in-memory batches as cyclr (so the difference is the framework alone);
@@ -68,16 +71,23 @@ from peers_setup import (  # noqa: E402
 )
 
 from cyclr import Learner, accuracy  # noqa: E402
+from cyclr.learner.optimizer import norm_and_bias_params  # noqa: E402
 
-CONTENDERS = ("plain", "plain-DataLoader", "cyclr", "fastai", "fastai-own-dl", "lightning", "lightning-DataLoader")
+CONTENDERS = ("plain", "plain-DataLoader", "plain-no-decay", "cyclr", "fastai", "fastai-own-dl", "lightning",
+              "lightning-DataLoader")
 
 
 # ----- part 1: one epoch of one-cycle training ---------------------------------------------------------------------
-def prepare_plain(s: Setup, use_torch_loader: bool):
+def prepare_plain(s: Setup, use_torch_loader: bool, no_decay_group: bool = False):
     train, valid = torch_loaders(s.dls, s.args.bs) if use_torch_loader else (lambda d: (d.train, d.valid))(
         same_batches(s.dls))
     model = s.model()
-    opt = s.opt(model.parameters(), s.args.lr)
+    params = model.parameters()
+    if no_decay_group:
+        exempt = norm_and_bias_params(model)
+        params = [{"params": [p for p in model.parameters() if id(p) not in exempt]},
+                  {"params": [p for p in model.parameters() if id(p) in exempt], "weight_decay": 0.0}]
+    opt = s.opt(params, s.args.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=s.args.lr, total_steps=len(train), pct_start=PCT_START,
                                                 div_factor=DIV, final_div_factor=FINAL_DIV / DIV)
     return lambda: plain_epoch(model, opt, s.loss_func, train, valid, sched)["accuracy"]
@@ -123,6 +133,7 @@ def prepare_lightning(s: Setup, use_torch_loader: bool):
 PREPARE = {
     "plain": partial(prepare_plain, use_torch_loader=False),
     "plain-DataLoader": partial(prepare_plain, use_torch_loader=True),
+    "plain-no-decay": partial(prepare_plain, use_torch_loader=False, no_decay_group=True),
     "cyclr": prepare_cyclr,
     "fastai": partial(prepare_fastai, own_loader=False),
     "fastai-own-dl": partial(prepare_fastai, own_loader=True),
