@@ -311,6 +311,18 @@ class EMA(_Averaging):
     `validate=True` validates the EMA weights at the end of every epoch too (`ema_valid_loss`, `ema_<metric>` in the
     epoch table), exchanging them with the model's for the validation only. After the fit `learn.model` keeps the
     trained weights unless `swap_at_end=True`; `with ema.applied(learn):` uses the EMA weights for a block.
+
+    Args:
+        decay: the weight the average keeps at each update, in (0, 1); 0.999 forgets over about 1000 updates. With
+            `warmup` it is the ceiling the warmed-up decay reaches.
+        warmup: warm the decay up as timm's ModelEmaV3 does, `min(decay, 1 - (1 + n / warmup_gamma) **
+            -warmup_power)` at update n, so the average forgets its random start quickly; False: `decay` from the
+            second update on (the first copies the weights).
+        warmup_gamma: the warm-up's time scale, in updates (> 0).
+        warmup_power: the warm-up's exponent (> 0); the default 2/3 reaches 0.999 after about 31 600 updates.
+        every: update the average after every `every`-th optimizer step (>= 1).
+        validate: also validate the EMA weights at the end of every epoch (`ema_valid_loss`, `ema_<metric>`).
+        swap_at_end: leave the EMA weights in `learn.model` after the fit; False: the trained weights stay.
     """
 
     order = ORDER.ema  # after SWA: both read the epoch's row from the Recorder
