@@ -55,6 +55,20 @@ class SaveModelCallback(Monitor):
     with `every_epoch`, the file of the current step; for the best epoch, beside it, `<name>.preempted<ext>` (the
     best stays the best; the file is removed when the fit ends normally). `fit(..., resume='auto')` looks for the
     newest of the files this callback writes (`resume_paths`).
+
+    Args:
+        path: the checkpoint file; may hold `{epoch}` and `{train_iter}` fields (with `every_epoch`: one file per
+            save). Relative paths are relative to the working directory.
+        monitor: the column of the Recorder's epoch table to watch: 'valid_loss', 'train_loss' or a metric's name
+            (checked when the fit starts).
+        mode: 'min' (lower is better), 'max', or 'auto': 'min' for a name containing "loss" or "error", else
+            'max'.
+        min_delta: the smallest change that counts as an improvement, in the monitored value's unit (>= 0).
+        every_epoch: save at the end of every epoch; False: only when `monitor` improved (the best epoch).
+        every_n_batches: with `every_epoch`, also save after every n-th optimizer step (>= 1); None: only at epoch
+            ends.
+        load_best_at_end: load the best epoch's weights into the model when the fit ends (needs
+            `every_epoch=False`).
     """
 
     # After every callback that updates its state at the end of a batch or epoch (the Recorder, the monitors, the
