@@ -157,12 +157,20 @@ def _with_free_space(path: str) -> str:
 class MLflowCallback(TrackerCallback):
     """Log the fit to an MLflow run; see the module docstring.
 
-    `tracking_uri` None: the `MLFLOW_TRACKING_URI` environment variable when set, else a SQLite database
-    `mlflow.db` in the current folder (`sqlite:///mlflow.db`), never a server the user did not ask for; artifacts
-    then go to `mlartifacts/` beside it. `experiment` (default 'cyclr') is created when missing. The run ends
-    FINISHED, FAILED (the fit raised) or KILLED (Ctrl-C), even when the fit does not end normally.
-    `log_history=True` adds the Recorder's histories as CSV artifacts, `log_checkpoints=True` the files written by
-    a SaveModelCallback. Open the runs with `mlflow ui --backend-store-uri <tracking_uri>`."""
+    The run ends FINISHED, FAILED (the fit raised) or KILLED (Ctrl-C), even when the fit does not end normally.
+    Open the runs with `mlflow ui --backend-store-uri <tracking_uri>`.
+
+    Args:
+        tracking_uri: the MLflow store. None: the `MLFLOW_TRACKING_URI` environment variable when set, else a
+            SQLite database `mlflow.db` in the current folder (`sqlite:///mlflow.db`), never a server the user did
+            not ask for; a SQLite store's artifacts go to `mlartifacts/` beside it.
+        experiment: the experiment's name, created when missing; None: 'cyclr'.
+        run_name: the run's name in MLflow (an `lr_find` run gets `<run_name> lr_find`); None: MLflow names it.
+        log_figures: at the end of a fit, also log the Recorder's plots as figures.
+        log_history: at the end of a fit, also log the Recorder's tables as CSV artifacts (`history/batches.csv`,
+            `history/epochs.csv`).
+        log_checkpoints: at the end of a fit, also log the last file each SaveModelCallback wrote as an artifact.
+    """
 
     def __init__(self, tracking_uri: str | None = None, experiment: str | None = None, run_name: str | None = None,
                  log_figures: bool = False, log_history: bool = False, log_checkpoints: bool = False):
