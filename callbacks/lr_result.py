@@ -15,15 +15,29 @@ from .lr_suggest import Suggestion, centred_smooth
 
 
 class LRFinderResult:
-    """One LR-finder curve.
+    """One LR-finder curve, as the LR finder builds it (`learn.lr_find()` returns it).
 
-    Attributes: `lrs` (the rate of the reference group at each recorded batch), `losses` (raw), `smooth_losses`
-    (debiased EMA, beta 0.98, as fastai draws it), `centred_losses` (smoothed without lag by `centred_smooth`: the
-    curve the suggestions are read from), `suggestions` (name -> `Suggestion`), `stop_reason`, `reference_group`
-    (the group with the largest rate, the one `lrs` and the suggestions refer to), `group_ratios` (each group's rate
-    divided by the reference group's, kept fixed during the sweep), `wd` (the weight decay of the sweep, None when
-    unchanged), `mom` (likewise, the momentum), `swept_groups` (the groups whose rate was swept: all but the frozen
-    ones), and the sweep's settings `start_lr`, `end_lr`, `num_it`, `step_mode`.
+    Each argument is kept as the attribute of the same name; `centred_losses` is `losses` smoothed without lag by
+    `centred_smooth`: the curve the suggestions are read from.
+
+    Args:
+        lrs (list[float]): the rate of the reference group at each recorded batch.
+        losses (list[float]): the raw training loss of each recorded batch.
+        smooth_losses (list[float]): the losses as a debiased EMA (beta 0.98), as fastai draws them.
+        suggestions (dict[str, Suggestion]): the suggested rates by name ('valley', 'steep', ...).
+        stop_reason (str): why the sweep ended (completed, diverged, a non-finite loss, ...), in words.
+        reference_group (int): the parameter group with the largest rate, the one `lrs` and the suggestions refer
+            to.
+        group_ratios (Sequence[float]): each group's rate divided by the reference group's, kept fixed during the
+            sweep.
+        wd (float | None): the weight decay this curve was swept with; None when the sweep left it unchanged.
+        start_lr (float | None): the sweep's first rate.
+        end_lr (float | None): the sweep's last rate.
+        num_it (int | None): the number of batches the sweep was asked for.
+        step_mode (str): how the rate moved from `start_lr` to `end_lr`: 'exp' (geometrically) or 'linear'.
+        mom (float | None): the momentum this curve was swept with; None when the sweep left it unchanged.
+        swept_groups (list[int] | None): the groups whose rate was swept (all but the frozen ones); None: every
+            group.
     """
 
     def __init__(self, lrs, losses, smooth_losses, suggestions, stop_reason, reference_group=0, group_ratios=(1.0,),
@@ -67,7 +81,15 @@ class LRFinderResult:
     def plot(self, ax=None, suggestions: bool = True, raw: bool = True, skip_start: int = 0, skip_end: int = 0):
         """Loss against lr on a log axis: the loss smoothed without lag (blow-up included), the raw losses in a light
         line, fastai's EMA dashed, the suggestions marked. `skip_start` / `skip_end` points are left out at each
-        end. Returns the Figure (of `ax` when given)."""
+        end. Returns the Figure (of `ax` when given).
+
+        Args:
+            ax (matplotlib.axes.Axes | None): the axes to draw on; None: a new figure.
+            suggestions: mark each suggestion (those inside the drawn range).
+            raw: also draw the raw per-batch losses, in a light line.
+            skip_start: points left out of the drawing at the start (the smoothing still sees them).
+            skip_end: points left out of the drawing at the end; at least 2 points must remain.
+        """
         import matplotlib.pyplot as plt
 
         keep = _kept(len(self.lrs), skip_start, skip_end)
@@ -184,7 +206,15 @@ class LRFinderSweep:
     def plot(self, ax=None, suggestion: str | None = "valley", raw: bool = False, skip_start: int = 0,
              skip_end: int = 0):
         """Every curve's smoothed loss (blow-up included) against lr on one log axis, each with `suggestion` marked
-        (None marks nothing), and a star at the minimum of the curve with the lowest loss. Returns the Figure."""
+        (None marks nothing), and a star at the minimum of the curve with the lowest loss. Returns the Figure.
+
+        Args:
+            ax (matplotlib.axes.Axes | None): the axes to draw on; None: a new figure.
+            suggestion: the name of the suggestion to mark on each curve ('valley', 'steep', ...); None: none.
+            raw: also draw each curve's raw per-batch losses, in a light line.
+            skip_start: points left out of each curve's drawing at the start (the smoothing still sees them).
+            skip_end: points left out of each curve's drawing at the end; at least 2 points must remain.
+        """
         import matplotlib.pyplot as plt
 
         fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6, 4))
