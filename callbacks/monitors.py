@@ -75,6 +75,16 @@ class EarlyStoppingCallback(Monitor):
     The decision is taken in after_epoch and carried out at the start of the next epoch, so the epoch that decided
     is complete (recorded, logged, checkpointed with the decision in it) and a resumed fit stops where the
     uninterrupted one would. `stopped_epoch` is the last epoch trained, `best_epoch` the best one.
+
+    Args:
+        monitor: the column of the Recorder's epoch table to watch: 'valid_loss', 'train_loss' or a metric's name
+            (checked when the fit starts).
+        min_delta: the smallest change that counts as an improvement, in the monitored value's unit (>= 0).
+        patience: epochs in a row without improvement before stopping (>= 1).
+        mode: 'min' (lower is better), 'max', or 'auto': 'min' for a name containing "loss" or "error", else
+            'max'.
+        check_finite: stop as soon as the monitored value is NaN or infinite; False: such a value counts as no
+            improvement.
     """
 
     order = ORDER.early_stopping
@@ -132,6 +142,16 @@ class ReduceLROnPlateau(Monitor):
     has written the scheduled rate, every group's rate becomes `rate * scale`; in after_batch the scheduled rate is
     put back. So with one-cycle or SGDR the shape of the schedule is kept and only scaled down, and without a
     scheduler the base rate never compounds. `scale` (the product of the reductions so far) is in its state.
+
+    Args:
+        monitor: the column of the Recorder's epoch table to watch: 'valid_loss', 'train_loss' or a metric's name
+            (checked when the fit starts).
+        factor: what each reduction multiplies the rate by, in (0, 1).
+        patience: epochs in a row without improvement before each reduction (>= 1).
+        min_lr: the floor of the reduced rate (>= 0); a scheduled rate already below it is left as it is.
+        min_delta: the smallest change that counts as an improvement, in the monitored value's unit (>= 0).
+        mode: 'min' (lower is better), 'max', or 'auto': 'min' for a name containing "loss" or "error", else
+            'max'.
     """
 
     order = ORDER.reduce_lr_on_plateau
