@@ -265,9 +265,18 @@ class RecipeScheduler(ParamScheduler):
 class OneCycleCallback(RecipeScheduler):
     """Smith's one-cycle policy (fastai v1's fit_one_cycle, on fastai v2's clock): see `cyclr.one_cycle`.
 
-    `max_lr` may be a number, a list (one per parameter group) or `slice(lo, hi)`. `moms=None`, or an optimizer
-    without momentum, schedules no momentum. `anneal_strategy` ('cos' or 'linear') and `three_phase` have torch
-    OneCycleLR's meaning.
+    Args:
+        max_lr (float | list[float] | slice): the peak learning rate: one number for every parameter group, a list
+            with one per group, `slice(lo, hi)` (geometric from the first group's `lo` to the last group's `hi`) or
+            `slice(hi)` (`hi / 10` for every group but the last).
+        div_factor: the cycle starts at `max_lr / div_factor` (>= 1).
+        pct_start: the fraction of training, in (0, 1), spent raising the rate to `max_lr`.
+        final_div: the cycle ends at `max_lr / final_div` (>= 1); None: `div_factor * 1e4`.
+        moms: the momentum (Adam's first beta) goes from `moms[0]` to `moms[1]` while the rate rises, then to
+            `moms[2]` (back to `moms[0]` for a pair). None, or an optimizer without momentum, schedules no momentum.
+        anneal_strategy: 'cos' (each phase half a cosine) or 'linear' (a straight line), as in torch's OneCycleLR.
+        three_phase: as in torch's OneCycleLR: up over `pct_start`, back down to the start rate over another
+            `pct_start` (so `pct_start < 0.5`), then down to the final rate.
     """
 
     config_names = ("max_lr", "div_factor", "pct_start", "final_div", "moms", "anneal_strategy", "three_phase")
@@ -323,7 +332,16 @@ class FlatCosCallback(RecipeScheduler):
 
 class SGDRCallback(RecipeScheduler):
     """SGDR (cosine annealing with warm restarts): see `cyclr.callbacks.schedules.cycles.SGDR`. Fit for
-    `total_epochs` epochs; with another fit length the cycles stretch to fill it (a warning says so)."""
+    `total_epochs` epochs; with another fit length the cycles stretch to fill it (a warning says so).
+
+    Args:
+        max_lr (float | list[float] | slice): the rate each cycle starts (restarts) at: one number for every
+            parameter group, a list with one per group, or a slice as `OneCycleCallback`'s `max_lr`.
+        n_cycles: the number of cycles (>= 1).
+        cycle_len: the length of the first cycle, in epochs (>= 1).
+        cycle_mult: each cycle is `cycle_mult` times as long as the one before (1: equal cycles).
+        eta_min: the rate each cycle anneals down to, at its end (<= `max_lr`).
+    """
 
     config_names = ("max_lr", "n_cycles", "cycle_len", "cycle_mult", "eta_min")
 
@@ -364,6 +382,20 @@ class CyclicLRCallback(RecipeScheduler):
     momentum then gets a warning and no momentum schedule. `base_lr`, `max_lr`, `base_momentum` and `max_momentum`
     may be lists, one per group (or `slice` for the rates). `step_size_down` (default: `step_size`, torch's
     `step_size_up`) makes the cycles asymmetric.
+
+    Args:
+        base_lr (float | list[float] | slice): the lowest rate, where each cycle starts (>= 0).
+        max_lr (float | list[float] | slice): the highest rate, reached `step_size` batches into each cycle
+            (>= `base_lr`; in 'triangular2' and 'exp_range' the peak shrinks cycle by cycle).
+        step_size: batches (optimizer steps) from `base_lr` up to `max_lr`: torch's `step_size_up`.
+        mode: 'triangular' (every cycle the same), 'triangular2' (the amplitude halved after each cycle) or
+            'exp_range' (the amplitude multiplied by `gamma**t` at batch t).
+        gamma: the decay per batch of 'exp_range', in (0, 1]; the other modes ignore it.
+        cycle_momentum: cycle the momentum (Adam's first beta) too, inversely: `max_momentum` when the rate is
+            lowest, `base_momentum` when it is highest.
+        base_momentum (float | list[float]): the lowest momentum, in [0, 1].
+        max_momentum (float | list[float]): the highest momentum, in [0, 1].
+        step_size_down: batches from `max_lr` back down to `base_lr`; None: `step_size` (a symmetric cycle).
     """
 
     config_names = ("base_lr", "max_lr", "step_size", "step_size_down", "mode", "gamma", "cycle_momentum",
