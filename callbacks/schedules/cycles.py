@@ -186,7 +186,19 @@ def one_cycle(
     anneal_strategy: str = ONE_CYCLE.anneal_strategy,
     three_phase: bool = ONE_CYCLE.three_phase,
 ) -> OneCycle:
-    """The one-cycle lr and momentum schedules (see `OneCycle`); `lr, mom = one_cycle(...)` unpacks them."""
+    """The one-cycle lr and momentum schedules (see `OneCycle`); `lr, mom = one_cycle(...)` unpacks them.
+
+    Args:
+        max_lr: the peak learning rate (> 0).
+        div_factor: the cycle starts at `max_lr / div_factor` (>= 1).
+        pct_start: the fraction of training, in (0, 1), spent raising the rate to `max_lr`.
+        final_div: the cycle ends at `max_lr / final_div` (>= 1); None: `div_factor * 1e4`, as in fastai v1.
+        moms: the momentum goes from `moms[0]` to `moms[1]` while the rate rises, then to `moms[2]` (back to
+            `moms[0]` for a pair); each in [0, 1]. None: no momentum schedule (`mom` is None).
+        anneal_strategy: 'cos' (each phase half a cosine) or 'linear' (a straight line), as in torch's OneCycleLR.
+        three_phase: as in torch's OneCycleLR: up over `pct_start`, back down to the start rate over another
+            `pct_start` (so `pct_start < 0.5`), then down to the final rate.
+    """
     return OneCycle(max_lr, div_factor, pct_start, final_div, moms, anneal_strategy, three_phase)
 
 
@@ -240,7 +252,15 @@ class SGDR(Schedule):
 
 def sgdr(max_lr: float, n_cycles: int, cycle_len: int, cycle_mult: int = SGDR_DEFAULTS.cycle_mult,
          eta_min: float = SGDR_DEFAULTS.eta_min) -> SGDR:
-    """SGDR with warm restarts as a function of pct; `.total_epochs` is the fit length the cycles assume."""
+    """SGDR with warm restarts as a function of pct; `.total_epochs` is the fit length the cycles assume.
+
+    Args:
+        max_lr: the rate each cycle starts (restarts) at (> 0).
+        n_cycles: the number of cycles (>= 1).
+        cycle_len: the length of the first cycle, in epochs (>= 1).
+        cycle_mult: each cycle is `cycle_mult` times as long as the one before (an integer >= 1; 1: equal cycles).
+        eta_min: the rate each cycle anneals down to, at its end (>= 0 and <= `max_lr`).
+    """
     return SGDR(max_lr, n_cycles, cycle_len, cycle_mult, eta_min)
 
 
@@ -304,7 +324,17 @@ class Cyclical(Schedule):
 
 def cyclical(base_lr, max_lr, step_size, mode, gamma=CYCLICAL.gamma, step_size_down=None) -> Cyclical:
     """Smith's cyclical lr from `base_lr` (>= 0) up to `max_lr` (> 0) over `step_size` batches and back over
-    `step_size_down` (default: `step_size`)."""
+    `step_size_down` (default: `step_size`): a function of the batch index, as torch's CyclicLR.
+
+    Args:
+        base_lr (float): the lowest rate, where each cycle starts (>= 0).
+        max_lr (float): the highest rate, reached `step_size` batches into each cycle (>= `base_lr`).
+        step_size (int): batches from `base_lr` up to `max_lr` (>= 1): torch's `step_size_up`.
+        mode (str): 'triangular' (every cycle the same), 'triangular2' (the amplitude halved after each cycle) or
+            'exp_range' (the amplitude multiplied by `gamma**t` at batch t).
+        gamma (float): the decay per batch of 'exp_range', in (0, 1]; the other modes ignore it.
+        step_size_down (int | None): batches from `max_lr` back down to `base_lr`; None: `step_size` (symmetric).
+    """
     non_negative("base_lr", base_lr)
     check_rate("max_lr", max_lr)
     if base_lr > max_lr:
