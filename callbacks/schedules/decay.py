@@ -157,7 +157,16 @@ def multi_factor(base: float, steps: Sequence[int], factor: float) -> MultiFacto
 
 
 def cosine(base: float, final: float, max_update: int, warmup_steps: int = 0, warmup_begin: float = 0.0) -> CosineDecay:
-    """d2l's cosine schedule, pinned at `final` after `max_update`, with an optional linear warmup."""
+    """d2l's cosine schedule, pinned at `final` after `max_update`, with an optional linear warmup: a function of
+    a step count (the batch index with `ParamScheduler(..., unit='batch')`, the epoch with `unit='epoch'`).
+
+    Args:
+        base: the value at the end of the warmup (step `warmup_steps`), where the cosine starts (> 0).
+        final: the value the cosine reaches at step `max_update` and keeps after it (>= 0 and <= `base`).
+        max_update: the step at which the cosine ends (>= 1).
+        warmup_steps: steps of linear warmup before the cosine (< `max_update`); 0: none.
+        warmup_begin: the value at step 0, where the warmup starts (>= 0).
+    """
     return CosineDecay(base, final, max_update, warmup_steps, warmup_begin)
 
 
