@@ -175,7 +175,24 @@ def tune_lr(make_learner: Callable[[], object], n_trials: int, epochs: int, stor
     study's user attributes `lr_find_valley`, `lr_find_seconds`) and searches max_lr within `lr_find_span` times of
     its valley suggestion either side, the first trial at the valley itself; `search` must then not give max_lr.
     Callbacks every trial needs go on the learner `make_learner` returns: a tracker made there logs one run per
-    trial (a pruned trial's MLflow run ends KILLED)."""
+    trial (a pruned trial's MLflow run ends KILLED).
+
+    Args:
+        make_learner: called with no arguments, returns a fresh Learner (new model, same data) for each trial.
+        n_trials: the number of trials this call runs (>= 1), added to those the study already has.
+        epochs: the length of each trial's `fit_one_cycle`, in epochs (>= 1).
+        storage: the study's SQLAlchemy URL (e.g. 'sqlite:///optuna.db'); None: `default_storage()`.
+        study_name: the study's name in `storage`; an existing study of that name is continued.
+        search: the ranges searched, `{'max_lr': (lo, hi), 'wd': (lo, hi), 'pct_start': (lo, hi)}` (any of the
+            three); None: `{'max_lr': (1e-5, 1.0)}`.
+        monitor: the epoch-table column each trial is scored by, read at the end of its fit.
+        mode: 'min', 'max', or 'auto' (as in `OptunaPruning`): whether the study minimizes or maximizes `monitor`.
+        seed_from_lr_find: search max_lr around the valley suggestion of one `lr_find()`, run once per study.
+        lr_find_span: with `seed_from_lr_find`, max_lr is searched from valley / span to valley * span (> 1).
+        pruner (optuna.pruners.BasePruner | None): stops unpromising trials; None: a MedianPruner that prunes from
+            the second half of the fit on.
+        seed: the seed of the TPE sampler; None: a random one.
+    """
     optuna = _optuna()
     if not callable(make_learner):
         raise TypeError(f"make_learner must be a function returning a new Learner, got {type(make_learner).__name__}")
