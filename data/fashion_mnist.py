@@ -222,6 +222,22 @@ def fashion_mnist(
     Pixels are in [0, 1], or standardised with the mean and standard deviation of the training images used when
     `normalize=True`. `n_train` / `n_valid` keep the first samples of each split (the files are already in random
     order) for quick runs. `device` puts the data there once, so batches cost nothing to produce.
+
+    Args:
+        bs: the training batch size.
+        root (str | os.PathLike | None): a directory to look in first for the four IDX files (see the module
+            docstring); None: `$CYCLR_DATA`, then the Debian package's directory.
+        device: where the images and labels go once, now (e.g. 'cuda'); None: they stay on the CPU.
+        normalize: standardise the pixels with the training images' mean and standard deviation; False: pixels in
+            [0, 1].
+        valid_bs: the validation batch size; None: `2 * bs`.
+        n_train: keep only the first `n_train` training images; None: all 60,000.
+        n_valid: keep only the first `n_valid` test images; None: all 10,000.
+        seed: the seed of the training loader's shuffling.
+        shuffle: shuffle the training set every epoch (the validation set never is).
+        drop_last: drop the last incomplete training batch.
+        download: let torchvision's downloader fetch the files when no directory has them; False: fail with a
+            message saying where to put them.
     """
     tensors = _load(root, download)
     n_train = _subset_size("n_train", n_train, _SHAPES["x_train"][0])
