@@ -35,6 +35,17 @@ def synthetic_classification(
     `(n, n_features)` and int64 labels in `0..n_classes-1`, classes balanced (sample `i` has label `i % n_classes`).
 
     With the default `spread=1.0` a linear model separates the classes almost perfectly.
+
+    Args:
+        n_train: training samples (>= 1).
+        n_valid: validation samples (>= 1).
+        n_features: the dimension of each sample (>= 1).
+        n_classes: the number of classes (>= 2).
+        bs: the training batch size.
+        seed: seeds the values (a generator of its own) and the training loader's shuffling (>= 0).
+        device: where the tensors go once, now; None: they stay on the CPU.
+        spread: the standard deviation of each blob around its centre (> 0); larger blobs overlap more.
+        valid_bs: the validation batch size; None: `2 * bs`.
     """
     for name, value, minimum in (("n_train", n_train, 1), ("n_valid", n_valid, 1), ("n_features", n_features, 1),
                                  ("n_classes", n_classes, 2)):
@@ -69,6 +80,16 @@ def synthetic_regression(
 ) -> DataLoaders:
     """`y = x @ w + b + noise * eps` with `x, w, eps ~ N(0, 1)` and `b ~ N(0, 1)`; float32 `x` `(n, n_features)`
     and `y` `(n, 1)`. The true coefficients are in `dls.coefs` as `(w, b)`; the best achievable MSE is `noise**2`.
+
+    Args:
+        n_train: training samples (>= 1).
+        n_valid: validation samples (>= 1).
+        n_features: the dimension of each sample (>= 1).
+        noise: the standard deviation of the noise added to each target (>= 0).
+        bs: the training batch size.
+        seed: seeds the values (a generator of its own) and the training loader's shuffling (>= 0).
+        device: where the tensors go once, now; None: they stay on the CPU.
+        valid_bs: the validation batch size; None: `2 * bs`.
     """
     for name, value, minimum in (("n_train", n_train, 1), ("n_valid", n_valid, 1), ("n_features", n_features, 1)):
         int_at_least(name, value, minimum)
@@ -106,6 +127,16 @@ def tiny_images(
     Each class is a fixed random pattern of bright 4x4 squares; a sample is its class pattern, randomly shifted by
     up to 2 pixels, plus uniform noise. A LeNet (SGD, lr 0.1, momentum 0.9) is well above chance after 3 epochs,
     which suits smoke tests of the training loop without the real data.
+
+    Args:
+        n_train: training images (>= 1).
+        n_valid: validation images (>= 1).
+        n_classes: the number of classes, each its own pattern (>= 2).
+        bs: the training batch size.
+        seed: seeds the values (a generator of its own) and the training loader's shuffling (>= 0).
+        device: where the tensors go once, now; None: they stay on the CPU.
+        noise: the weight of the uniform noise in each pixel, in [0, 1]: `(1 - noise) * pattern + noise * U(0, 1)`.
+        valid_bs: the validation batch size; None: `2 * bs`.
     """
     for name, value, minimum in (("n_train", n_train, 1), ("n_valid", n_valid, 1), ("n_classes", n_classes, 2)):
         int_at_least(name, value, minimum)
