@@ -20,6 +20,19 @@ class TorchLoader:
     `seed`; `state_dict()` saves it with the epoch counter, so restoring it replays the next epoch exactly. Extra
     keyword arguments go to `DataLoader` (`collate_fn`, `pin_memory`, `persistent_workers`, ...). The underlying
     loader is `self.loader`.
+
+    Args:
+        dataset: the torch `Dataset` the batches are drawn from.
+        bs: batch size (>= 1).
+        shuffle: draw a new order every epoch, from `seed` and the epoch.
+        drop_last: drop the final incomplete batch, so every batch has exactly `bs` samples.
+        seed: seed of this loader's own CPU generator (>= 0); two loaders with the same seed shuffle identically.
+        num_workers: worker processes loading batches (>= 0); 0 loads them in the training process.
+        rank: this process's rank, for data-parallel training: with `world_size > 1` a `DistributedSampler` gives
+            each rank its own part of every epoch.
+        world_size: the number of processes, for data-parallel training; 1: no sharding.
+        **kwargs (Any): passed on to torch's `DataLoader` (`collate_fn`, `pin_memory`, `persistent_workers`, ...); not
+            `generator`, `batch_size`, `sampler` or `batch_sampler`, which this class sets.
     """
 
     def __init__(
