@@ -59,11 +59,6 @@ class SmoothedValue:
         return self.avg / (1 - self.beta**self.count)
 
 
-def smooth(values: list[float], beta: float = 0.98) -> list[float]:
-    smoother = SmoothedValue(beta)
-    return [smoother.add(v) for v in values]
-
-
 # Losses waiting on the device become floats at the end of each epoch, or after this many steps of a long one, so
 # that neither memory nor a mid-epoch checkpoint grows with the epoch's length.
 FLUSH_EVERY = 256

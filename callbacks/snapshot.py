@@ -11,6 +11,7 @@ import tempfile
 
 import torch
 
+from ..data.nested import map_leaves, tensors_in
 from ..data.state import create_owned_file, remove_unowned_files, rng_state, set_rng_state
 
 # Above this many bytes of weights, buffers, gradients and optimizer state, the snapshot goes to a temporary file.
@@ -27,26 +28,12 @@ _LOOP_STATE = (*_COUNTERS, "training", "dl", "xb", "yb", "pred", "loss")
 
 
 def _tensor_bytes(obj) -> int:
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, dict):
-        return sum(_tensor_bytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_tensor_bytes(v) for v in obj)
-    return 0
+    return sum(t.numel() * t.element_size() for t in tensors_in(obj))
 
 
 def _clone_tensors(obj):
     """A copy whose tensors share no memory with the original (so later in-place updates cannot reach it)."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
-    if isinstance(obj, dict):
-        return {k: _clone_tensors(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_clone_tensors(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_clone_tensors(v) for v in obj)
-    return copy.deepcopy(obj)
+    return map_leaves(lambda v: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v), obj)
 
 
 class TrainingSnapshot:

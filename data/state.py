@@ -11,6 +11,7 @@ import contextlib
 import errno
 import glob
 import hashlib
+import numbers
 import os
 import random
 import shutil
@@ -33,7 +34,7 @@ except ImportError:  # Windows: no advisory locks; files are then never judged a
 __all__ = ["TEMP_SUFFIX", "NOFOLLOW", "atomic_write", "check_file_path", "open_for_write", "create_owned_file",
            "try_lock", "still_names", "remove_stale_temp_files", "remove_unowned_files", "umask_mode",
            "mode_for_new_content", "atomic_torch_save", "rng_state", "set_rng_state", "seeded_generator",
-           "check_loader_state", "digest"]
+           "check_loader_state", "plain", "digest"]
 
 # Our temporary files are `.<final name>.<pid>.<random>.cyclr-tmp` beside the final file: recognisable, so the next
 # write of that file removes what a process killed mid-write left behind. Only files no process holds locked: another
@@ -316,6 +317,33 @@ def check_loader_state(state: dict, owner: str) -> None:
     generator_state = state["generator"]
     if not (isinstance(generator_state, torch.Tensor) and generator_state.dtype == torch.uint8):
         raise TypeError(f"state['generator'] must be a torch.uint8 tensor (a generator state), got {generator_state!r}")
+
+
+def plain(value, where: str, hint: str = "", keep: tuple[type, ...] = (), config: bool = False):
+    """`value` as plain values, the form a checkpoint holds: dicts (plain keys), lists and tuples of bool, int,
+    float, str and None, with NumPy numbers made Python's and objects of the `keep` types (e.g. tensors) as they
+    are. `config=True` asks for the form of a fit's config or a schedule's state, which are compared with the ones a
+    checkpoint kept: string keys, and tuples made lists. Anything else raises a TypeError naming where it is
+    (`where['lr'][1]`) and its type, followed by `hint` (what to do instead)."""
+    if isinstance(value, keep):  # first: a torch.Size is a tuple, kept as it is
+        return value
+    if isinstance(value, dict):
+        named = next((k for k in value if not isinstance(k, str)), None) if config else None
+        if named is not None:
+            raise TypeError(f"{where} key {named!r} is not a string (a config names its entries){hint}")
+        return {plain(k, f"{where} key {k!r}", hint, keep): plain(v, f"{where}[{k!r}]", hint, keep, config)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [plain(v, f"{where}[{i}]", hint, keep, config) for i, v in enumerate(value)]
+        return items if config or isinstance(value, list) else tuple(items)
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    raise TypeError(f"{where} is a {type(value).__module__}.{type(value).__qualname__}, not a plain value (bool, int, "
+                    f"float, str, None, or a list, tuple or dict of them){hint}")
 
 
 def digest(obj) -> str:

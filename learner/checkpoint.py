@@ -44,7 +44,7 @@ from ..callbacks.core import Callback
 from ..callbacks.history import BatchHistory, HistoryFileError, read_history_file
 from ..data.checks import user_stacklevel
 from ..data.core import loader_length
-from ..data.state import atomic_torch_save, check_file_path, digest, rng_state, set_rng_state
+from ..data.state import atomic_torch_save, check_file_path, digest, plain, rng_state, set_rng_state
 from .checkpoint_checks import (
     check_callbacks,
     check_data,
@@ -76,8 +76,7 @@ def save_checkpoint(learn, path, at: str | None = None, inline_history: bool | N
     callbacks = {}
     for key, cb in callback_keys(learn.cbs).items():
         state = cb.state_dict() if inline_history else cb.checkpoint_state(path)
-        _check_plain(state, f"{key}.state_dict()")
-        callbacks[key] = state
+        callbacks[key] = plain(state, f"{key}.state_dict()", _LOADS_WITHOUT_CODE, keep=_TENSORS)
     ckpt = {
         "format": FORMAT,
         "version": VERSION,
@@ -156,24 +155,10 @@ def _data_state(dls, mid_epoch: bool) -> dict:
     return dls.state_dict(mid_epoch=True) if mid_epoch else dls.state_dict()
 
 
-_PLAIN = (bool, int, float, str, type(None), torch.Tensor, torch.Size, torch.dtype)
-
-
-def _check_plain(obj, where: str) -> None:
-    """Refuse, at save time, a value `torch.load(weights_only=True)` would refuse at load time."""
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            _check_plain(k, where)
-            _check_plain(v, f"{where}[{k!r}]")
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            _check_plain(v, f"{where}[{i}]")
-    elif not isinstance(obj, _PLAIN):
-        raise TypeError(
-            f"{where} is a {type(obj).__module__}.{type(obj).__name__}: a checkpoint holds only tensors and plain "
-            "values (bool, int, float, str, None, lists, tuples, dicts) so that it loads without running code; "
-            "convert it (e.g. torch.as_tensor(x) or x.tolist())"
-        )
+# A callback's state is refused at save time when `torch.load(weights_only=True)` would refuse it at load time.
+_TENSORS = (torch.Tensor, torch.Size, torch.dtype)
+_LOADS_WITHOUT_CODE = ("; a checkpoint holds only those and tensors, so that it loads without running code: convert it "
+                       "(e.g. torch.as_tensor(x) or x.tolist())")
 
 
 def callback_keys(cbs) -> dict[str, Callback]:

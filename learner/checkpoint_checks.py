@@ -8,6 +8,7 @@ import random
 
 import torch
 
+from ..data.state import plain
 from .checkpoint_format import POSITIONS, CheckpointError, first_line
 
 
@@ -150,14 +151,7 @@ def check_fit_config(config) -> None:
                                                   for k, v in callbacks.items()):
         raise CheckpointError("progress: the checkpoint's config (what its fit started with) must be a dict whose "
                               "'callbacks' maps each callback's name to a dict of its settings")
-    if not _plain_values(config):
-        raise CheckpointError("progress: the checkpoint's config holds something other than plain values (bool, "
-                              "int, float, str, None, lists, dicts with string keys)")
-
-
-def _plain_values(value) -> bool:
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _plain_values(v) for k, v in value.items())
-    if isinstance(value, list):
-        return all(_plain_values(v) for v in value)
-    return value is None or isinstance(value, (bool, int, float, str))
+    try:
+        plain(config, "the checkpoint's config", config=True)
+    except TypeError as e:
+        raise CheckpointError(f"progress: {e}") from None

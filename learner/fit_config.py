@@ -24,6 +24,7 @@ import numbers
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from ..data.state import plain
 from .checkpoint import callback_keys
 
 # The fit's own entries, each with how a difference in it reads.
@@ -35,6 +36,9 @@ FIT_ENTRIES = {
     "train_samples": "number of training samples",
     "valid_batch_size": "batch size of the validation data",
 }
+# A callback's fit_config() is kept as plain values, tuples as lists and NumPy numbers as Python's, as both sides
+# of a comparison must be (data/state.py's `plain`); anything else is refused with this hint.
+_DESCRIBE_IT = "; a fit's config is kept in checkpoints: describe it as a plain value (e.g. its repr)"
 # Restoring the optimizer's state already refuses another type, with its own fix (create the Learner with the same
 # opt_func): a type change cannot be allowed, so it is not offered here.
 NOT_COMPARED = ("optimizer",)
@@ -49,7 +53,7 @@ def describe_fit(learn, lr: float | None, wd: float | None, cbs=()) -> dict:
     for key, cb in callback_keys(everything).items():  # the order add_cbs gives them, so the checkpoint's keys
         described = cb.fit_config()
         if described is not None:
-            callbacks[key] = plain(described, f"{key}.fit_config()")
+            callbacks[key] = plain(described, f"{key}.fit_config()", _DESCRIBE_IT, config=True)
     train, valid = learn.dls.train, getattr(learn.dls, "valid", None)
     wd = learn.wd if wd is None else wd
     return {
@@ -83,25 +87,6 @@ def _n_samples(dl) -> int | None:
         return int(n)
     dataset = getattr(dl, "dataset", None)
     return len(dataset) if hasattr(type(dataset), "__len__") else None
-
-
-def plain(value, where: str):
-    """`value` with tuples as lists and numpy numbers as python's (as both sides of a comparison must be), refusing
-    anything but plain values."""
-    if isinstance(value, dict):
-        return {str(k): plain(v, f"{where}[{k!r}]") for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        return float(value)
-    raise TypeError(
-        f"{where} holds a {type(value).__name__} ({value!r}): a fit's config is kept in checkpoints as plain values "
-        "(bool, int, float, str, None, lists, dicts); describe it as one (e.g. its repr)"
-    )
 
 
 # ----- comparing two configs ----------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import torch
 
 from ..callbacks.optimizer_modes import evaluating
 from ..data.core import Targets, loader_length
+from ..data.nested import map_leaves
 from .batches import TARGET_KEYS, Batches, describe, logits_of, target_args
 from .epoch_length import with_peeked
 from .preflight import first_batch
@@ -285,15 +286,15 @@ def _as_tensors(item, dtype: torch.dtype, top: bool = False):
 
 def _with_batch_dim(xb):
     """One item as a batch of one, as a loader's collate would make it."""
-    if isinstance(xb, torch.Tensor):
-        return xb.unsqueeze(0)
-    if isinstance(xb, dict):
-        return {k: _with_batch_dim(v) for k, v in xb.items()}
-    if isinstance(xb, (tuple, list)):
-        return type(xb)(_with_batch_dim(o) for o in xb)
-    if isinstance(xb, numbers.Number) and not isinstance(xb, bool):
-        return torch.tensor([xb])
-    return [xb]  # a string or another object: a batch of one
+    return map_leaves(_one_as_batch, xb)
+
+
+def _one_as_batch(part):
+    if isinstance(part, torch.Tensor):
+        return part.unsqueeze(0)
+    if isinstance(part, numbers.Number) and not isinstance(part, bool):
+        return torch.tensor([part])
+    return [part]  # a string or another object: a batch of one
 
 
 def _per_sample_loss(loss_func):
@@ -308,13 +309,7 @@ def _per_sample_loss(loss_func):
 
 
 def _to_cpu(b):
-    if isinstance(b, torch.Tensor):
-        return b.detach().cpu()
-    if isinstance(b, (tuple, list)):
-        return type(b)(_to_cpu(o) for o in b)
-    if isinstance(b, dict):
-        return {k: _to_cpu(v) for k, v in b.items()}
-    return b
+    return map_leaves(lambda o: o.detach().cpu() if isinstance(o, torch.Tensor) else o, b)
 
 
 def _concat(parts: list):
@@ -363,10 +358,4 @@ def _apply_act(preds, act):
 
 def _first_item(out):
     """The output for the one item of a batch of one; a 0-d part (the batch's value) as it is."""
-    if isinstance(out, torch.Tensor):
-        return out if out.ndim == 0 else out[0]
-    if isinstance(out, (tuple, list)):
-        return type(out)(_first_item(o) for o in out)
-    if isinstance(out, dict):
-        return {k: _first_item(v) for k, v in out.items()}
-    return out
+    return map_leaves(lambda o: o[0] if isinstance(o, torch.Tensor) and o.ndim else o, out)

@@ -14,11 +14,12 @@ import torch
 from torch import nn
 
 from ..callbacks.core import Callback, check_hook_names
-from ..callbacks.recorder import metric_name
+from ..callbacks.recorder import is_epoch_metric, metric_name
 from ..callbacks.scheduler import check_lr_spec
 from ..callbacks.schedules.base import check_rate
 from ..data.checks import int_at_least, non_negative, user_stacklevel
 from ..data.core import Targets, loader_length
+from ..data.nested import tensors_in
 from ..data.state import rng_state, set_rng_state
 from .batches import describe, target_args
 
@@ -48,16 +49,12 @@ def check_learner_arguments(model, dls, loss_func, opt_func, lr, wd, metrics, n_
         int_at_least("n_inp", n_inp, 1)
     metrics = [metrics] if callable(metrics) else list(metrics)
     for m in metrics:
-        if not callable(m) and not _is_epoch_metric(m):
+        if not callable(m) and not is_epoch_metric(m):
             raise TypeError(
                 f"each metric must be callable as metric(pred, target), or an object with update/compute/reset "
                 f"(a torchmetrics Metric), got {m!r}"
             )
     return metrics
-
-
-def _is_epoch_metric(m) -> bool:
-    return all(callable(getattr(m, name, None)) for name in ("update", "compute", "reset"))
 
 
 def flag(name: str, value) -> bool:
@@ -231,7 +228,7 @@ def _head(batch, n: int = 2):
     """The first `n` samples of a batch of any structure (tensors sliced along their first dimension, tuples and
     dicts of them, lists of items), so the checks cost a tiny forward pass, not a whole batch's; None when the
     batch size cannot be told."""
-    size = next((t.shape[0] for t in _tensors(batch) if t.dim() > 0), None)
+    size = next((t.shape[0] for t in tensors_in(batch) if t.dim() > 0), None)
     if size is None or size <= n:
         return None
 
@@ -241,23 +238,13 @@ def _head(batch, n: int = 2):
         if isinstance(part, dict):
             return {k: cut(v) for k, v in part.items()}
         if isinstance(part, (tuple, list)) and any(isinstance(p, (torch.Tensor, dict, tuple, list)) and
-                                                   _tensors(p) for p in part):
+                                                   next(tensors_in(p), None) is not None for p in part):
             return type(part)(cut(p) for p in part)  # a structure of inputs and targets
         if isinstance(part, list) and len(part) == size:
             return part[:n]  # a batch of items (token lists, strings)
         return part
 
     return cut(batch)
-
-
-def _tensors(obj) -> list:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, dict):
-        obj = list(obj.values())
-    if isinstance(obj, (tuple, list)):
-        return [t for part in obj for t in _tensors(part)]
-    return []
 
 
 def _run_first_batch(learn, dl, phase: str, few: bool):
@@ -318,7 +305,7 @@ def _check_metrics(learn, pred, yb, loss) -> None:
     out = learn.metric_output(pred)
     for m in learn.metrics:
         try:
-            if _is_epoch_metric(m):
+            if is_epoch_metric(m):
                 probe = copy.deepcopy(m)
                 if isinstance(probe, nn.Module):
                     probe.to(loss.device)

@@ -14,6 +14,8 @@ import textwrap
 from collections.abc import Sequence
 
 from ...data.checks import int_at_least, non_negative, positive, real
+from ...data.nested import map_leaves
+from ...data.state import plain
 
 # A position this close to a phase or cycle boundary belongs to the phase that starts there: `i / N` computed in
 # floating point can land a hair before the boundary it means (e.g. 0.1 + 0.2 != 0.3).
@@ -63,15 +65,6 @@ def wrap_title(text: str, width: int = 70) -> str:
     return "\n".join(textwrap.wrap(text, width))
 
 
-def _plain(value):
-    """Configuration value -> what goes into a state dict: nested schedules as dicts, tuples as lists."""
-    if isinstance(value, Configured):
-        return value.state_dict()
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 # ----- the common shape of every schedule -------------------------------------------------------------------------
 class Configured:
     """repr, equality and state_dict, all read from `config()`: the constructor arguments, in order."""
@@ -90,7 +83,10 @@ class Configured:
         return hash(repr(self))
 
     def state_dict(self) -> dict:
-        return {"kind": type(self).__name__, **{k: _plain(v) for k, v in self.config().items()}}
+        """`config()` as plain values (data/state.py's `plain`): nested schedules as their state dicts, tuples as
+        lists, so that equal schedules have equal states."""
+        config = map_leaves(lambda v: v.state_dict() if isinstance(v, Configured) else v, self.config())
+        return {"kind": type(self).__name__, **plain(config, f"{type(self).__name__}.config()", config=True)}
 
 
 class Schedule(Configured):
