@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from helpers import UsedHypers
 from torch import nn
 
 from cyclr import (
@@ -58,21 +59,6 @@ class Script(Callback):
 
     def after_epoch(self, learn):
         learn.recorder.epoch_rows[-1][self.column] = self.values[learn.epoch]
-
-
-class StepLog(Callback):
-    """What the optimizer is about to use at each step, read after every other callback."""
-
-    order = 80
-
-    def __init__(self):
-        self.lrs, self.moms, self.epochs, self.train_iters = [], [], [], []
-
-    def before_step(self, learn):
-        self.lrs.append(learn.opt.param_groups[0]["lr"])
-        self.moms.append(learn.opt.param_groups[0]["momentum"])
-        self.epochs.append(learn.epoch)
-        self.train_iters.append(learn.train_iter)
 
 
 class WeightsAfterEachStep(Callback):
@@ -135,26 +121,26 @@ SCALES = [1.0, 1.0, 0.5, 0.25, 0.25, 0.125]
 @pytest.mark.parametrize("schedule", ["constant", "none"])
 @pytest.mark.parametrize("min_lr", [0.0, 0.03])
 def test_reduce_lr_on_plateau_with_a_constant_rate(schedule, min_lr):
-    log = StepLog()
+    log = UsedHypers()
     plateau = ReduceLROnPlateau(factor=0.5, patience=1, min_lr=min_lr)
     cbs = [Script(VALID), plateau, log] + ([ParamScheduler({"lr": Const(0.1)})] if schedule == "constant" else [])
     learn = make_learner()
     learn.fit(6, cbs=cbs)
     expected = [max(0.1 * scale, min_lr) for scale in SCALES for _ in range(BATCHES)]
-    assert log.lrs == expected
+    assert log.column("lr") == expected
     assert learn.recorder.lrs == expected
     assert plateau.scale == 0.125  # reduced after the last epoch too
     assert learn.opt.param_groups[0]["lr"] == 0.1  # the scheduled rate is put back after every batch
 
 
 def test_reduce_lr_on_plateau_scales_one_cycle_without_changing_its_shape():
-    log = StepLog()
+    log = UsedHypers()
     learn = make_learner()
     learn.fit_one_cycle(6, 0.1, cbs=[Script(VALID), ReduceLROnPlateau(factor=0.5, patience=1), log])
     cycle = OneCycleCallback(0.1).one_cycle
     n = 6 * BATCHES
-    assert log.lrs == [cycle.lr(i / n) * SCALES[i // BATCHES] for i in range(n)]
-    assert log.moms == [cycle.mom(i / n) for i in range(n)]
+    assert log.column("lr") == [cycle.lr(i / n) * SCALES[i // BATCHES] for i in range(n)]
+    assert log.column("mom") == [cycle.mom(i / n) for i in range(n)]
 
 
 # ----- TerminateOnNaNCallback ---------------------------------------------------------------------------------------
@@ -271,12 +257,12 @@ class MicroLosses(Callback):
 
 def test_schedules_and_the_recorder_count_accumulated_steps_not_micro_batches():
     micro, _ = accumulation_pair(3, 12)
-    log, losses = StepLog(), MicroLosses()
+    log, losses = UsedHypers(), MicroLosses()
     micro.fit_one_cycle(2, 0.1, cbs=[log, losses])
     cycle = OneCycleCallback(0.1).one_cycle
     rows = micro.recorder.batch_rows
     assert [r["train_iter"] for r in rows] == [0, 1, 2, 3] and [r["pct"] for r in rows] == [0, 0.25, 0.5, 0.75]
-    assert log.lrs == [cycle.lr(i / 4) for i in range(4)]
+    assert log.column("lr") == [cycle.lr(i / 4) for i in range(4)]
     # Each step's recorded loss is the mean of its 3 micro-batches' losses.
     groups = [torch.stack(losses.losses[3 * k:3 * k + 3]).mean().item() for k in range(4)]
     assert [r["loss"] for r in rows] == groups
@@ -423,17 +409,17 @@ class WeightsAfterEachBatch(Callback):
 
 def test_float16_step_skipped_by_the_scaler_is_not_a_step():
     mp = MixedPrecision(torch.float16, init_scale=2.0**10)
-    after_batch, log = WeightsAfterEachBatch(), StepLog()
+    after_batch, log = WeightsAfterEachBatch(), UsedHypers()
     learn = make_learner(cbs=[mp])
     learn.fit_one_cycle(2, 0.1, cbs=[InfGradient(3), after_batch, log])
     assert mp.skipped_steps == 1 and mp.scaler.get_scale() == 2.0**9  # halved once
     assert same(after_batch.weights[3], after_batch.weights[2])  # batch 3 changed nothing
     assert not same(after_batch.weights[4], after_batch.weights[3])
     n = 2 * BATCHES
-    assert learn.train_iter == n - 1 and log.train_iters == list(range(n - 1))
+    assert learn.train_iter == n - 1 and [r["train_iter"] for r in log.rows] == list(range(n - 1))
     assert [r["train_iter"] for r in learn.recorder.batch_rows] == list(range(n - 1))  # not recorded
     cycle = OneCycleCallback(0.1).one_cycle
-    assert log.lrs == [cycle.lr(i / n) for i in range(n - 1)]  # the schedule did not move at the skipped batch
+    assert log.column("lr") == [cycle.lr(i / n) for i in range(n - 1)]  # the schedule did not move at the skipped batch
 
 
 # ----- KeyboardInterrupt ----------------------------------------------------------------------------------------------
