@@ -39,6 +39,27 @@ class UsedHypers(Callback):
         return [r[name][group] for r in self.rows]
 
 
+def state_copy(module):
+    """A copy of `module`'s state dict, detached: what it holds now, unchanged by later steps."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+class WeightsAfterEachStep(Callback):
+    """The model's state (`state_copy`) after every optimizer step (`steps`) and at the end of every training epoch
+    (`epoch_ends`), after the averaging and ensemble callbacks have seen the step."""
+
+    order = 80
+
+    def __init__(self):
+        self.steps, self.epoch_ends = [], []
+
+    def after_step(self, learn):
+        self.steps.append(state_copy(learn.model))
+
+    def after_train(self, learn):
+        self.epoch_ends.append(state_copy(learn.model))
+
+
 def quiet(model, dls, loss_func=CE, **kwargs):
     """A Learner on the CPU without a progress bar; cross-entropy unless `loss_func` says otherwise (None: the
     model's output carries its loss)."""

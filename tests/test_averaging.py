@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import WeightsAfterEachStep, state_copy
 from torch import nn
 
 from cyclr import (
@@ -45,25 +46,6 @@ def learner(bn=False, dtype=torch.float32, **kwargs):
     kwargs.setdefault("progress", False)
     return Learner(model, dls, nn.CrossEntropyLoss(), opt_func=torch.optim.SGD, lr=0.05, metrics=[accuracy],
                    device="cpu", **kwargs)
-
-
-def weights(module):
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-class WeightsAfterEachStep(Callback):
-    """The model's state after every optimizer step and at the end of every training epoch."""
-
-    order = 80
-
-    def __init__(self):
-        self.steps, self.epoch_ends = [], []
-
-    def after_step(self, learn):
-        self.steps.append(weights(learn.model))
-
-    def after_train(self, learn):
-        self.epoch_ends.append(weights(learn.model))
 
 
 def mean_of(states, key):
@@ -174,7 +156,7 @@ def test_ema_validation_each_epoch_leaves_the_weights_exactly_as_trained():
         order = 80
 
         def after_train(self, learn):
-            self.trained = weights(learn.model)
+            self.trained = state_copy(learn.model)
 
         def after_epoch(self, learn):
             for k, v in learn.model.state_dict().items():
@@ -185,7 +167,7 @@ def test_ema_validation_each_epoch_leaves_the_weights_exactly_as_trained():
     learn.fit(2, cbs=[ema, AfterValidation()])
     rows = learn.recorder.epoch_rows
     assert [r["ema_n"] for r in rows] == [6, 12]
-    trained = weights(learn.model)
+    trained = state_copy(learn.model)
     with ema.applied(learn):  # outside the fit: the EMA weights for this block only
         inside = learn.validate()
     assert inside["valid_loss"] == pytest.approx(rows[-1]["ema_valid_loss"], rel=1e-6)
@@ -198,7 +180,7 @@ def test_a_failing_block_still_puts_the_weights_back():
     learn = learner()
     ema = EMA(decay=0.9, validate=False)
     learn.fit(1, cbs=[ema])
-    before = weights(learn.model)
+    before = state_copy(learn.model)
     with pytest.raises(RuntimeError, match="boom"), ema.applied(learn):
         raise RuntimeError("boom")
     for k, v in learn.model.state_dict().items():
@@ -227,7 +209,7 @@ def test_bad_arguments_are_refused_when_the_callback_is_made(make, match):
 ])
 def test_a_start_after_the_end_is_refused_before_any_step(cb, match):
     learn = learner()
-    before = weights(learn.model)
+    before = state_copy(learn.model)
     with pytest.raises(ValueError, match=match):
         learn.fit(3, cbs=[cb])
     assert learn.train_iter == 0

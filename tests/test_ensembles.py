@@ -6,10 +6,10 @@ import os
 
 import pytest
 import torch
+from helpers import WeightsAfterEachStep
 from torch import nn
 
 from cyclr import (
-    Callback,
     Const,
     CyclicLRCallback,
     Learner,
@@ -32,16 +32,6 @@ def learner():
     model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
     return Learner(model, dls, nn.CrossEntropyLoss(), opt_func=torch.optim.SGD, lr=0.05, metrics=[accuracy],
                    device="cpu", progress=False)
-
-
-class WeightsAfterEachStep(Callback):
-    order = 80
-
-    def __init__(self):
-        self.steps = []
-
-    def after_step(self, learn):
-        self.steps.append({k: v.detach().clone() for k, v in learn.model.state_dict().items()})
 
 
 def assert_same_state(a, b):
