@@ -29,7 +29,15 @@ DESCENT_EDGE = 0.1
 class Suggestion:
     """A learning rate read off an LR-finder curve: `lr` (always finite and > 0), the `index` into the curve's `lrs`
     that it was read at, and a one-line `reason`. `group_lrs` gives the rate of every parameter group (the sweep
-    keeps their ratios); `lr` is the rate of the group with the largest rate."""
+    keeps their ratios); `lr` is the rate of the group with the largest rate.
+
+    Args:
+        name: the rule that read it: 'valley', 'steep', 'minimum' or 'slide'.
+        lr: the suggested rate of the reference group (the one with the largest rate).
+        index: the position in the curve's `lrs` where it was read.
+        reason: one line saying how it was read.
+        group_lrs: the suggested rate of every parameter group, in order; empty: `(lr,)`, a single group.
+    """
 
     name: str
     lr: float
