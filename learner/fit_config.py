@@ -2,7 +2,7 @@
 
 A resumed fit goes on from the checkpoint's counters; its hyperparameters come from this fit's arguments and
 callbacks. If those differ from the ones the checkpoint's fit started with, the run would silently mix two
-settings, so `fit(..., resume=path)` compares them (learner/resume.py) and refuses, naming each difference, unless
+settings, so `fit(..., resume=path)` compares them (learner/checkpoints.py) and refuses, naming each difference, unless
 `allow_config_change` allows it. The config holds plain values only (the checkpoint is read with
 `torch.load(weights_only=True)`):
 
@@ -25,7 +25,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from ..data.state import plain
-from .checkpoint import callback_keys
+from .checkpoint_files import callback_keys
 
 # The fit's own entries, each with how a difference in it reads.
 FIT_ENTRIES = {

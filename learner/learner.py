@@ -1,8 +1,7 @@
-"""The Learner and its fit loop, top to bottom: the events, their dispatch, the levels of the loop and the steps a
-subclass may change. Beside it, each mixed into the Learner: batches and model outputs (batches.py), attaching
-callbacks (attached.py), the optimizer and its hyperparameters (optimizer.py), the recipes (recipes.py), inference
-(inference.py), checkpoints and resuming (checkpoint.py, resume.py), data-parallel training (distributed.py); the
-checks before training are preflight.py."""
+"""The Learner, its state and its fit loop, top to bottom: the events, their dispatch, the levels of the loop and the
+steps a subclass may change. Beside it, each mixin in the file named after it: Batches (batches and model outputs),
+AttachedCallbacks, OptimizerSetup (optimizer.py), Recipes, Transfer, Inference, Checkpoints (save, load, resume;
+the file format is checkpoint_files.py) and DataParallel; the checks before training are preflight.py."""
 
 from __future__ import annotations
 
@@ -22,13 +21,14 @@ from ..callbacks.recorder import Recorder
 from ..callbacks.training import TerminateOnNaNCallback
 from ..data.core import loader_length
 from . import distributed, epoch_length, preflight
-from .attached import AttachedCallbacks
+from .attached_callbacks import AttachedCallbacks
 from .batches import Batches
+from .checkpoints import Checkpoints
+from .data_parallel import DataParallel
 from .fit_config import describe_fit
 from .inference import Inference
 from .optimizer import OptimizerSetup, adam
 from .recipes import Recipes
-from .resume import Checkpoints
 from .transfer import Transfer
 
 # The loop's integer counters (declared in Learner.__init__), changed through Learner.set_counters only.
@@ -41,7 +41,7 @@ _LEVELS = {level: (f"before_{level}", f"after_{level}", cancel) for level, cance
 
 
 class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inference, Checkpoints,
-              distributed.DataParallel):
+              DataParallel):
     """Wraps a model, its data (`cyclr.DataLoaders`), a loss function and an optimizer factory, and trains them.
 
     `opt_func(params, lr=...)` is any function returning a `torch.optim.Optimizer` (torch's classes work as they
@@ -91,7 +91,7 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
         self.frozen_idx = 0  # Transfer.freeze_to: leading groups frozen; the LR finder leaves their rates alone
         self.train_bn = True  # Transfer.freeze_to: batch norm of frozen groups stays trainable
 
-        # ----- callbacks (attached.py): add_cbs / remove_cbs write cbs and _hooks; the dispatch reads _hooks ------
+        # ----- callbacks (attached_callbacks.py): add_cbs / remove_cbs write cbs and _hooks, the dispatch reads them -
         self.cbs: list[Callback] = []
         self._hooks: dict[str, list] = {e: [] for e in EVENTS}  # each event's hooks, in order
         self.recorder = Recorder(train_metrics=train_metrics)  # Recipes.lr_find writes recorder.lr_find_result
@@ -99,7 +99,7 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
         self.add_cbs(default_cbs + ([ProgressCallback()] if progress else []) + preflight.callback_list(cbs))
 
         # ----- the loop's counters, integers only (pct_train derives from them): set_counters alone changes them,
-        # for the loop, `load` and a resumed fit (resume.py); callbacks read them ---------------------------------
+        # for the loop, `load` and a resumed fit (checkpoints.py); callbacks read them ----------------------------
         self.epoch = 0  # the epoch under way
         self.iter = 0  # the batch under way in the phase
         self.train_iter = 0  # optimizer steps taken in this fit (not cancelled batches, not accumulation steps)
@@ -122,7 +122,7 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
         self.resuming = False  # it goes on from a checkpoint (the Recorder keeps the restored history)
         self.steps_per_epoch = 0  # a stream's batches an epoch (0: the loader's len()); the LR finder sets it too
         self.fit_config: dict | None = None  # what the fit started with (fit_config.py): its checkpoints record it
-        self.run_locks: tuple = ()  # a resumed run's writer locks, held until the fit ends (resume.py)
+        self.run_locks: tuple = ()  # a resumed run's writer locks, held until the fit ends (checkpoints.py)
 
         # ----- what the pre-flight learned of the data (preflight.py), read by the loop and inference ------------
         self.train_n_inp: int | None = None  # inputs of the training tuple batches (load restores it)
@@ -145,7 +145,7 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
                 f"opt={opt} lr={self.lr:g} wd={self.wd}, loss={self.loss_func!r}, "
                 f"cbs=[{', '.join(type(cb).__name__ for cb in self.cbs)}])")
 
-    # ----- dispatch: the callbacks' hooks for each event, in order (attached.py builds the lists) -----------------
+    # ----- dispatch: the callbacks' hooks for each event, in order (attached_callbacks.py builds the lists) -------
     def __call__(self, event: str) -> None:
         self.event = event  # so that learn.save() called from a hook knows where in the loop it is
         for hook in self._hooks[event]:

@@ -28,7 +28,7 @@ from cyclr import (
     synthetic_classification,
     triangular,
 )
-from cyclr.learner.checkpoint import read_checkpoint
+from cyclr.learner.checkpoint_files import read_checkpoint
 
 WORKER = Path(__file__).with_name("resume_worker.py")
 STEPS_PER_EPOCH = 6

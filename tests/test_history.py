@@ -16,7 +16,7 @@ from torch import nn
 from cyclr import Callback, CheckpointError, DataLoaders, Learner, SaveModelCallback, synthetic_classification
 from cyclr.callbacks.history import BLOCK_MAGIC, BatchHistory
 from cyclr.callbacks.recorder import FLUSH_EVERY
-from cyclr.learner.checkpoint import checksum, read_checkpoint
+from cyclr.learner.checkpoint_files import checksum, read_checkpoint
 
 
 def make_learner(n_train=64, bs=16, **kwargs):

@@ -24,7 +24,7 @@ from cyclr import (
     TensorBoardCallback,
     synthetic_classification,
 )
-from cyclr.learner.checkpoint import read_checkpoint
+from cyclr.learner.checkpoint_files import read_checkpoint
 
 STEPS_PER_EPOCH = 40  # an epoch's events fill more than the page a file system may still have allocated
 

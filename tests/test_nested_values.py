@@ -11,8 +11,8 @@ from torch import nn
 from cyclr import Callback, DataLoaders, Learner
 from cyclr.data.nested import map_leaves, tensors_in
 from cyclr.data.state import plain
-from cyclr.learner.checkpoint import read_checkpoint
 from cyclr.learner.checkpoint_checks import check_fit_config
+from cyclr.learner.checkpoint_files import read_checkpoint
 from cyclr.learner.checkpoint_format import CheckpointError
 
 Pair = namedtuple("Pair", "x y")

@@ -8,7 +8,7 @@ from torch import nn
 
 from cyclr import Callback, Learner, ParamScheduler, SaveModelCallback, accuracy, cosine, synthetic_classification
 from cyclr.callbacks.optimizer_modes import OptimizerModes, effective_lrs, evaluating, has_modes
-from cyclr.learner.checkpoint import read_checkpoint
+from cyclr.learner.checkpoint_files import read_checkpoint
 
 schedulefree = pytest.importorskip("schedulefree")
 prodigyopt = pytest.importorskip("prodigyopt")

@@ -27,7 +27,7 @@ from cyclr import (
     synthetic_classification,
 )
 from cyclr.callbacks.tracker import TrackerCallback
-from cyclr.learner.checkpoint import read_checkpoint
+from cyclr.learner.checkpoint_files import read_checkpoint
 
 WORKER = Path(__file__).with_name("preemption_worker.py")
 STEPS_PER_EPOCH = 6

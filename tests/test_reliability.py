@@ -28,7 +28,7 @@ from cyclr import (
     synthetic_classification,
 )
 from cyclr.data.state import TEMP_SUFFIX, atomic_torch_save
-from cyclr.learner.checkpoint import read_checkpoint
+from cyclr.learner.checkpoint_files import read_checkpoint
 
 
 def make_learner(**kwargs):

@@ -21,7 +21,7 @@ from cyclr import (
     sgdr,
     synthetic_classification,
 )
-from cyclr.learner.checkpoint import checksum, read_checkpoint
+from cyclr.learner.checkpoint_files import checksum, read_checkpoint
 
 STEPS_PER_EPOCH, N_EPOCH = 6, 3  # 96 samples in batches of 16
 N_STEPS = STEPS_PER_EPOCH * N_EPOCH

@@ -24,7 +24,7 @@ from cyclr.callbacks.history import history_file_name
 from cyclr.callbacks.snapshot import TrainingSnapshot
 from cyclr.data.state import TEMP_SUFFIX, atomic_torch_save, open_for_write
 from cyclr.data.writer_lock import WriterLock
-from cyclr.learner.checkpoint import read_checkpoint
+from cyclr.learner.checkpoint_files import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from cyclr import CheckpointError, DataLoaders, Learner, OneCycleCallback, SaveModelCallback
-from cyclr.learner.checkpoint import checksum, read_checkpoint
+from cyclr.learner.checkpoint_files import checksum, read_checkpoint
 
 
 class Waves(IterableDataset):

@@ -22,7 +22,7 @@ from torch.optim.lr_scheduler import (
 from cyclr import Learner, MixedPrecision, ParamScheduler, SaveModelCallback, TorchScheduler, synthetic_classification
 from cyclr import ReduceLROnPlateau as CyclrPlateau
 from cyclr.callbacks.torch_scheduler import refuse_torch_scheduler
-from cyclr.learner.checkpoint import read_checkpoint
+from cyclr.learner.checkpoint_files import read_checkpoint
 
 STEPS_PER_EPOCH = 5  # 60 samples in batches of 12
 SGD = functools.partial(torch.optim.SGD, momentum=0.9)

@@ -33,7 +33,7 @@ from cyclr import (
     sgd,
     synthetic_classification,
 )
-from cyclr.learner.checkpoint import read_checkpoint
+from cyclr.learner.checkpoint_files import read_checkpoint
 
 BATCHES = 6  # training batches per epoch of make_learner's data
 

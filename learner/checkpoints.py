@@ -2,7 +2,7 @@
 
 `fit(..., resume=path)` reads the checkpoint, checks that it marks a place inside a fit of the same planned length
 started with the same settings (hyperparameters, schedulers, batch sizes, data size: learner/fit_config.py),
-restores everything (learner/checkpoint.py) and sets the loop's counters; the loop then starts at that epoch and
+restores everything (learner/checkpoint_files.py) and sets the loop's counters; the loop then starts at that epoch and
 passes over the batches already done. Nothing else in the loop knows about resuming. A stream (a training loader
 without a len(), or over an IterableDataset) cannot draw again the batches it drew: it resumes from an epoch-end
 checkpoint only (the next epoch draws from the stream anew); a mid-epoch one is refused before anything changes.
@@ -27,7 +27,8 @@ from torch.utils.data import IterableDataset
 from ..callbacks.optimizer_modes import evaluating
 from ..data.checks import user_stacklevel
 from ..data.core import loader_length
-from .checkpoint import (
+from .checkpoint_checks import check_progress
+from .checkpoint_files import (
     load_model_state,
     planned_epoch_length,
     read_checkpoint,
@@ -35,7 +36,6 @@ from .checkpoint import (
     save_checkpoint,
     save_model_state,
 )
-from .checkpoint_checks import check_progress
 from .checkpoint_format import CheckpointError
 from .fit_config import allowed_changes, config_changes, describe_fit
 
@@ -47,7 +47,7 @@ class Checkpoints:
     in `Learner.__init__`)."""
 
     def save(self, path, at: str | None = None, model_only: bool = False, inline_history: bool | None = None) -> Path:
-        """Write a checkpoint of everything to `path`, atomically (learner/checkpoint.py): model, optimizer, loop
+        """Write a checkpoint of everything to `path`, atomically (learner/checkpoint_files.py): model, optimizer, loop
         counters and the fit's planned length, every callback's state, the loaders' shuffling state, the RNGs.
 
         Between fits, or from a hook inside a fit: from after_batch of a training batch, or from after_epoch, the
