@@ -14,6 +14,9 @@ and max_lr defaults to 0.01. The tables add each contender's CPU microseconds a 
                     way a torch user writes what cyclr's default (`wd_bn_bias=False`, fastai's) does; with wd 0
                     (LeNet's SGD) it is the plain loop;
 - cyclr:            `Learner(...).fit_one_cycle(1, max_lr)` with the default callbacks (Recorder, progress);
+- cyclr-decay-all:  the same with `wd_bn_bias=True` (every parameter decayed, as in the one-group plain loop): with
+                    weight decay (the MLP's AdamW), cyclr against plain compares the same arithmetic here, and cyclr
+                    against plain-no-decay there;
 - fastai:           fastai 2.8 `fit_one_cycle(1, ...)`, default callbacks, torch's SGD through `OptimWrapper`, fed the
                     same in-memory batches as cyclr (so the difference is the framework alone);
 - fastai-own-dl:    the same on fastai's own `DataLoader` over the same tensors (num_workers=0);
@@ -73,8 +76,8 @@ from peers_setup import (  # noqa: E402
 from cyclr import Learner, accuracy  # noqa: E402
 from cyclr.learner.optimizer import norm_and_bias_params  # noqa: E402
 
-CONTENDERS = ("plain", "plain-DataLoader", "plain-no-decay", "cyclr", "fastai", "fastai-own-dl", "lightning",
-              "lightning-DataLoader")
+CONTENDERS = ("plain", "plain-DataLoader", "plain-no-decay", "cyclr", "cyclr-decay-all", "fastai", "fastai-own-dl",
+              "lightning", "lightning-DataLoader")
 
 
 # ----- part 1: one epoch of one-cycle training ---------------------------------------------------------------------
@@ -93,9 +96,9 @@ def prepare_plain(s: Setup, use_torch_loader: bool, no_decay_group: bool = False
     return lambda: plain_epoch(model, opt, s.loss_func, train, valid, sched)["accuracy"]
 
 
-def prepare_cyclr(s: Setup):
+def prepare_cyclr(s: Setup, wd_bn_bias: bool = False):
     learn = Learner(s.model(), same_batches(s.dls), s.loss_func, opt_func=s.opt, lr=s.args.lr, metrics=[accuracy],
-                    device="cpu")
+                    device="cpu", wd_bn_bias=wd_bn_bias)
 
     def run():
         learn.fit_one_cycle(1, s.args.lr, div_factor=DIV, pct_start=PCT_START, final_div=FINAL_DIV)
@@ -135,6 +138,7 @@ PREPARE = {
     "plain-DataLoader": partial(prepare_plain, use_torch_loader=True),
     "plain-no-decay": partial(prepare_plain, use_torch_loader=False, no_decay_group=True),
     "cyclr": prepare_cyclr,
+    "cyclr-decay-all": partial(prepare_cyclr, wd_bn_bias=True),
     "fastai": partial(prepare_fastai, own_loader=False),
     "fastai-own-dl": partial(prepare_fastai, own_loader=True),
     "lightning": partial(prepare_lightning, use_torch_loader=False),
