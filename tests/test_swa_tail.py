@@ -5,7 +5,8 @@ of range, a tail inside an epoch of an epoch-unit scheduler), and a resume mid-t
 
 import pytest
 import torch
-from test_averaging import WeightsAfterEachStep, learner, mean_of, weights
+from helpers import WeightsAfterEachStep, state_copy
+from test_averaging import learner, mean_of
 from test_checkpoint import Interrupt  # KeyboardInterrupt right after a given step
 
 from cyclr import SWA, HeadTail, Lin, ParamScheduler, SaveModelCallback, sgdr, swa_cycles
@@ -93,10 +94,10 @@ def test_an_epoch_unit_scheduler_takes_a_tail_from_an_epoch_boundary_only():
 ])
 def test_two_tails_or_a_tail_out_of_range_are_refused_before_any_step(cbs, error, match):
     learn = learner()
-    before = weights(learn.model)
+    before = state_copy(learn.model)
     with pytest.raises(error, match=match):
         learn.fit_one_cycle(4, 0.1, cbs=cbs())
-    assert learn.train_iter == 0 and all(torch.equal(v, before[k]) for k, v in weights(learn.model).items())
+    assert learn.train_iter == 0 and all(torch.equal(v, before[k]) for k, v in state_copy(learn.model).items())
 
 
 def test_a_tail_without_a_scheduler_of_the_rate_and_bad_rates_are_refused():
@@ -128,5 +129,5 @@ def test_a_resume_mid_tail_goes_on_exactly(tmp_path):
     resumed.fit_one_cycle(4, 0.1, cbs=[again], resume=path)
     assert resumed.recorder.lrs == whole.recorder.lrs and resumed.recorder.lrs[12:] == [0.02] * 12
     assert again.n == swa.n == 6
-    assert all(torch.equal(v, weights(swa.model)[k]) for k, v in weights(again.model).items())
-    assert all(torch.equal(v, weights(whole.model)[k]) for k, v in weights(resumed.model).items())
+    assert all(torch.equal(v, state_copy(swa.model)[k]) for k, v in state_copy(again.model).items())
+    assert all(torch.equal(v, state_copy(whole.model)[k]) for k, v in state_copy(resumed.model).items())
