@@ -77,17 +77,20 @@ def test_batch_norm_over_images_trains_on_a_last_batch_of_one():
 def test_dist_timeout_is_checked_and_reaches_the_process_group(monkeypatch):
     from datetime import timedelta
 
-    from cyclr.learner import distributed
+    from cyclr.learner import data_parallel
 
     with pytest.raises(ValueError, match=r"must be a number of seconds > 0 \(or a timedelta\), got -5"):
         Learner(bn_mlp(), tabular(n=24), nn.CrossEntropyLoss(), dist_timeout=-5)
     assert Learner(bn_mlp(), tabular(n=24), nn.CrossEntropyLoss(), dist_timeout=45).dist_timeout == timedelta(
         seconds=45)
     joined = []
-    monkeypatch.setattr(distributed, "torchrun_world_size", lambda: 2)  # as launched by torchrun
-    monkeypatch.setattr(distributed, "join", lambda learn, timeout=None: joined.append(timeout))
-    Learner(bn_mlp(), tabular(n=24), nn.CrossEntropyLoss(), dist_timeout=90)
-    assert joined == [90]
+    monkeypatch.setattr(data_parallel, "torchrun_world_size", lambda: 2)  # as launched by torchrun
+    monkeypatch.setattr(data_parallel, "join", lambda learn, timeout=None: joined.append(timeout) or "joined")
+    learn = Learner(bn_mlp(), tabular(n=24), nn.CrossEntropyLoss(), dist_timeout=90, progress=False)
+    assert joined == []  # the constructor joins nothing: the first call that needs the group does
+    learn.validate()
+    learn.validate()
+    assert joined == [90]  # once, with the Learner's timeout
 
 
 @pytest.mark.parametrize("value", ["fast", "0.5", None])
