@@ -90,7 +90,7 @@ def test_dist_timeout_is_checked_and_reaches_the_process_group(monkeypatch):
     assert joined == []  # the constructor joins nothing: the first call that needs the group does
     learn.validate()
     learn.validate()
-    assert joined == [90]  # once, with the Learner's timeout
+    assert joined == [timedelta(seconds=90)]  # once, with the Learner's timeout
 
 
 @pytest.mark.parametrize("value", ["fast", "0.5", None])
