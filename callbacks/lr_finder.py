@@ -79,6 +79,16 @@ class LRFinderCallback(Callback):
     (the first `learn.frozen_idx`, and any whose parameters all have requires_grad False) keep their rate. The fit
     stops at a non-finite loss (always) and, with `stop_div`, when the smoothed loss exceeds `div_factor` times its
     minimum.
+
+    Args:
+        start_lr: the sweep's first rate (> 0).
+        end_lr: the sweep's last rate (> `start_lr`).
+        num_it: the training batches (optimizer steps) of the sweep (>= 2).
+        step_mode: 'exp' (the rate grows geometrically) or 'linear'.
+        stop_div: stop when the smoothed loss exceeds `div_factor` times its minimum (a non-finite loss always stops
+            it).
+        div_factor: how many times its minimum the smoothed loss may reach before `stop_div` stops the sweep (> 1).
+        beta: the smoothing of the recorded `smooth_losses` (a debiased EMA; 0.98 as fastai).
     """
 
     # After the schedulers (ParamScheduler: 10), so the sweep's rate is the one used; before the Recorder (50),

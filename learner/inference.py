@@ -53,7 +53,18 @@ class Inference:
         (each refused, naming the counts, when the batches say otherwise); None tells them apart by the count.
 
         `ensemble` (a `SnapshotEnsemble` that took snapshots) gives `(probabilities, targets)`: the mean over its
-        snapshots of `act(outputs)` (softmax by default); the learner's own weights are back afterwards."""
+        snapshots of `act(outputs)` (softmax by default); the learner's own weights are back afterwards.
+
+        Args:
+            dl (Iterable | None): the loader to predict on; None: the validation loader.
+            with_input: also return the inputs, first.
+            with_loss: also return the per-sample losses, last (needs targets).
+            act (Callable | str | None): applied to the outputs: a callable, 'softmax' (over the last dimension) or
+                'sigmoid'; None: the raw outputs (softmax with `ensemble`).
+            with_targets (bool | None): whether the batches hold targets; None: told apart by the number of parts.
+            ensemble (SnapshotEnsemble | None): average the probabilities of its snapshots instead of using the
+                learner's weights.
+        """
         act = _activation(act)
         self._join_launched_group()  # under torchrun: predict on this process's shard
         if ensemble is not None:

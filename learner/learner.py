@@ -53,6 +53,34 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
     `wd_bn_bias=False` (fastai's default) keeps norm layers' parameters (batch, layer, group, instance, RMS) and
     biases out of weight decay; True decays them too, as a torch optimizer given `model.parameters()` does.
     Under torchrun, `dist_timeout` (seconds) is how long a collective waits for the other processes.
+
+    Args:
+        model: the torch module to train; moved to `device` now.
+        dls (DataLoaders): the training loader and, optionally, the validation loader (`cyclr.DataLoaders`).
+        loss_func: called as `loss_func(pred, target)`; None: the model's output carries its loss (a `loss` attribute or
+            key, as Hugging Face models return).
+        opt_func: `opt_func(params, lr=...)` returns a `torch.optim.Optimizer`; the default is `cyclr.adam` (AdamW with
+            fastai's settings).
+        lr: the learning rate the optimizer is created with, and the recipes' rate when they are given none.
+        wd: the weight decay set on every parameter group; None: the optimizer's own (`adam`'s is 0.01).
+        metrics (Callable | Sequence[Callable]): computed on the validation set each epoch: functions `metric(pred,
+            target)` or objects with update/compute/reset (a torchmetrics Metric); one or a list.
+        cbs (Callback | Iterable[Callback] | None): callbacks attached for every fit, besides the default ones.
+        device (torch.device | str | None): where the model and the batches go; None: the GPU when there is one, else
+            the CPU.
+        splitter: `splitter(model)` returns a list of parameter lists, one optimizer group each (discriminative rates,
+            freezing); None: one group with every parameter.
+        progress: show a progress bar and the epoch table.
+        train_metrics: also compute the metrics on the training batches (columns `train_<metric>`).
+        channels_last: keep 4-d weights and batches in NHWC (faster convolutions on CUDA).
+        compile: run the model under `torch.compile` (a dict: its arguments, e.g. `{'mode': 'max-autotune'}`);
+            `learn.model` stays the plain module.
+        n_inp: how many leading parts of a tuple batch are inputs to the model; None: all but the last.
+        sanity_check: before training, also run one validation batch through the model, the loss and the metrics.
+        wd_bn_bias: also decay norm layers' parameters and biases; False (fastai's default) keeps them out of weight
+            decay.
+        dist_timeout: under torchrun, how long a collective waits for the other processes, in seconds; None:
+            `$CYCLR_DIST_TIMEOUT`, else 10 minutes.
     """
 
     def __init__(self, model: nn.Module, dls, loss_func: Callable | None, opt_func: Callable = adam, lr: float = 3e-3,
@@ -187,7 +215,22 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
         batch sizes and the number of training samples, recorded in the checkpoint) unless `allow_config_change`
         allows the differences: True for all, or their names (`['max_lr']`, as the refusal lists them). This fit's
         settings then apply from the checkpoint's position on, for every scheduler. `resume='auto'`: the newest
-        checkpoint of the fit's checkpoint callbacks, or a fresh start when none (a job requeued after SIGTERM)."""
+        checkpoint of the fit's checkpoint callbacks, or a fresh start when none (a job requeued after SIGTERM).
+
+        Args:
+            n_epoch: the epochs to train (>= 1).
+            lr (float | list[float] | slice | None): the learning rate, set on the groups before the fit: a number, one
+                per parameter group, or `slice(lo, hi)` / `slice(hi)`; None: start from the Learner's own rates.
+            wd: the weight decay set on every group before the fit; None: leave it as it is.
+            cbs (Callback | Iterable[Callback]): callbacks attached for this fit only.
+            resume (str | os.PathLike | None): a checkpoint of an earlier run of this fit to go on from; 'auto': the
+                newest checkpoint the fit's checkpoint callbacks wrote, else a fresh start; None: a fresh start.
+            allow_length_change: with `resume`, accept a fit whose planned length differs from the checkpoint's.
+            allow_config_change: with `resume`, accept settings that differ from the checkpoint's: True for all, or the
+                names of those that may differ (e.g. `['max_lr']`).
+            steps_per_epoch: batches drawn per epoch from a training loader without a len() (a stream); None: the
+                loader's len().
+        """
         cbs = preflight.check_fit_arguments(n_epoch, lr, wd, cbs)
         self._join_launched_group()  # under torchrun: before the loaders' lengths and the pre-flight, per shard
         per_epoch = epoch_length.batches_per_epoch(self, cbs, steps_per_epoch)  # 0: a stream, no plan

@@ -25,7 +25,16 @@ def sgd(params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0) -> 
 def adam(params, lr: float, betas: tuple[float, float] = (0.9, 0.99), eps: float = 1e-5,
          weight_decay: float = 0.01) -> torch.optim.Optimizer:
     """The default: Adam with decoupled weight decay 0.01 (AdamW), betas (0.9, 0.99) and eps 1e-5, fastai's
-    defaults, which train most models at lr 1e-3 without tuning (SGD at 1e-3 barely moves a LeNet)."""
+    defaults, which train most models at lr 1e-3 without tuning (SGD at 1e-3 barely moves a LeNet).
+
+    Args:
+        params (Iterable): the parameters, or a list of parameter-group dicts, as torch optimizers take them.
+        lr: the learning rate.
+        betas: the decay rates of the gradient's running average and of its square's (the first is what `mom`
+            schedules).
+        eps: added to the denominator for numerical stability.
+        weight_decay: the decoupled weight decay (AdamW's).
+    """
     return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 

@@ -45,7 +45,25 @@ class Recipes:
         `max_lr` (default `self.lr`) may be a list or `slice(lo, hi)` for per-group rates; `moms=None` leaves the
         momentum alone; `anneal_strategy='linear'` and `three_phase=True` as torch's OneCycleLR. `resume`,
         `allow_length_change` and `allow_config_change` as in `fit`. With `cbs=[SWA(start=0.75, lr=0.01)]` the
-        cycle runs up to `start` and the rest of the fit at SWA's averaging rate (its `lr`, the cycle's tail)."""
+        cycle runs up to `start` and the rest of the fit at SWA's averaging rate (its `lr`, the cycle's tail).
+
+        Args:
+            cyc_len: the epochs of the cycle (>= 1).
+            max_lr (float | list[float] | slice | None): the peak rate: a number, one per parameter group, or a slice
+                (see `OneCycleCallback`); None: the Learner's `lr`.
+            moms (Sequence[float] | None): the momentum's start, middle (and end) values; None: leave the momentum
+                alone.
+            div_factor: the cycle starts at `max_lr / div_factor`.
+            pct_start: the fraction of training spent raising the rate.
+            final_div: the cycle ends at `max_lr / final_div`; None: `div_factor * 1e4`.
+            wd: the weight decay for the fit; None: leave it as it is.
+            cbs (Callback | Iterable[Callback]): callbacks attached for this fit only.
+            resume (str | os.PathLike | None): as in `fit`.
+            allow_length_change: as in `fit`.
+            anneal_strategy: 'cos' or 'linear', as in torch's OneCycleLR.
+            three_phase: torch OneCycleLR's three phases (needs `pct_start < 0.5`).
+            allow_config_change: as in `fit`.
+        """
         cb = OneCycleCallback(self.lr if max_lr is None else max_lr, div_factor, pct_start, final_div, moms,
                               anneal_strategy, three_phase)
         self.fit(cyc_len, wd=wd, cbs=[cb, *cbs], resume=resume, allow_length_change=allow_length_change,
@@ -57,7 +75,20 @@ class Recipes:
                      allow_config_change: bool | Collection[str] = False):
         """Train `n_epoch` epochs at `lr` (default `self.lr`; a list or slice per group) held flat for `pct_start`
         of training, then annealed by half a cosine to `lr / div_final` (fastai's `fit_flat_cos`). `resume`,
-        `allow_length_change` and `allow_config_change` as in `fit`."""
+        `allow_length_change` and `allow_config_change` as in `fit`.
+
+        Args:
+            n_epoch: the epochs to train (>= 1).
+            lr (float | list[float] | slice | None): the flat rate: a number, one per parameter group, or a slice; None:
+                the Learner's `lr`.
+            pct_start: the fraction of training at the flat rate, in (0, 1).
+            div_final: the fit ends at `lr / div_final` (>= 1).
+            wd: the weight decay for the fit; None: leave it as it is.
+            cbs (Callback | Iterable[Callback]): callbacks attached for this fit only.
+            resume (str | os.PathLike | None): as in `fit`.
+            allow_length_change: as in `fit`.
+            allow_config_change: as in `fit`.
+        """
         cb = FlatCosCallback(self.lr if lr is None else lr, pct_start, div_final)
         self.fit(n_epoch, wd=wd, cbs=[cb, *cbs], resume=resume, allow_length_change=allow_length_change,
                  allow_config_change=allow_config_change)
@@ -69,7 +100,20 @@ class Recipes:
         """fastai's `fine_tune`: `freeze()`, one-cycle for `freeze_epochs` at `slice(base_lr)` (the head at
         `base_lr`, the body's groups at a tenth: only their batch norm trains) with pct_start 0.99; then
         `base_lr /= 2`, `unfreeze()`, and one-cycle for `epochs` over `slice(base_lr / lr_mult, base_lr)` with
-        `pct_start` and `div_factor=div`. Two fits: the Recorder has both, each group's rate in `lr_0`, `lr_1`, ..."""
+        `pct_start` and `div_factor=div`. Two fits: the Recorder has both, each group's rate in `lr_0`, `lr_1`, ...
+
+        Args:
+            epochs: the epochs of the unfrozen phase (>= 1).
+            base_lr: the head's rate in the frozen phase; the unfrozen phase peaks at `base_lr / 2` (> 0).
+            freeze_epochs: the epochs of the frozen phase (>= 0; 0 skips it).
+            lr_mult: in the unfrozen phase the first group's rate is the last group's divided by `lr_mult` (> 0).
+            pct_start: the unfrozen phase's `pct_start` (the frozen phase's is 0.99).
+            div: the unfrozen phase's `div_factor`: it starts at its peak / `div`.
+            wd: the weight decay for both fits; None: leave it as it is.
+            cbs (Callback | Iterable[Callback]): callbacks attached for both fits.
+            moms (Sequence[float] | None): both phases' momentum values, as in `fit_one_cycle`; None: leave the momentum
+                alone.
+        """
         # Every argument is checked (and both schedules built) before anything is frozen.
         int_at_least("freeze_epochs", freeze_epochs, 0)
         positive("base_lr", base_lr)
@@ -89,7 +133,20 @@ class Recipes:
                  resume=None, allow_length_change: bool = False,
                  allow_config_change: bool | Collection[str] = False):
         """Train with SGDR: `n_cycles` cosine cycles, cycle k lasting `cycle_len * cycle_mult**k` epochs. `resume`,
-        `allow_length_change` and `allow_config_change` as in `fit`."""
+        `allow_length_change` and `allow_config_change` as in `fit`.
+
+        Args:
+            n_cycles: the number of cosine cycles (>= 1).
+            cycle_len: the first cycle's length, in epochs (>= 1).
+            max_lr (float | list[float] | slice | None): the rate each cycle restarts at; None: the Learner's `lr`.
+            cycle_mult: each cycle is `cycle_mult` times as long as the one before (1: equal cycles).
+            eta_min: the rate each cycle anneals down to.
+            wd: the weight decay for the fit; None: leave it as it is.
+            cbs (Callback | Iterable[Callback]): callbacks attached for this fit only.
+            resume (str | os.PathLike | None): as in `fit`.
+            allow_length_change: as in `fit`.
+            allow_config_change: as in `fit`.
+        """
         cb = SGDRCallback(self.lr if max_lr is None else max_lr, n_cycles, cycle_len, cycle_mult, eta_min)
         if self.is_main_process:
             logger.info("fit_sgdr: %d cycles of %d*%d**k epochs = %d epochs", n_cycles, cycle_len, cycle_mult,
@@ -109,7 +166,23 @@ class Recipes:
         beta1), both one per pair, each from the same starting state, and returns an `LRFinderSweep` (`.to_df()`,
         `.plot()`, `.best_pair`). On a frozen model only the trainable groups are swept. Afterwards the
         learner is exactly as before (weights, optimizer, RNGs, loaders, callbacks, history), even after an
-        exception; the result is kept for `learn.recorder.plot_lr_find()` and `learn.sched`."""
+        exception; the result is kept for `learn.recorder.plot_lr_find()` and `learn.sched`.
+
+        Args:
+            start_lr: the sweep's first rate (> 0).
+            end_lr: the sweep's last rate (> `start_lr`).
+            num_it: the training batches (optimizer steps) of the sweep (>= 2).
+            step_mode: 'exp' (the rate grows geometrically) or 'linear'.
+            stop_div: stop when the smoothed loss exceeds 4 times its minimum (a non-finite loss always stops it).
+            show_plot: draw the curve when the sweep ends (on an interactive matplotlib backend).
+            wds (Sequence[float] | None): one sweep per weight decay; None: the optimizer's weight decay, one sweep.
+            suggest_funcs (str | Sequence[str]): the suggestions to compute, by name: 'valley', 'steep', 'minimum',
+                'slide'.
+            snapshot_memory_limit: bytes of weights and optimizer state kept in memory to restore afterwards; above it
+                the snapshot goes to a temporary file.
+            moms (Sequence[float] | None): one sweep per momentum (Adam's beta1); None: the optimizer's momentum, one
+                sweep.
+        """
         self._join_launched_group()  # under torchrun: before the snapshot, which saves this process's shard
         result = run_lr_find(self, start_lr, end_lr, num_it, step_mode, stop_div, wds, suggest_funcs,
                              snapshot_memory_limit, show_plot, moms=moms)
