@@ -1,6 +1,8 @@
 """Helpers several test files share, imported as `from helpers import ...` (pytest puts tests/ first on sys.path, as
 for fixed_run.py and tmpfs.py). Fixtures live in conftest.py."""
 
+import functools
+
 import pytest
 import torch
 from torch import nn
@@ -75,3 +77,25 @@ def linear_learner(**kwargs):
     dls = synthetic_classification(n_train=64, n_valid=32, n_features=4, n_classes=3, bs=16, seed=0)
     return Learner(nn.Linear(4, 3), dls, nn.CrossEntropyLoss(), opt_func=torch.optim.SGD, lr=0.1, device="cpu",
                    progress=False, **kwargs)
+
+
+SGD_MOMENTUM = functools.partial(torch.optim.SGD, momentum=0.9)
+
+
+def torch_rates(make_scheduler, n_steps, lr=0.05, opt_func=SGD_MOMENTUM, epoch_values=None, steps_per_epoch=None):
+    """(lr, momentum) before each of `n_steps` optimizer steps of a plain torch loop with the torch scheduler
+    `make_scheduler(opt)` returns: the oracle. With `steps_per_epoch`, the scheduler steps once per epoch (with the
+    epoch's value from `epoch_values`, for a plateau scheduler)."""
+    opt = opt_func([nn.Parameter(torch.zeros(2))], lr=lr)
+    scheduler = make_scheduler(opt)
+    lrs, moms = [], []
+    for i in range(n_steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        moms.append(opt.param_groups[0]["momentum"])
+        opt.step()
+        if steps_per_epoch is None:
+            scheduler.step()
+        elif (i + 1) % steps_per_epoch == 0:
+            epoch = (i + 1) // steps_per_epoch - 1
+            scheduler.step() if epoch_values is None else scheduler.step(epoch_values[epoch])
+    return lrs, moms

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import UsedHypers, approx
+from helpers import UsedHypers, approx, torch_rates
 from torch import nn
 
 from cyclr import (
@@ -148,18 +148,6 @@ def test_blog_experiment_3_runs_verbatim():
 
 
 # ----- SGDR and cyclical in a fit, against torch ---------------------------------------------------------------------
-def _torch_lrs(make_sched, n, lr=0.1, momentum=0.9):
-    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr, momentum=momentum)
-    sched = make_sched(opt)
-    lrs, moms = [], []
-    for _ in range(n):
-        lrs.append(opt.param_groups[0]["lr"])
-        moms.append(opt.param_groups[0]["momentum"])
-        opt.step()
-        sched.step()
-    return lrs, moms
-
-
 def test_fit_sgdr_equals_torch_warm_restarts_batch_by_batch(caplog):
     caplog.set_level(logging.INFO, logger="cyclr")
     learn, used = make_learner(), UsedHypers()
@@ -167,8 +155,8 @@ def test_fit_sgdr_equals_torch_warm_restarts_batch_by_batch(caplog):
     learn.fit_sgdr(n_cycles=3, cycle_len=1, max_lr=0.1, cycle_mult=2, eta_min=1e-4)
     assert "= 7 epochs" in caplog.text
     n_batches = 4
-    expected, _ = _torch_lrs(lambda opt: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-        opt, T_0=1 * n_batches, T_mult=2, eta_min=1e-4), 7 * n_batches)
+    expected, _ = torch_rates(lambda opt: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+        opt, T_0=1 * n_batches, T_mult=2, eta_min=1e-4), 7 * n_batches, lr=0.1)
     assert used.column("lr") == [pytest.approx(e, rel=1e-9) for e in expected]
 
 
@@ -182,9 +170,9 @@ def test_sgdr_callback_warns_when_the_fit_length_differs():
 def test_cyclic_callback_equals_torch_cycliclr_in_a_fit(mode, gamma):
     learn, used = make_learner(), UsedHypers()
     learn.fit(4, cbs=[CyclicLRCallback(1e-3, 6e-3, step_size=3, mode=mode, gamma=gamma), used])
-    lrs, moms = _torch_lrs(lambda opt: torch.optim.lr_scheduler.CyclicLR(
+    lrs, moms = torch_rates(lambda opt: torch.optim.lr_scheduler.CyclicLR(
         opt, base_lr=1e-3, max_lr=6e-3, step_size_up=3, mode=mode, gamma=gamma, cycle_momentum=True,
-        base_momentum=0.8, max_momentum=0.9), 16)
+        base_momentum=0.8, max_momentum=0.9), 16, lr=0.1)
     assert used.column("lr") == [pytest.approx(v, rel=1e-9) for v in lrs]
     assert used.column("mom") == [pytest.approx(v, rel=1e-9) for v in moms]
 

@@ -6,6 +6,7 @@ import functools
 
 import pytest
 import torch
+from helpers import torch_rates
 from test_checkpoint import Interrupt  # KeyboardInterrupt right after a given step, as the resume tests use
 from torch import nn
 from torch.optim.lr_scheduler import (
@@ -34,24 +35,6 @@ def make_learner(lr=0.05, opt_func=SGD, cbs=(), **kwargs):
     model = nn.Sequential(nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, 4))
     return Learner(model, dls, nn.CrossEntropyLoss(), opt_func=opt_func, lr=lr, device="cpu", progress=False,
                    cbs=cbs, **kwargs)
-
-
-def torch_rates(make_scheduler, n_steps, lr=0.05, opt_func=SGD, epoch_values=None, steps_per_epoch=None):
-    """(lr, momentum) before each of `n_steps` optimizer steps of a plain torch loop: the oracle. With
-    `steps_per_epoch`, the scheduler steps once per epoch (with the epoch's value from `epoch_values`)."""
-    opt = opt_func([nn.Parameter(torch.zeros(2))], lr=lr)
-    scheduler = make_scheduler(opt)
-    lrs, moms = [], []
-    for i in range(n_steps):
-        lrs.append(opt.param_groups[0]["lr"])
-        moms.append(opt.param_groups[0]["momentum"])
-        opt.step()
-        if steps_per_epoch is None:
-            scheduler.step()
-        elif (i + 1) % steps_per_epoch == 0:
-            epoch = (i + 1) // steps_per_epoch - 1
-            scheduler.step() if epoch_values is None else scheduler.step(epoch_values[epoch])
-    return lrs, moms
 
 
 def warmup(step):
