@@ -1,6 +1,5 @@
 """Weight averaging: `SWA` (stochastic weight averaging, Izmailov et al. 2018) and `EMA` (an exponential moving
-average of the weights), both on torch's `torch.optim.swa_utils` (`AveragedModel`, `update_bn`,
-`get_ema_multi_avg_fn`).
+average of the weights), on torch's `torch.optim.swa_utils` (`AveragedModel`, `update_bn`, `get_ema_multi_avg_fn`).
 
 Both keep their averaged copy beside the model (`swa.model`, `ema.model`; each fit starts its own average), save it
 in `state_dict()` so that a checkpoint taken mid-fit resumes exactly, sit out the LR finder's sweep, and add columns
@@ -292,25 +291,21 @@ class SWA(_Averaging):
 def ema_decay(step: int, decay: float, warmup: bool = True, warmup_gamma: float = 1.0,
               warmup_power: float = 2 / 3) -> float:
     """The decay of the EMA's update number `step` (0 for the first, which copies the weights): `decay`, or with
-    `warmup` timm's ModelEmaV3 warm-up, `min(decay, 1 - (1 + step / warmup_gamma) ** -warmup_power)`, so that the
-    average forgets its start quickly early in training (0.37 at step 1, 0.9 at about 31, 0.999 at about 31 600
-    with the defaults)."""
+    `warmup` timm's ModelEmaV3 warm-up, `min(decay, 1 - (1 + step / warmup_gamma) ** -warmup_power)` (0.37 at
+    step 1, 0.9 at about 31, 0.999 at about 31 600 with the defaults)."""
     if not warmup:
         return decay
     return min(decay, 1 - (1 + step / warmup_gamma) ** -warmup_power)
 
 
 class EMA(_Averaging):
-    """An exponential moving average of the weights, updated after every `every`-th optimizer step:
-    `ema = d * ema + (1 - d) * weights`, with `d = ema_decay(update, decay, warmup, ...)` (timm's warm-up of the decay
-    by default). Buffers: floating-point ones (batch-norm running statistics) are averaged like the weights, as timm
-    does by default; integer ones (`num_batches_tracked`) are copied. Data-parallel: each process averages its own
-    batch-norm statistics, and the EMA's are averaged over the processes at the end of each training epoch, so they
-    agree everywhere.
+    """An exponential moving average of the weights: `ema = d * ema + (1 - d) * weights` after every `every`-th
+    step, `d = ema_decay(update, decay, warmup, ...)`. Floating-point buffers (batch-norm statistics) are averaged
+    like the weights, as timm does; integer ones are copied. Data-parallel: each process averages its own batch-norm
+    statistics, and the EMA's are averaged over the processes at each training epoch's end, so they agree.
 
-    `validate=True` validates the EMA weights at the end of every epoch too (`ema_valid_loss`, `ema_<metric>` in the
-    epoch table), exchanging them with the model's for the validation only. After the fit `learn.model` keeps the
-    trained weights unless `swap_at_end=True`; `with ema.applied(learn):` uses the EMA weights for a block.
+    Validating the EMA weights (`validate=True`) exchanges them with the model's for the validation only;
+    `with ema.applied(learn):` uses them for a block.
 
     Args:
         decay: the weight the average keeps at each update, in (0, 1); 0.999 forgets over about 1000 updates. With
@@ -321,7 +316,8 @@ class EMA(_Averaging):
         warmup_gamma: the warm-up's time scale, in updates (> 0).
         warmup_power: the warm-up's exponent (> 0); the default 2/3 reaches 0.999 after about 31 600 updates.
         every: update the average after every `every`-th optimizer step (>= 1).
-        validate: also validate the EMA weights at the end of every epoch (`ema_valid_loss`, `ema_<metric>`).
+        validate: also validate the EMA weights at the end of every epoch (`ema_valid_loss`, `ema_<metric>` in the
+            epoch table).
         swap_at_end: leave the EMA weights in `learn.model` after the fit; False: the trained weights stay.
     """
 

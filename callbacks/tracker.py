@@ -338,7 +338,7 @@ def _scheduler_params(prefix: str, cfg: dict, n_groups: int) -> dict:
 
 def _per_group(value, n_groups: int) -> list[float] | None:
     """A rate given per group (a list, or a slice as its repr in a fit's config) spread over the groups."""
-    from .scheduler import lrs_per_group
+    from .group_rates import lrs_per_group
 
     if isinstance(value, str) and value.startswith("slice("):
         parts = [p.strip() for p in value[len("slice("):-1].split(",")]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..callbacks.group_rates import lrs_per_group
 from ..callbacks.hypers import group_hypers, set_hyper
-from ..callbacks.scheduler import lrs_per_group
 from .transfer import splitter_groups
 
 # The layers whose parameters fastai keeps out of weight decay by default (`wd_bn_bias=False`), biases aside.

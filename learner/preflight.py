@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from ..callbacks.core import Callback, check_hook_names
+from ..callbacks.group_rates import check_lr_spec
 from ..callbacks.recorder import is_epoch_metric, metric_name
-from ..callbacks.scheduler import check_lr_spec
 from ..callbacks.schedules.base import check_rate
 from ..data.checks import int_at_least, non_negative, user_stacklevel
 from ..data.core import Targets, loader_length

@@ -26,7 +26,7 @@ from cyclr import (
     synthetic_classification,
     triangular,
 )
-from cyclr.callbacks.scheduler import lrs_per_group
+from cyclr.callbacks.group_rates import lrs_per_group
 
 N_FEATURES, N_CLASSES = 4, 3
 
