@@ -276,7 +276,6 @@ def run_lr_find(learn, start_lr: float = LR_FIND.start_lr, end_lr: float = LR_FI
         raise
     progress = learn.progress
     show_table = progress.show_table if progress is not None else None
-    steps_per_epoch = learn.steps_per_epoch  # the last fit's, which the sweep's fit replaces
     curves = {}
     try:
         if progress is not None:
@@ -292,8 +291,7 @@ def run_lr_find(learn, start_lr: float = LR_FIND.start_lr, end_lr: float = LR_FI
             curves[key] = finder.result(names, wd=wd, mom=mom)
     finally:
         try:
-            snapshot.restore(learn)
-            learn.steps_per_epoch = steps_per_epoch
+            snapshot.restore(learn)  # the last fit's steps_per_epoch too, which the sweep's fit replaced
             if progress is not None:
                 progress.show_table = show_table
         finally:

@@ -22,9 +22,10 @@ SNAPSHOT_MEMORY_LIMIT = 1 << 30
 # whatever its pid looks like from here (another container, another host sharing the folder).
 _FILE_PREFIX, _FILE_SUFFIX = "cyclr-lr-find-", ".pt"
 # The learner's loop attributes a sweep changes: its counters (put back through `learn.set_counters`, the one place
-# they change), then what the loop is doing.
+# they change), then what the loop is doing, and the last fit's batches an epoch from a stream (the sweep's own fit
+# sets it).
 _COUNTERS = ("epoch", "n_epoch", "iter", "train_iter", "n_train_iters")
-_LOOP_STATE = (*_COUNTERS, "training", "dl", "xb", "yb", "pred", "loss")
+_LOOP_STATE = (*_COUNTERS, "training", "dl", "xb", "yb", "pred", "loss", "steps_per_epoch")
 
 
 def _tensor_bytes(obj) -> int:

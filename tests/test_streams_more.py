@@ -270,3 +270,16 @@ def test_the_trackers_log_a_streams_batches_per_epoch(dataset, fit_args, expecte
     learn = waves_learner(dataset)
     learn.fit(1, **fit_args)
     assert fit_hyperparameters(learn)["batches_per_epoch"] == expected
+
+
+def test_the_training_snapshot_puts_back_the_last_fits_steps_per_epoch():
+    from cyclr.callbacks.snapshot import TrainingSnapshot
+
+    learn = waves_learner(Waves(10_000))
+    learn.fit(1, lr=1e-2, steps_per_epoch=3)
+    snapshot = TrainingSnapshot(learn)
+    learn.fit(1, lr=1e-2, steps_per_epoch=7)  # a fit in between (the LR finder's sweep) sets its own
+    assert learn.steps_per_epoch == 7
+    snapshot.restore(learn)
+    snapshot.discard()
+    assert (learn.steps_per_epoch, learn.train_iter, learn.n_train_iters) == (3, 3, 3)
