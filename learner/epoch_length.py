@@ -40,9 +40,9 @@ def batches_per_epoch(learn, cbs, steps_per_epoch: int | None) -> int:
     if needs:
         raise ValueError(
             f"the training loader has no len() (a stream: {type(learn.dls.train).__name__}), so the fit's length is "
-            f"unknown and {', '.join(needs)} cannot place its steps on a schedule: pass fit(n_epoch, "
-            "steps_per_epoch=N) (each epoch then draws N batches from the stream), or train at a constant rate "
-            "(fit without a scheduler)"
+            f"unknown and {', '.join(needs)} cannot place its steps on a schedule: pass steps_per_epoch=N to fit "
+            "or to the recipe (fit(n_epoch, steps_per_epoch=N), fit_one_cycle(n_epoch, max_lr, steps_per_epoch=N); "
+            "each epoch then draws N batches from the stream), or train at a constant rate (fit without a scheduler)"
         )
     return 0
 

@@ -14,7 +14,7 @@ from ..callbacks.lr_result import LRFinderResult, LRFinderSweep
 from ..callbacks.scheduler import FlatCosCallback, OneCycleCallback, SGDRCallback
 from ..callbacks.schedules.cycles import FLAT_COS, ONE_CYCLE, SGDR_DEFAULTS
 from ..data.checks import int_at_least, positive
-from . import preflight
+from . import epoch_length, preflight
 
 logger = logging.getLogger("cyclr")
 
@@ -39,7 +39,8 @@ class Recipes:
                       pct_start: float = ONE_CYCLE.pct_start, final_div: float | None = ONE_CYCLE.final_div,
                       wd: float | None = None, cbs: Iterable[Callback] = (), resume=None,
                       allow_length_change: bool = False, anneal_strategy: str = ONE_CYCLE.anneal_strategy,
-                      three_phase: bool = ONE_CYCLE.three_phase, allow_config_change: bool | Collection[str] = False):
+                      three_phase: bool = ONE_CYCLE.three_phase, allow_config_change: bool | Collection[str] = False,
+                      steps_per_epoch: int | None = None):
         """Train `cyc_len` epochs with the one-cycle policy (`cyclr.callbacks.scheduler.OneCycleCallback`).
 
         `max_lr` (default `self.lr`) may be a list or `slice(lo, hi)` for per-group rates; `moms=None` leaves the
@@ -63,16 +64,18 @@ class Recipes:
             anneal_strategy: 'cos' or 'linear', as in torch's OneCycleLR.
             three_phase: torch OneCycleLR's three phases (needs `pct_start < 0.5`).
             allow_config_change: as in `fit`.
+            steps_per_epoch: as in `fit`: the batches each epoch draws from a training loader without a len() (a
+                stream), which this schedule needs; None: the loader's len().
         """
         cb = OneCycleCallback(self.lr if max_lr is None else max_lr, div_factor, pct_start, final_div, moms,
                               anneal_strategy, three_phase)
         self.fit(cyc_len, wd=wd, cbs=[cb, *cbs], resume=resume, allow_length_change=allow_length_change,
-                 allow_config_change=allow_config_change)
+                 allow_config_change=allow_config_change, steps_per_epoch=steps_per_epoch)
 
     def fit_flat_cos(self, n_epoch: int, lr=None, pct_start: float = FLAT_COS.pct_start,
                      div_final: float = FLAT_COS.div_final, wd: float | None = None, cbs: Iterable[Callback] = (),
                      resume=None, allow_length_change: bool = False,
-                     allow_config_change: bool | Collection[str] = False):
+                     allow_config_change: bool | Collection[str] = False, steps_per_epoch: int | None = None):
         """Train `n_epoch` epochs at `lr` (default `self.lr`; a list or slice per group) held flat for `pct_start`
         of training, then annealed by half a cosine to `lr / div_final` (fastai's `fit_flat_cos`). `resume`,
         `allow_length_change` and `allow_config_change` as in `fit`.
@@ -88,15 +91,17 @@ class Recipes:
             resume (str | os.PathLike | None): as in `fit`.
             allow_length_change: as in `fit`.
             allow_config_change: as in `fit`.
+            steps_per_epoch: as in `fit`: the batches each epoch draws from a training loader without a len() (a
+                stream), which this schedule needs; None: the loader's len().
         """
         cb = FlatCosCallback(self.lr if lr is None else lr, pct_start, div_final)
         self.fit(n_epoch, wd=wd, cbs=[cb, *cbs], resume=resume, allow_length_change=allow_length_change,
-                 allow_config_change=allow_config_change)
+                 allow_config_change=allow_config_change, steps_per_epoch=steps_per_epoch)
 
     def fine_tune(self, epochs: int, base_lr: float = FINE_TUNE.base_lr, freeze_epochs: int = FINE_TUNE.freeze_epochs,
                   lr_mult: float = FINE_TUNE.lr_mult, pct_start: float = FINE_TUNE.pct_start,
                   div: float = FINE_TUNE.div, wd: float | None = None, cbs: Iterable[Callback] = (),
-                  moms=ONE_CYCLE.moms):
+                  moms=ONE_CYCLE.moms, steps_per_epoch: int | None = None):
         """fastai's `fine_tune`: `freeze()`, one-cycle for `freeze_epochs` at `slice(base_lr)` (the head at
         `base_lr`, the body's groups at a tenth: only their batch norm trains) with pct_start 0.99; then
         `base_lr /= 2`, `unfreeze()`, and one-cycle for `epochs` over `slice(base_lr / lr_mult, base_lr)` with
@@ -113,6 +118,8 @@ class Recipes:
             cbs (Callback | Iterable[Callback]): callbacks attached for both fits.
             moms (Sequence[float] | None): both phases' momentum values, as in `fit_one_cycle`; None: leave the momentum
                 alone.
+            steps_per_epoch: as in `fit`, for both fits: the batches each epoch draws from a training loader without a
+                len() (a stream); None: the loader's len().
         """
         # Every argument is checked (and both schedules built) before anything is frozen.
         int_at_least("freeze_epochs", freeze_epochs, 0)
@@ -122,16 +129,18 @@ class Recipes:
         frozen_cb = OneCycleCallback(slice(base_lr), pct_start=FINE_TUNE.freeze_pct_start, moms=moms)
         thawed_cb = OneCycleCallback(slice(base_lr / 2 / lr_mult, base_lr / 2), div_factor=div, pct_start=pct_start,
                                      moms=moms)
+        # A stream without steps_per_epoch (or a wrong one) is refused here, not after the model is frozen.
+        epoch_length.batches_per_epoch(self, [thawed_cb, *cbs], steps_per_epoch)
         self.freeze()
         if freeze_epochs:
-            self.fit(freeze_epochs, wd=wd, cbs=[frozen_cb, *cbs])
+            self.fit(freeze_epochs, wd=wd, cbs=[frozen_cb, *cbs], steps_per_epoch=steps_per_epoch)
         self.unfreeze()
-        self.fit(epochs, wd=wd, cbs=[thawed_cb, *cbs])
+        self.fit(epochs, wd=wd, cbs=[thawed_cb, *cbs], steps_per_epoch=steps_per_epoch)
 
     def fit_sgdr(self, n_cycles: int, cycle_len: int, max_lr=None, cycle_mult: int = SGDR_DEFAULTS.cycle_mult,
                  eta_min: float = SGDR_DEFAULTS.eta_min, wd: float | None = None, cbs: Iterable[Callback] = (),
                  resume=None, allow_length_change: bool = False,
-                 allow_config_change: bool | Collection[str] = False):
+                 allow_config_change: bool | Collection[str] = False, steps_per_epoch: int | None = None):
         """Train with SGDR: `n_cycles` cosine cycles, cycle k lasting `cycle_len * cycle_mult**k` epochs. `resume`,
         `allow_length_change` and `allow_config_change` as in `fit`.
 
@@ -146,13 +155,15 @@ class Recipes:
             resume (str | os.PathLike | None): as in `fit`.
             allow_length_change: as in `fit`.
             allow_config_change: as in `fit`.
+            steps_per_epoch: as in `fit`: the batches each epoch draws from a training loader without a len() (a
+                stream), which this schedule needs; None: the loader's len().
         """
         cb = SGDRCallback(self.lr if max_lr is None else max_lr, n_cycles, cycle_len, cycle_mult, eta_min)
         if self.is_main_process:
             logger.info("fit_sgdr: %d cycles of %d*%d**k epochs = %d epochs", n_cycles, cycle_len, cycle_mult,
                         cb.total_epochs)
         self.fit(cb.total_epochs, wd=wd, cbs=[cb, *cbs], resume=resume, allow_length_change=allow_length_change,
-                 allow_config_change=allow_config_change)
+                 allow_config_change=allow_config_change, steps_per_epoch=steps_per_epoch)
 
     def lr_find(self, start_lr: float = LR_FIND.start_lr, end_lr: float = LR_FIND.end_lr, num_it: int = LR_FIND.num_it,
                 step_mode: str = LR_FIND.step_mode, stop_div: bool = LR_FIND.stop_div, show_plot: bool = False,

@@ -283,3 +283,64 @@ def test_the_training_snapshot_puts_back_the_last_fits_steps_per_epoch():
     snapshot.restore(learn)
     snapshot.discard()
     assert (learn.steps_per_epoch, learn.train_iter, learn.n_train_iters) == (3, 3, 3)
+
+
+# ----- the recipes on a stream ----------------------------------------------------------------------------------------
+def sized_waves_learner(n: int = 40):
+    """`waves_learner` over the same training batches as `Waves(n)`, from a TensorDataset: a loader with a len()."""
+    xs, ys = map(torch.stack, zip(*Waves(n), strict=True))
+    return waves_learner(TensorDataset(xs, ys))
+
+
+def test_fit_one_cycle_on_a_stream_with_steps_per_epoch_follows_the_one_cycle_schedule():
+    from cyclr import one_cycle
+
+    # Each epoch draws the first 5 of the stream's 1250 batches (every pass restarts it): the sized loader's 5.
+    on_stream, on_sized = waves_learner(Waves(10_000)), sized_waves_learner()
+    on_stream.fit_one_cycle(2, 5e-2, steps_per_epoch=5)
+    on_sized.fit_one_cycle(2, 5e-2)
+    assert (on_stream.train_iter, on_stream.n_train_iters) == (10, 10)
+    oc = one_cycle(5e-2)
+    assert on_stream.recorder.lrs == [oc.lr(i / 10) for i in range(10)]
+    assert on_stream.recorder.moms == [oc.mom(i / 10) for i in range(10)]
+    assert same(weights(on_stream), weights(on_sized))
+    assert on_stream.recorder.batch_rows == on_sized.recorder.batch_rows
+
+
+@pytest.mark.parametrize("recipe", [
+    lambda learn, **kw: learn.fit_flat_cos(2, 3e-2, **kw),
+    lambda learn, **kw: learn.fit_sgdr(2, 1, 3e-2, cycle_mult=2, **kw),
+    lambda learn, **kw: learn.fine_tune(1, 3e-2, **kw),
+], ids=["fit_flat_cos", "fit_sgdr", "fine_tune"])
+def test_the_other_recipes_on_a_stream_with_steps_per_epoch_equal_them_on_a_loader_with_a_len(recipe):
+    on_stream, on_sized = waves_learner(Waves(40)), sized_waves_learner()
+    recipe(on_stream, steps_per_epoch=5)
+    recipe(on_sized)
+    assert on_stream.train_iter == on_sized.train_iter > 0
+    assert same(weights(on_stream), weights(on_sized))
+    assert on_stream.recorder.batch_rows == on_sized.recorder.batch_rows
+
+
+@pytest.mark.parametrize(("recipe", "scheduler"), [
+    (lambda learn: learn.fit_one_cycle(2, 5e-2), "OneCycleCallback"),
+    (lambda learn: learn.fit_flat_cos(2, 5e-2), "FlatCosCallback"),
+    (lambda learn: learn.fit_sgdr(2, 1, 5e-2), "SGDRCallback"),
+    (lambda learn: learn.fine_tune(1, 5e-2), "OneCycleCallback"),
+], ids=["fit_one_cycle", "fit_flat_cos", "fit_sgdr", "fine_tune"])
+def test_a_recipe_on_a_stream_without_steps_per_epoch_is_refused_before_any_step(recipe, scheduler):
+    learn = waves_learner(Waves(40))
+    before = weights(learn)
+    requires_grad = [p.requires_grad for p in learn.model.parameters()]
+    with pytest.raises(ValueError, match=rf"no len\(\) \(a stream: DataLoader\).*{scheduler} cannot place its steps.*"
+                                         r"pass steps_per_epoch=N to fit or to the recipe"):
+        recipe(learn)
+    assert learn.train_iter == 0 and same(weights(learn), before)
+    assert [p.requires_grad for p in learn.model.parameters()] == requires_grad  # fine_tune froze nothing
+
+
+def test_a_recipe_given_steps_per_epoch_on_a_loader_with_a_len_is_refused():
+    learn = sized_waves_learner()
+    with pytest.raises(ValueError, match=r"steps_per_epoch=4 is for a training loader without a len\(\).*has len\(\) "
+                                         r"5: leave steps_per_epoch out"):
+        learn.fit_one_cycle(1, 5e-2, steps_per_epoch=4)
+    assert learn.train_iter == 0
