@@ -2,7 +2,9 @@
 
 The signal handler only notes the signal (nothing else is safe inside a handler). The fit goes on to the next
 point where a checkpoint is valid: the end of the current training batch that took an optimizer step, or the end of
-the epoch when the signal came during validation. There the run is saved where the user asked for checkpoints
+the epoch when the signal came during validation or when the training loader is a stream (no len(), or an
+IterableDataset underneath: it cannot be replayed to a batch, so a resume refuses a mid-epoch checkpoint of it; the
+log says once that the checkpoint waits). There the run is saved where the user asked for checkpoints
 (`PreemptionCheckpoint(path)`, else every SaveModelCallback's `preemption_path`), and `Preempted` is raised: the fit's
 cleanup runs with it in flight (trackers end their runs as KILLED, logs keep the steps taken), then the process exits
 with status `PREEMPTED_EXIT_CODE`. A requeued job running the same script with `fit(..., resume='auto')` goes on from
@@ -23,6 +25,7 @@ the newest checkpoint of that run, exactly.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -33,6 +36,7 @@ import threading
 import torch
 import torch.distributed as dist
 
+from ..data.core import describe_loader, is_stream
 from ..data.state import check_file_path
 from .core import ORDER, Callback
 from .lr_finder import LRFinderCallback
@@ -44,6 +48,8 @@ PREEMPTED_EXIT_CODE = 75
 """The exit status of a preempted fit (75, sysexits' EX_TEMPFAIL): the run is saved; requeue the same command."""
 # SIGTERM: what SLURM, Kubernetes and spot instances send before SIGKILL; SIGUSR1: SLURM's `--signal` warning.
 PREEMPTION_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s)
+
+logger = logging.getLogger("cyclr")
 
 
 class Preempted(SystemExit):
@@ -117,8 +123,9 @@ class PreemptionCheckpoint(Callback):
         self.path = None if path is None else os.fspath(path)
         self.signals = tuple(signal.Signals(s) for s in signals)
         self.flag = SignalFlag()
-        # Set in before_fit: this one decides for the fit; the ranks must agree (data-parallel); an LR-finder sweep.
-        self._active = self._collective = self._sweeping = False
+        # Set in before_fit: this one decides for the fit; the ranks must agree (data-parallel); an LR-finder sweep;
+        # the training loader is a stream (the checkpoint waits for the epoch's end), not yet said in the log.
+        self._active = self._collective = self._sweeping = self._stream = self._waiting_said = False
 
     def preemption_path(self, learn) -> str | None:
         return self.path
@@ -136,12 +143,16 @@ class PreemptionCheckpoint(Callback):
             self.flag.install(self.signals)
         self._collective = getattr(learn, "world_size", 1) > 1 and dist.is_initialized()
         self._sweeping = any(isinstance(cb, LRFinderCallback) for cb in learn.cbs)
+        self._stream, self._waiting_said = is_stream(learn.dls.train), False
 
     def after_batch(self, learn):
         # A checkpoint is valid after a training batch that stepped (never between accumulation micro-batches).
         # The hot path: a single process with no signal reads three attributes.
         if self._active and learn.training and learn.stepped and (self.flag.received or self._collective):
-            self._stop_if_asked(learn)
+            if self._stream:  # after_epoch stops it (the ranks agree there)
+                self._say_waiting(learn)
+            else:
+                self._stop_if_asked(learn)
 
     def after_epoch(self, learn):
         # After the last epoch only after_fit is left: the fit ends as it would have (a checkpoint here would mark a
@@ -151,7 +162,16 @@ class PreemptionCheckpoint(Callback):
 
     def cleanup_fit(self, learn):
         self.flag.restore()
-        self._active = self._collective = self._sweeping = False
+        self._active = self._collective = self._sweeping = self._stream = False
+
+    def _say_waiting(self, learn) -> None:
+        if self.flag.received is None or self._waiting_said or self._sweeping:
+            return
+        self._waiting_said = True
+        logger.warning(
+            "%s received at epoch %d, batch %d of a stream (%s): on a stream the checkpoint waits for the epoch's "
+            "end: a stream cannot be replayed to a batch, so a resume would refuse a checkpoint taken now",
+            signal.Signals(self.flag.received).name, learn.epoch, learn.iter, describe_loader(learn.dls.train))
 
     def _stop_if_asked(self, learn) -> None:
         if self._sweeping or not self._agreed(learn):

@@ -14,7 +14,7 @@ attributes and the same kind of seeded, restorable generator.
 from __future__ import annotations
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 
 from .checks import int_at_least
 from .in_memory import InMemoryLoader
@@ -30,6 +30,18 @@ def loader_length(dl) -> int | None:
         return len(dl)
     except TypeError:
         return None
+
+
+def is_stream(dl) -> bool:
+    """Whether `dl` cannot draw again the batches it drew: no len(), or an IterableDataset underneath (which yields
+    what it yields, whatever a loader's state). A checkpoint taken inside an epoch of it cannot be resumed."""
+    return loader_length(dl) is None or isinstance(getattr(dl, "dataset", None), IterableDataset)
+
+
+def describe_loader(dl) -> str:
+    """The loader's type, and its dataset's when it has one (`DataLoader over a MyStream`), for messages."""
+    dataset = getattr(dl, "dataset", None)
+    return type(dl).__name__ + ("" if dataset is None else f" over a {type(dataset).__name__}")
 
 
 class Targets(tuple):

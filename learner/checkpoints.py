@@ -22,11 +22,9 @@ import os
 import warnings
 from pathlib import Path
 
-from torch.utils.data import IterableDataset
-
 from ..callbacks.optimizer_modes import evaluating
 from ..data.checks import user_stacklevel
-from ..data.core import loader_length
+from ..data.core import describe_loader, is_stream
 from .checkpoint_checks import check_progress
 from .checkpoint_files import (
     load_model_state,
@@ -176,17 +174,6 @@ def _go_on_from(learn, ckpt: dict, where: str, n_epoch: int, cbs, changes: list,
     _apply_new_rates(learn, changes, lr, wd)
     learn.set_counters(n_epoch=n_epoch, n_train_iters=n_epoch * batches, train_iter=p["train_iter"],
                        start_epoch=p["epoch"], skip_batches=p["iter"])
-
-
-def is_stream(dl) -> bool:
-    """Whether `dl` cannot draw again the batches it drew: no len(), or an IterableDataset underneath (which yields
-    what it yields, whatever a loader's state)."""
-    return loader_length(dl) is None or isinstance(getattr(dl, "dataset", None), IterableDataset)
-
-
-def describe_loader(dl) -> str:
-    dataset = getattr(dl, "dataset", None)
-    return type(dl).__name__ + ("" if dataset is None else f" over a {type(dataset).__name__}")
 
 
 def _hold_run_locks(ckpt: dict, cbs) -> tuple:

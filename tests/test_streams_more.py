@@ -4,10 +4,11 @@ inputs training learned kept in checkpoints, lr_find and the len()-reading callb
 import pytest
 import torch
 from test_checkpoint import Interrupt  # KeyboardInterrupt right after a given step, as the resume tests use
+from test_preemption import SignalAt  # sends this process a signal at a given step, caught by the fit's handler
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from cyclr import CheckpointError, DataLoaders, Learner, OneCycleCallback, SaveModelCallback
+from cyclr import CheckpointError, DataLoaders, Learner, OneCycleCallback, Preempted, SaveModelCallback
 from cyclr.learner.checkpoint_files import checksum, read_checkpoint
 
 
@@ -49,7 +50,7 @@ def same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-# ----- checkpoints and resume on a stream ----------------------------------------------------------------------------
+# ----- checkpoints and resume on a stream -----------------------------------------------------------------------------
 def test_a_checkpoint_on_a_stream_records_steps_per_epoch_as_the_epoch_length(tmp_path):
     learn = waves_learner()
     save = SaveModelCallback(tmp_path / "w.pt", every_epoch=True)
@@ -107,7 +108,7 @@ def test_resuming_a_stream_mid_epoch_is_refused_before_any_step(tmp_path, datase
     assert learn.opt is None or all(not s for s in learn.opt.state.values())  # no optimizer step either
 
 
-# ----- the number of inputs training learned travels in the checkpoint ----------------------------------------------
+# ----- the number of inputs training learned travels in the checkpoint ------------------------------------------------
 class Masked(nn.Linear):
     """forward(x, mask): a linear map of the unmasked features."""
 
@@ -344,3 +345,42 @@ def test_a_recipe_given_steps_per_epoch_on_a_loader_with_a_len_is_refused():
                                          r"5: leave steps_per_epoch out"):
         learn.fit_one_cycle(1, 5e-2, steps_per_epoch=4)
     assert learn.train_iter == 0
+
+
+# ----- preemption on a stream: the checkpoint waits for the epoch's end -----------------------------------------------
+@pytest.mark.parametrize("dataset", [Waves(40), WavesWithLen(40)], ids=["no_len", "iterable_dataset_with_len"])
+def test_a_signal_on_a_stream_saves_at_the_epochs_end_and_the_resume_equals_the_uninterrupted_run(
+        tmp_path, caplog, dataset):
+    fit_args = {} if isinstance(dataset, WavesWithLen) else {"steps_per_epoch": 5}  # 5 batches an epoch
+
+    def run(more, resume=None):
+        learn = waves_learner(dataset)
+        learn.fit_one_cycle(3, 5e-2, cbs=more, resume=resume, **fit_args)
+        return learn
+
+    full = run([])
+    ckpt = tmp_path / "ck_{train_iter}.pt"
+    with caplog.at_level("WARNING", logger="cyclr"), pytest.raises(Preempted) as info:
+        run([SaveModelCallback(ckpt, every_epoch=True), SignalAt("before_step", step=6)])  # epoch 1, batch 1
+    said = [r.getMessage() for r in caplog.records if "waits for the epoch's end" in r.getMessage()]
+    assert len(said) == 1 and "SIGTERM received at epoch 1, batch 1 of a stream (DataLoader over a Waves" in said[0]
+    assert "on a stream the checkpoint waits for the epoch's end: a stream cannot be replayed to a batch" in said[0]
+    assert info.value.train_iter == 10 and info.value.checkpoints == [str(tmp_path / "ck_10.pt")]
+    p = read_checkpoint(tmp_path / "ck_10.pt", with_history=False)["progress"]
+    assert (p["at"], p["epoch"], p["iter"], p["train_iter"]) == ("epoch_end", 2, 0, 10)  # epoch 1 validated too
+
+    resumed = run([SaveModelCallback(ckpt, every_epoch=True)], resume="auto")  # picks ck_10.pt, not refused
+    assert resumed.train_iter == 15 and same(weights(resumed), weights(full))
+    assert resumed.recorder.batch_rows == full.recorder.batch_rows
+    untimed = [[{k: v for k, v in row.items() if k != "time"} for row in learn.recorder.epoch_rows]
+               for learn in (resumed, full)]
+    assert untimed[0] == untimed[1] and len(untimed[0]) == 3  # each epoch's losses, the preempted one's included
+
+
+def test_a_signal_on_a_loader_with_a_len_still_stops_after_the_batch_in_progress(tmp_path, caplog):
+    learn = sized_waves_learner()
+    with caplog.at_level("WARNING", logger="cyclr"), pytest.raises(Preempted) as info:
+        learn.fit(3, cbs=[SaveModelCallback(tmp_path / "ck.pt", every_epoch=True), SignalAt("before_step", step=6)])
+    assert info.value.train_iter == 7 and not [r for r in caplog.records if "stream" in r.getMessage()]
+    p = read_checkpoint(tmp_path / "ck.pt", with_history=False)["progress"]
+    assert (p["at"], p["epoch"], p["iter"], p["train_iter"]) == ("batch_end", 1, 2, 7)
