@@ -384,3 +384,14 @@ def test_a_signal_on_a_loader_with_a_len_still_stops_after_the_batch_in_progress
     assert info.value.train_iter == 7 and not [r for r in caplog.records if "stream" in r.getMessage()]
     p = read_checkpoint(tmp_path / "ck.pt", with_history=False)["progress"]
     assert (p["at"], p["epoch"], p["iter"], p["train_iter"]) == ("batch_end", 1, 2, 7)
+
+
+def test_a_signal_in_a_streams_last_epoch_lets_the_fit_end_and_stops_the_next_one_at_its_first_epochs_end(tmp_path):
+    learn, full = waves_learner(), waves_learner()
+    full.fit_one_cycle(2, 5e-2, steps_per_epoch=5)
+    learn.fit_one_cycle(2, 5e-2, steps_per_epoch=5, cbs=[SignalAt("before_step", step=7)])  # epoch 1 of 2
+    assert learn.train_iter == 10 and same(weights(learn), weights(full))  # the fit ran to its end, untouched
+    with pytest.raises(Preempted) as info:
+        learn.fit(3, steps_per_epoch=5, cbs=[SaveModelCallback(tmp_path / "ck.pt", every_epoch=True)])
+    assert info.value.train_iter == 5
+    assert read_checkpoint(tmp_path / "ck.pt", with_history=False)["progress"]["at"] == "epoch_end"
