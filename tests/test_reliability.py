@@ -438,6 +438,9 @@ FAULTS = [
      "test_a_signal_during_validation_waits_for_the_end_of_the_epoch"),
     ("SIGTERM during an LR-finder sweep", "the sweep ends, weights put back; the next fit stops after its first step "
      "with a checkpoint", "test_a_signal_during_an_lr_find_sweep_waits_for_the_next_fit"),
+    ("SIGTERM on a stream (no len(), or an IterableDataset)", "the checkpoint waits for the epoch's end (said once "
+     "in the log); resume='auto' ends bitwise equal to the uninterrupted run",
+     "test_a_signal_on_a_stream_saves_at_the_epochs_end_and_the_resume_equals_the_uninterrupted_run"),
     ("SIGTERM to one rank of a 2-process torchrun job", "both ranks stop after the same step; one checkpoint",
      "test_under_torchrun_every_rank_stops_after_the_same_step_when_one_is_signalled"),
     ("SIGTERM in a SLURM job", "checkpoint written, then the job requeued (scontrol requeue), exit status 75",
