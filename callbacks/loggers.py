@@ -180,7 +180,7 @@ class MLflowCallback(TrackerCallback):
                 raise TypeError(f"{name} must be a string or None, got {type(value).__name__}")
         super().__init__(log_figures)
         if tracking_uri is None:
-            tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
+            tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or default_store_uri()
         self.tracking_uri, self.experiment, self.run_name = tracking_uri, experiment or "cyclr", run_name
         self.log_history, self.log_checkpoints = bool(log_history), bool(log_checkpoints)
         self.run_id: str | None = None
@@ -343,6 +343,18 @@ def store_errors_reported_by_us():
         yield
     finally:
         log.setLevel(level)
+
+
+def default_store_uri() -> str:
+    """The store MLflowCallback writes when given none: `mlflow.db` in the current folder, refused when that name is
+    a symbolic link (it could lead to another run's or another user's store)."""
+    path = Path("mlflow.db")
+    if path.is_symlink():
+        raise ValueError(
+            f"{path.absolute()} is a symbolic link (to {os.readlink(path)}): cyclr does not write its default MLflow "
+            "store through a link; remove the link, or name the store you mean: "
+            "MLflowCallback(tracking_uri='sqlite:////path/to/mlflow.db') or $MLFLOW_TRACKING_URI")
+    return f"sqlite:///{path.resolve()}"
 
 
 @contextlib.contextmanager

@@ -290,3 +290,20 @@ def test_params_of_a_torch_scheduler_are_its_settings_and_rates(store):
     assert params["torch_scheduler.scheduler"] == "OneCycleLR" and params["torch_scheduler.total_steps"] == "12"
     assert (params["torch_scheduler.max_lr_0"], params["torch_scheduler.max_lr_1"]) == ("0.02", "0.2")
     assert params["torch_scheduler.base_lr_1"] == str(0.2 / 25)  # where OneCycleLR starts: max_lr / div_factor
+
+
+def test_the_default_mlflow_store_is_refused_when_it_is_a_symbolic_link(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")  # the dev extra installs it: skipped only where the `track` extra is absent
+    someone_elses = tmp_path / "elsewhere" / "their.db"
+    someone_elses.parent.mkdir()
+    someone_elses.write_bytes(b"their store")
+    (tmp_path / "mlflow.db").symlink_to(someone_elses)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(ValueError, match=r"mlflow\.db is a symbolic link \(to .*their\.db\).*tracking_uri="):
+        MLflowCallback()
+    assert someone_elses.read_bytes() == b"their store"
+    # Named explicitly, the same store is the user's choice; and without the link the default is the local file.
+    assert MLflowCallback(tracking_uri=f"sqlite:///{someone_elses}").tracking_uri.endswith("their.db")
+    (tmp_path / "mlflow.db").unlink()
+    assert MLflowCallback().tracking_uri == f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"
