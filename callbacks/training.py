@@ -183,7 +183,7 @@ class GradientAccumulation(Callback):
                 "epoch's length, to know where its last group of batches ends (and take that group's step): pass "
                 "fit(n_epoch, steps_per_epoch=N)"
             )
-        learn.n_train_iters = learn.n_epoch * self.steps_per_epoch(self._epoch_batches)
+        learn.set_counters(n_train_iters=learn.n_epoch * self.steps_per_epoch(self._epoch_batches))
 
     def _group_size(self, learn) -> int:
         first = learn.iter // self.n_batches * self.n_batches

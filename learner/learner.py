@@ -1,6 +1,6 @@
 """The Learner, its state and its fit loop, top to bottom: the events, their dispatch, the levels of the loop and the
 steps a subclass may change. Beside it, each mixin in the file named after it: Batches (batches and model outputs),
-AttachedCallbacks, OptimizerSetup (optimizer.py), Recipes, Transfer, Inference, Checkpoints (save, load, resume;
+AttachedCallbacks, OptimizerSetup (optimizer_setup.py), Recipes, Transfer, Inference, Checkpoints (save, load, resume;
 the file format is checkpoint_files.py) and DataParallel; the checks before training are preflight.py."""
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from .checkpoints import Checkpoints
 from .data_parallel import DataParallel
 from .fit_config import describe_fit
 from .inference import Inference
-from .optimizer import OptimizerSetup, adam
+from .optimizer import adam
+from .optimizer_setup import OptimizerSetup
 from .recipes import Recipes
 from .transfer import Transfer
 
@@ -112,7 +113,7 @@ class Learner(Batches, AttachedCallbacks, OptimizerSetup, Recipes, Transfer, Inf
         self.wd_bn_bias = preflight.flag("wd_bn_bias", wd_bn_bias)  # create_opt: decay norm layers and biases?
         self.dist_timeout = None if dist_timeout is None else distributed.dist_timeout(dist_timeout)  # the join
 
-        # ----- the optimizer and its parameter groups (optimizer.py, transfer.py) -------------------------------
+        # ----- the optimizer and its parameter groups (optimizer_setup.py, transfer.py) -------------------------
         self.opt: torch.optim.Optimizer | None = None  # create_opt (on first need); load, resume, the LR finder
         self._base_lrs: list[float] = []  # create_opt, set_hyper outside a fit: the rates reset_lrs goes back to
         self.splitter = splitter  # create_opt's groups; Transfer.freeze_to may set body_head_split first
