@@ -42,16 +42,16 @@ def timed(fn, reps: int, blocks: int) -> float:
 
 def fit_state(learn: Learner, n_steps: int):
     """`learn` as inside a fit, mid-epoch, with a batch through forward and backward; returns that batch."""
-    learn.n_epoch, learn.n_train_iters, learn.train_iter = 1, n_steps, 0
+    learn.set_counters(n_epoch=1, n_train_iters=n_steps, train_iter=0)
     learn.in_fit = True
     learn("before_fit")
-    learn.epoch = 0
+    learn.set_counters(epoch=0)
     learn.training, learn.dl = True, learn.dls.train
     learn.model.train()
     learn("before_epoch")
     learn("before_train")
     batch = next(iter(learn.dls.train))
-    learn.iter = 0
+    learn.set_counters(iter=0)
     learn.xb, learn.yb = learn.split_batch(learn.to_device(batch))
     learn.pred = learn.forward(learn.xb)
     learn.loss = learn.get_loss(learn.pred, learn.yb)
@@ -64,6 +64,7 @@ def advancing(learn: Learner, calls):
     def step():
         for call in calls:
             call(learn)
+        # a plain write rather than set_counters, so that the figure is the hooks' alone
         learn.train_iter = (learn.train_iter + 1) % learn.n_train_iters
 
     return step

@@ -103,7 +103,8 @@ def per_batch(args, dls, loss_func, initial) -> None:
 
     batch = median_per_call(train_batch, args.batches, args.blocks)
     learn.model.train()
-    learn.training, learn.epoch, learn.iter, learn.train_iter = True, 0, 0, 0
+    learn.training = True
+    learn.set_counters(epoch=0, iter=0, train_iter=0)
     learn.loss = loss_func(learn.model(xb), yb)
     learn.loss.backward()  # real gradients, left in place for the guard's test
     n_params = sum(p.numel() for p in learn.model.parameters())
