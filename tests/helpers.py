@@ -2,6 +2,7 @@
 for fixed_run.py and tmpfs.py). Fixtures live in conftest.py."""
 
 import functools
+import re
 
 import pytest
 import torch
@@ -10,6 +11,12 @@ from torch import nn
 from cyclr import Callback, Learner, synthetic_classification
 
 CE = nn.CrossEntropyLoss()
+
+
+def node_id(text: str) -> str:
+    """`text` as part of a pytest node id a shell passes back unquoted: letters, digits and `_.=+/-` only
+    (`monitor='f1' is not recorded` -> `monitor_f1_is_not_recorded`, `<lambda>` -> `lambda`)."""
+    return re.sub(r"[^A-Za-z0-9_.=+/-]+", "_", text).strip("_") or "empty"
 
 
 def approx(x, rel=1e-12):

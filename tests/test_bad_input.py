@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import node_id
 from torch import nn
 
 from cyclr import (
@@ -320,7 +321,7 @@ def env(tmp_path_factory):
     return Env(tmp_path_factory.mktemp("bad_input"))
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.call for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[node_id(c.call) for c in CASES])
 def test_bad_input_is_refused_with_a_message_that_says_what_to_change(case, env):
     run_case(case, env)
 

@@ -58,7 +58,7 @@ def test_a_rate_above_float32s_largest_is_refused_with_a_cyclr_message():
     lambda learn: learn.fit_one_cycle(1, 1e-3, div_factor=1e-300),
     lambda learn: learn.fit_sgdr(1, 1, 1e300),
     lambda learn: learn.fit_flat_cos(1, 1e300),
-], ids=["max_lr=1e300", "div_factor=1e-300", "sgdr 1e300", "flat_cos 1e300"])
+], ids=["max_lr=1e300", "div_factor=1e-300", "sgdr_1e300", "flat_cos_1e300"])
 def test_recipes_refuse_overflowing_rates_before_anything_changes(call):
     learn = make_learner()
     before = {k: v.clone() for k, v in learn.model.state_dict().items()}

@@ -7,7 +7,7 @@ import pickle
 import matplotlib
 import pytest
 import torch
-from helpers import approx
+from helpers import approx, node_id
 
 from cyclr import (
     Const,
@@ -285,7 +285,7 @@ def _is_plain(value) -> bool:
     return value is None or isinstance(value, (bool, int, float, str))
 
 
-@pytest.mark.parametrize("s", ALL_SCHEDULES, ids=repr)
+@pytest.mark.parametrize("s", ALL_SCHEDULES, ids=lambda s: node_id(repr(s)))
 def test_pickle_and_weights_only_round_trip(s):
     copy = pickle.loads(pickle.dumps(s))
     assert copy == s and repr(copy) == repr(s) and _values(copy) == _values(s)
@@ -397,7 +397,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("make, error, message", BAD, ids=[m for _, _, m in BAD])
+@pytest.mark.parametrize("make, error, message", BAD, ids=[node_id(m) for _, _, m in BAD])
 def test_bad_parameters_are_refused_with_the_parameter_named(make, error, message):
     with pytest.raises(error, match=message):
         make()

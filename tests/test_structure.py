@@ -51,3 +51,17 @@ def test_callback_orders_come_from_the_one_table():
     bare = [f"{p.relative_to(ROOT)}: {line.strip()}" for p in MODULES for line in p.read_text().splitlines()
             if re.match(r"\s+order\s*=\s*[-\d]", line)]
     assert bare == []
+
+
+def test_every_test_id_can_be_passed_back_to_pytest_from_a_shell():
+    # No space, quote, backslash or `<>` in a node id (conftest's pytest_make_parametrize_id and helpers.node_id):
+    # a failing test named in a CI log can be rerun by pasting its id.
+    import subprocess
+    import sys
+
+    listing = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                              str(ROOT / "tests")], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    ids = [line for line in listing.stdout.splitlines() if "::" in line]
+    assert len(ids) > 900, listing.stdout[-2000:] + listing.stderr[-2000:]
+    unsafe = [i for i in ids if not re.fullmatch(r"[A-Za-z0-9_./:=+,\[\]-]+", i)]
+    assert unsafe == []
