@@ -235,8 +235,9 @@ def check_ddp(ctx) -> None:
         raise SkipSection(f"{n_procs} GPU: torchrun over one process forms no process group; needs 2 or more GPUs")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "ddp.json"
+        # --tee=3: each rank's own output in torchrun's, so a failing rank's error is in the report
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n_procs}",
-                   str(HERE / "gpu_check.py"), "--ddp-worker", "--ddp-out", str(out)]
+                   "--tee=3", str(HERE / "gpu_check.py"), "--ddp-worker", "--ddp-out", str(out)]
         command += ["--dry-run"] if ctx.dry_run else []
         with Timer() as timer:
             done = subprocess.run(command, capture_output=True, text=True, timeout=max(ctx.budget.left(), 1.0))
